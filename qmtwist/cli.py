@@ -1,0 +1,114 @@
+"""
+The C{qmtwist} command: C{setup}, C{user}, C{ctl}, and every qmail program by name.
+
+For the qmail programs (C{inject}, C{queue}, C{sendmail} and every C{bin/} name) C{--home} is
+accepted only before the subcommand, because their own grammar reads later words (SPEC.md 1.3).
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import os
+import signal
+import sys
+
+from qmtwist.home import Home, chooseHome, setup
+from qmtwist.programs import ALIASES, PROGRAMS
+
+USAGE = """usage: qmtwist [--home DIR] SUBCOMMAND [ARGS]
+
+subcommands:
+  setup [--me NAME]            create or complete the home directory
+  user add|del|list            manage virtual users
+  ctl hup|alrm|term            signal the running daemon
+  inject, queue, sendmail, qstat, qread, showctl and every qmail program name in HOME/bin
+"""
+
+
+def runProgram(homePath: str, name: str, args: list[str]) -> int:
+    """Run qmail program C{name} for C{homePath} with the real standard streams."""
+    from qmtwist.tools.base import ProgramEnv
+
+    name = ALIASES.get(name, name)
+    modname, func = PROGRAMS[name].split(":")
+    try:
+        module = importlib.import_module(modname)
+    except ImportError:
+        sys.stderr.write(f"qmtwist: {name} is not available in this installation\n")
+        return 111
+    env = ProgramEnv(Home(homePath))
+    return int(getattr(module, func)([name, *args], env) or 0)
+
+
+def _setup(home: Home, argv: list[str]) -> int:
+    p = argparse.ArgumentParser(prog="qmtwist setup")
+    p.add_argument("--home")
+    p.add_argument("--me", help="this host's name (default: the FQDN)")
+    opts = p.parse_args(argv)
+    if opts.home:
+        home = chooseHome(opts.home)
+    try:
+        created = setup(home, opts.me)
+    except OSError as e:
+        sys.stderr.write(f"qmtwist setup: fatal: {e}\n")
+        return 111
+    if created:
+        print(f"setup: created {home.path}")
+    return 0
+
+
+_SIGNALS = {"hup": signal.SIGHUP, "alrm": signal.SIGALRM, "term": signal.SIGTERM}
+
+
+def _ctl(home: Home, argv: list[str]) -> int:
+    p = argparse.ArgumentParser(prog="qmtwist ctl")
+    p.add_argument("--home")
+    p.add_argument("signal", choices=sorted(_SIGNALS))
+    opts = p.parse_args(argv)
+    if opts.home:
+        home = chooseHome(opts.home)
+    try:
+        with open(home.pidfile) as f:
+            pid = int(f.read().strip())
+        os.kill(pid, _SIGNALS[opts.signal])
+    except (OSError, ValueError) as e:
+        sys.stderr.write(f"qmtwist ctl: fatal: unable to signal the daemon: {e}\n")
+        return 111
+    return 0
+
+
+def _user(home: Home, argv: list[str]) -> int:
+    from qmtwist.users import userCommand
+
+    return userCommand(home, argv)
+
+
+_COMMANDS = {"setup": _setup, "ctl": _ctl, "user": _user}
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    homeOpt = None
+    while argv and argv[0].startswith("--home"):
+        if argv[0] == "--home" and len(argv) > 1:
+            homeOpt, argv = argv[1], argv[2:]
+        elif argv[0].startswith("--home="):
+            homeOpt, argv = argv[0].split("=", 1)[1], argv[1:]
+        else:
+            break
+    if not argv or argv[0] in ("-h", "--help", "help"):
+        sys.stdout.write(USAGE)
+        return 0 if argv else 100
+    home = chooseHome(homeOpt)
+    cmd, rest = argv[0], argv[1:]
+    if cmd in _COMMANDS:
+        return _COMMANDS[cmd](home, rest)
+    if cmd in PROGRAMS or cmd in ALIASES:
+        return runProgram(home.path, cmd, rest)
+    sys.stderr.write(f"qmtwist: unknown subcommand {cmd}\n{USAGE}")
+    return 100
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,101 @@
+"""
+The joints between qmtwist's parts.
+
+Data flows one way: listeners and tools -> L{IInjector} -> queue service -> L{IDeliveryAgent} ->
+reports -> done marks or bounces. Only L{qmtwist.plugin} builds concrete providers and wires them.
+"""
+
+from __future__ import annotations
+
+from zope.interface import Attribute, Interface
+
+
+class IMessageWriter(Interface):
+    """
+    One message being received, streamed into the queue (qmail-queue's fd 0 side).
+
+    Created by L{IInjector.newMessage}; the queue's Received line is already written. Exactly one of
+    L{commit} or L{abort} must be called.
+    """
+
+    qp = Attribute("int: the queue process number shown in Received, logs and replies")
+    size = Attribute("int: message bytes written so far (without the queue's Received line)")
+
+    def write(data: bytes) -> None:
+        """
+        Append message bytes (LF line ends, no dot-stuffing).
+
+        @raise qmtwist.errors.QueueError: a write error; the caller should abort.
+        """
+
+    def commit(sender: bytes, recipients: list[bytes]) -> "Deferred[Queued]":  # noqa: F821
+        """
+        Write the envelope and make the message durable; fires only after the fsync round.
+
+        @return: a Deferred firing with L{qmtwist.queue.store.Queued}, or failing with
+            L{qmtwist.errors.QueueError} after removing every file of this message.
+        """
+
+    def abort() -> None:
+        """Discard the message; nothing of it stays in the queue."""
+
+
+class IInjector(Interface):
+    """Queue messages in qmail's layout (qmail-queue inside the daemon)."""
+
+    def newMessage(how: bytes, uid: int | None = None) -> IMessageWriter:  # type: ignore[misc]
+        """
+        Start a message.
+
+        @param how: what follows C{invoked} in the Received line: C{b"from network"},
+            C{b"for bounce"}, C{b"by alias"} or C{b"by uid 1000"}.
+        @param uid: the injector's uid for the envelope's C{u} record (default: ours).
+        @raise qmtwist.errors.QueueError: the queue cannot take a message now.
+        """
+
+    def inject(
+        sender: bytes, recipients: list[bytes], message: bytes, how: bytes, uid: int | None = None
+    ) -> "Deferred[Queued]":  # noqa: F821
+        """Queue a whole message held in memory; same result as L{IMessageWriter.commit}."""
+
+
+class IDeliveryAgent(Interface):
+    """
+    Delivers one channel's recipients (qmail-lspawn / qmail-rspawn).
+
+    Agents never fail their Deferreds: every problem becomes a L{qmtwist.delivery.Report}, and
+    anything unexpected a deferral with C{(#4.3.0)}.
+    """
+
+    channel = Attribute("str: 'local' or 'remote'")
+
+    def deliver(requests: list) -> list:  # type: ignore[misc]
+        """
+        Start deliveries for recipients of one message.
+
+        @param requests: L{qmtwist.delivery.DeliveryRequest}s, all of the same message.
+        @return: one C{Deferred[Report]} per request, in the same order.
+        """
+
+    def reload() -> None:
+        """Drop cached configuration (SIGHUP)."""
+
+    def stop() -> "Deferred[None]":  # noqa: F821
+        """Stop helper processes; deliveries in flight end as deferrals."""
+
+
+class IUserDatabase(Interface):
+    """Finds the user who controls a local part (qmail-getpw, users/assign)."""
+
+    def lookup(local: bytes) -> "Deferred[object]":  # noqa: F821
+        """
+        @return: a Deferred firing with the controlling user, or failing with
+            L{qmtwist.errors.MailError} (e.g. C{Unable to find alias user!}).
+        """
+
+
+class IPasswordChecker(Interface):
+    """Checks a POP3 login (built-in users/passwd or a checkpassword program)."""
+
+    def check(user: bytes, password: bytes) -> "Deferred[object]":  # noqa: F821
+        """@return: a Deferred firing with the user's mailbox, or failing when refused."""

@@ -1,0 +1,163 @@
+"""
+The daemon's injector: qmail-queue inside the process, with group commit.
+
+Listeners stream message bytes into a L{PendingMessage} on the reactor thread (plain writes to
+the page cache); every fsync happens in L{commitRound} on a thread. While one round runs, the
+commits that arrive wait and then go together in the next round, so under load many messages
+share one set of directory syncs. Nobody is told "queued" before their round has returned.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+from typing import Any, Callable
+
+from twisted.internet.defer import Deferred, maybeDeferred
+from twisted.internet.interfaces import IReactorTime
+from twisted.logger import Logger
+from zope.interface import implementer
+
+from qmtwist.errors import QQ_BUG, QueueError
+from qmtwist.interfaces import IInjector, IMessageWriter
+from qmtwist.queue.layout import QueueLayout
+from qmtwist.queue.store import PendingMessage, Queued, Syncer, commitRound
+
+RunInThread = Callable[[Callable[[], Any]], "Deferred[Any]"]
+
+
+@implementer(IMessageWriter)
+class _Writer:
+    def __init__(self, injector: Injector, pending: PendingMessage) -> None:
+        self._injector = injector
+        self._pending = pending
+        self._done = False
+
+    @property
+    def qp(self) -> int:
+        return self._pending.qp
+
+    @property
+    def size(self) -> int:
+        return self._pending.size
+
+    @property
+    def id(self) -> int:
+        return self._pending.id
+
+    def write(self, data: bytes) -> None:
+        self._pending.write(data)
+
+    def commit(self, sender: bytes, recipients: list[bytes]) -> Deferred[Queued]:
+        if self._done:
+            raise RuntimeError("message already finished")
+        self._done = True
+        try:
+            self._pending.setEnvelope(sender, recipients)
+        except QueueError:
+            self._pending.discard()
+            raise
+        return self._injector._enqueue(self._pending)
+
+    def abort(self) -> None:
+        if not self._done:
+            self._done = True
+            self._pending.discard()
+
+
+@implementer(IInjector)
+class Injector:
+    """
+    Queue messages in qmail's layout; acknowledge each only after its commit round.
+
+    @param layout: the queue.
+    @param controlDir: where C{queueextra} is read for every round.
+    @param clock: for the Received line's time.
+    @param runInThread: runs a blocking callable off the reactor thread (C{maybeDeferred} in
+        unit tests).
+    @param onCommitted: called on the reactor thread with the committed message numbers.
+    """
+
+    log = Logger(namespace="qmail-queue")
+
+    def __init__(
+        self,
+        layout: QueueLayout,
+        controlDir: str | None,
+        clock: IReactorTime,
+        runInThread: RunInThread = maybeDeferred,
+        onCommitted: Callable[[list[int]], None] | None = None,
+        syncer: Syncer | None = None,
+    ) -> None:
+        self.layout = layout
+        self.controlDir = controlDir
+        self.clock = clock
+        self.runInThread = runInThread
+        self.onCommitted = onCommitted
+        self.syncer = syncer or Syncer()
+        self._qp = itertools.count(os.getpid() * 1000 % 100000000 + 1)
+        self._waiting: list[tuple[PendingMessage, Deferred[Queued]]] = []
+        self._running = False
+        self.rounds = 0
+
+    def newMessage(self, how: bytes, uid: int | None = None) -> _Writer:
+        pending = PendingMessage(
+            self.layout, next(self._qp), how, os.getuid() if uid is None else uid,
+            self.clock.seconds())
+        return _Writer(self, pending)
+
+    def inject(
+        self, sender: bytes, recipients: list[bytes], message: bytes, how: bytes,
+        uid: int | None = None,
+    ) -> Deferred[Queued]:
+        try:
+            w = self.newMessage(how, uid)
+        except QueueError as e:
+            from twisted.internet.defer import fail
+            return fail(e)
+        try:
+            w.write(message)
+            return w.commit(sender, recipients)
+        except QueueError as e:
+            w.abort()
+            from twisted.internet.defer import fail
+            return fail(e)
+
+    def _enqueue(self, pending: PendingMessage) -> Deferred[Queued]:
+        d: Deferred[Queued] = Deferred()
+        self._waiting.append((pending, d))
+        if not self._running:
+            self._startRound()
+        return d
+
+    def _startRound(self) -> None:
+        batch, self._waiting = self._waiting, []
+        self._running = True
+        self.rounds += 1
+        pendings = [p for p, _ in batch]
+        d = self.runInThread(lambda: commitRound(pendings, self.syncer, self.controlDir))
+
+        def done(failed: dict[int, QueueError]) -> None:
+            self._running = False
+            committed = [p.id for p in pendings if p.id not in failed]
+            if committed and self.onCommitted is not None:
+                self.onCommitted(committed)
+            for p, waiter in batch:
+                if p.id in failed:
+                    self.log.warn("injection failed: {text}", text=str(failed[p.id]))
+                    waiter.errback(failed[p.id])
+                else:
+                    waiter.callback(p.queued())
+
+        def crashed(f: Any) -> None:
+            self._running = False
+            self.log.failure("commit round crashed", f)
+            for p, waiter in batch:
+                try:
+                    p.discard()
+                except OSError:
+                    pass
+                waiter.errback(QueueError(QQ_BUG, f.getErrorMessage()))
+
+        d.addCallbacks(done, crashed)
+        d.addBoth(lambda _: self._waiting and not self._running and self._startRound())

@@ -1,0 +1,326 @@
+"""
+Injection into qmail's queue: the synchronous steps of qmail-queue (SPEC.md 5.1-5.4).
+
+A message goes C{pid/} -> C{mess/N/<inode>} (named by its inode) -> envelope in C{intd/<inode>}
+-> hard link C{todo/<inode>}, the commit point. L{commitRound} finishes several messages at once
+so that they share the directory syncs (group commit); the daemon runs it on a thread
+(L{qmtwist.queue.commit}) and the tools call L{inject}, which runs a round of one.
+
+Durability order: message and envelope files are fsynced before the todo link exists, and the
+directory entries (C{mess/N}, C{todo}) are synced before anyone is told "queued". C{intd/} needs
+no directory sync: the todo link names the same inode, and intd entries are scratch.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import errno
+import os
+import time
+from typing import BinaryIO, Callable, Iterable
+
+from attrs import define, frozen
+
+from qmtwist.errors import (
+    QQ_INTD, QQ_MESS, QQ_PID, QQ_QUEUE_DIR, QQ_READ_ERROR, QQ_TODO, QQ_WRITE_ERROR, QueueError)
+from qmtwist.queue.envelope import Envelope, checkAddress, encodeTodo
+from qmtwist.queue.layout import QueueLayout
+from qmtwist.received import queueReceived
+
+
+@frozen
+class Queued:
+    """What an injector learns on success: the message number, its qp, and when."""
+
+    id: int
+    qp: int
+    time: float
+
+
+def _loadSyncfs() -> Callable[[int], int] | None:
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        return libc.syncfs  # type: ignore[no-any-return]
+    except (OSError, AttributeError):
+        return None
+
+
+@define
+class Syncer:
+    """
+    Makes files and directory entries durable, and counts every sync call it makes.
+
+    With C{syncfs} (Linux) a round whose entries span several directories uses one C{syncfs} of
+    the queue's filesystem for all of them instead of one fsync per directory.
+    """
+
+    useSyncfs: bool = True
+    fileSyncs: int = 0
+    dirSyncs: int = 0
+    fsSyncs: int = 0
+
+    def fsync(self, fd: int) -> None:
+        os.fsync(fd)
+        self.fileSyncs += 1
+
+    def syncDirs(self, paths: Iterable[str]) -> None:
+        paths = sorted(set(paths))
+        syncfs = _SYNCFS if self.useSyncfs else None
+        if syncfs is not None and len(paths) > 1:
+            fd = os.open(paths[0], os.O_RDONLY | os.O_DIRECTORY)
+            try:
+                if syncfs(fd) != 0:
+                    e = ctypes.get_errno()
+                    raise OSError(e, os.strerror(e))
+                self.fsSyncs += 1
+            finally:
+                os.close(fd)
+            return
+        for p in paths:
+            fd = os.open(p, os.O_RDONLY | os.O_DIRECTORY)
+            try:
+                os.fsync(fd)
+                self.dirSyncs += 1
+            finally:
+                os.close(fd)
+
+    @property
+    def total(self) -> int:
+        return self.fileSyncs + self.dirSyncs + self.fsSyncs
+
+
+_SYNCFS = _loadSyncfs()
+
+
+def _unlink(path: str) -> None:
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        pass
+
+
+class PendingMessage:
+    """
+    One message being written into C{mess/}; not visible to the queue service until committed.
+
+    @ivar id: the message number (inode of the mess file).
+    """
+
+    def __init__(self, layout: QueueLayout, qp: int, how: bytes, uid: int, now: float) -> None:
+        self.layout = layout
+        self.qp = qp
+        self.uid = uid
+        self.time = now
+        self.size = 0
+        self.envelope: Envelope | None = None
+        self._linked = False
+        pidPath = layout.sub("pid", f"{os.getpid()}.{qp}.{time.monotonic_ns()}")
+        try:
+            self._fd = os.open(pidPath, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+        except OSError as e:
+            raise QueueError(QQ_PID if e.errno != errno.ENOENT else QQ_QUEUE_DIR, str(e))
+        try:
+            self.id = os.fstat(self._fd).st_ino
+            self.messPath = layout.mess(self.id)
+            try:
+                os.link(pidPath, self.messPath)
+            except FileExistsError:
+                # A stale entry from a crash: a live mess file would own this inode.
+                _unlink(self.messPath)
+                os.link(pidPath, self.messPath)
+        except OSError as e:
+            os.close(self._fd)
+            _unlink(pidPath)
+            raise QueueError(QQ_MESS, str(e))
+        _unlink(pidPath)
+        self.write(queueReceived(qp, how, now), count=False)
+
+    def write(self, data: bytes, count: bool = True) -> None:
+        """@raise QueueError: 53 on a write error such as a full disk."""
+        view = memoryview(data)
+        try:
+            while view:
+                n = os.write(self._fd, view)
+                view = view[n:]
+        except OSError as e:
+            raise QueueError(QQ_WRITE_ERROR, str(e))
+        if count:
+            self.size += len(data)
+
+    def setEnvelope(self, sender: bytes, recipients: list[bytes]) -> None:
+        """Validate the envelope now, so a bad address fails before any sync (91 or 11)."""
+        checkAddress(sender)
+        for r in recipients:
+            checkAddress(r)
+        self.envelope = Envelope(sender, tuple(recipients), self.uid, self.qp)
+
+    def finishFiles(self, syncer: Syncer, extra: list[bytes]) -> None:
+        """Sync the message, write and sync the envelope (thread side of a round)."""
+        assert self.envelope is not None
+        env = self.envelope
+        if extra:
+            env = Envelope(env.sender, tuple(extra) + env.recipients, env.uid, env.qp)
+        data = encodeTodo(env)
+        try:
+            syncer.fsync(self._fd)
+            os.close(self._fd)
+            self._fd = -1
+        except OSError as e:
+            raise QueueError(QQ_WRITE_ERROR, str(e))
+        intd = self.layout.intd(self.id)
+        try:
+            try:
+                fd = os.open(intd, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            except FileExistsError:
+                _unlink(intd)
+                fd = os.open(intd, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        except OSError as e:
+            raise QueueError(QQ_INTD, str(e))
+        try:
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view):]
+            syncer.fsync(fd)
+        except OSError as e:
+            raise QueueError(QQ_WRITE_ERROR, str(e))
+        finally:
+            os.close(fd)
+
+    def linkTodo(self) -> None:
+        todo = self.layout.todo(self.id)
+        try:
+            try:
+                os.link(self.layout.intd(self.id), todo)
+            except FileExistsError:
+                _unlink(todo)
+                os.link(self.layout.intd(self.id), todo)
+        except OSError as e:
+            raise QueueError(QQ_TODO, str(e))
+        self._linked = True
+
+    def discard(self) -> None:
+        """Remove every file of this message (before it was acknowledged)."""
+        if self._fd >= 0:
+            os.close(self._fd)
+            self._fd = -1
+        if self._linked:
+            _unlink(self.layout.todo(self.id))
+        _unlink(self.layout.intd(self.id))
+        _unlink(self.messPath)
+
+    def queued(self) -> Queued:
+        return Queued(self.id, self.qp, self.time)
+
+
+def readQueueExtra(controlDir: str | None) -> list[bytes]:
+    """C{control/queueextra}: recipients added to every message (FAQ 8.2)."""
+    if controlDir is None:
+        return []
+    try:
+        with open(os.path.join(controlDir, "queueextra"), "rb") as f:
+            data = f.read()
+    except FileNotFoundError:
+        return []
+    out = []
+    for line in data.split(b"\n"):
+        line = line.rstrip(b" \t\r")
+        if line and not line.startswith(b"#") and b"\0" not in line:
+            out.append(line)
+    return out
+
+
+def commitRound(
+    batch: list[PendingMessage], syncer: Syncer, controlDir: str | None
+) -> dict[int, QueueError]:
+    """
+    Commit C{batch} with shared directory syncs.
+
+    @return: the messages that failed, by id; they have been removed. Every other message of the
+        batch is durable when this returns.
+    """
+    failed: dict[int, QueueError] = {}
+    try:
+        extra = readQueueExtra(controlDir)
+    except OSError as e:
+        extra = []
+        for p in batch:
+            failed[p.id] = QueueError(55, str(e))
+    for p in batch:
+        if p.id in failed:
+            continue
+        try:
+            p.finishFiles(syncer, extra)
+            p.linkTodo()
+        except QueueError as e:
+            failed[p.id] = e
+        except OSError as e:
+            failed[p.id] = QueueError(QQ_WRITE_ERROR, str(e))
+    ok = [p for p in batch if p.id not in failed]
+    if ok:
+        dirs = {os.path.dirname(p.messPath) for p in ok}
+        dirs.add(ok[0].layout.sub("todo"))
+        try:
+            syncer.syncDirs(dirs)
+        except OSError as e:
+            for p in ok:
+                failed[p.id] = QueueError(QQ_WRITE_ERROR, str(e))
+    for p in batch:
+        if p.id in failed:
+            p.discard()
+    return failed
+
+
+def pokeTrigger(layout: QueueLayout) -> None:
+    """Wake a queue service in another process through C{lock/trigger} (never blocks)."""
+    try:
+        fd = os.open(layout.trigger, os.O_WRONLY | os.O_NONBLOCK)
+    except OSError:
+        return
+    try:
+        os.write(fd, b"\0")
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def inject(
+    layout: QueueLayout,
+    sender: bytes,
+    recipients: list[bytes],
+    message: bytes | BinaryIO,
+    how: bytes,
+    uid: int | None = None,
+    qp: int | None = None,
+    controlDir: str | None = None,
+    syncer: Syncer | None = None,
+) -> Queued:
+    """
+    Queue one message synchronously (what C{qmail-queue} does); used by tools and children.
+
+    @raise QueueError: nothing was queued.
+    """
+    p = PendingMessage(
+        layout, os.getpid() if qp is None else qp, how,
+        os.getuid() if uid is None else uid, time.time())
+    try:
+        if isinstance(message, bytes):
+            p.write(message)
+        else:
+            while True:
+                try:
+                    chunk = message.read(65536)
+                except OSError as e:
+                    raise QueueError(QQ_READ_ERROR, str(e))
+                if not chunk:
+                    break
+                p.write(chunk)
+        p.setEnvelope(sender, recipients)
+    except BaseException:
+        p.discard()
+        raise
+    failed = commitRound([p], syncer or Syncer(), controlDir)
+    if p.id in failed:
+        raise failed[p.id]
+    pokeTrigger(layout)
+    return p.queued()
