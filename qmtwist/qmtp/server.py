@@ -1,0 +1,351 @@
+"""
+The QMTP server: qmail-qmtpd (SPEC.md 9.1, 9.2).
+
+A client sends any number of packages on one connection without waiting; each package is the
+message netstring (first byte LF, or CR meaning CRLF line ends that become LF), the sender
+netstring and a netstring of recipient netstrings. After each package the server answers one
+netstring per recipient: C{K} (queued), C{Z} (try later) or C{D} (refused), with qmail's texts.
+
+Everything is streamed: the message goes into the queue (L{IInjector.newMessage}) as it arrives,
+and the sender and recipients are kept only up to the 1000 bytes qmail accepts. Packages are
+taken apart while earlier ones are still being committed (the injector's group commit serves them
+together); responses are written strictly in package order, each only after its commit returned.
+
+A protocol error (SPEC.md 9.2) aborts the package being read; the answers of earlier packages
+are still sent, then the connection is closed. A session lasts at most one hour [qmail].
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Mapping
+
+from twisted.internet.defer import Deferred, succeed
+from twisted.internet.interfaces import IReactorTime
+from twisted.internet.protocol import Protocol
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+
+from qmtwist.errors import QQ_BUG, QueueError, qqText
+from qmtwist.interfaces import IInjector, IMessageWriter
+from qmtwist.qmtp.netstring import NetstringError, NetstringParser, encode
+from qmtwist.received import date822
+
+#: qmail-qmtpd's limit on a session (alarm(3600)).
+SESSION_SECONDS = 3600
+#: Sender and recipient (with RELAYCLIENT) must be shorter than this.
+ADDRESS_LIMIT = 1000
+
+RCPTHOSTS_TEXT = b"Dsorry, that domain isn't in my list of allowed rcpthosts (#5.7.1)"
+RECIPIENT_TEXT = b"Dsorry, I can't handle that recipient (#5.1.3)"
+SENDER_TEXT = b"Dunacceptable sender (#5.1.7)"
+DATABYTES_TEXT = b"Dsorry, that message size exceeds my databytes limit (#5.3.4)"
+
+_SAFE = frozenset(
+    b"abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789.@%+/=:-[]")
+
+
+def safeText(text: bytes) -> bytes:
+    """Every byte other than letters, digits and C{.@%+/=:-[]} written as C{?} (SPEC.md 7.9)."""
+    return bytes(c if c in _SAFE else 63 for c in text)
+
+
+def receivedLine(environ: Mapping[str, bytes], when: float) -> bytes:
+    """
+    qmail-qmtpd's Received line (SPEC.md 9.2)::
+
+        Received: from RHOST (RIP)
+          by LHOST with QMTP; DATE822
+    """
+    rhost = environ.get("TCPREMOTEHOST") or b"unknown"
+    rip = environ.get("TCPREMOTEIP") or b"unknown"
+    info = environ.get("TCPREMOTEINFO")
+    if info:
+        rip = info + b"@" + rip
+    lhost = environ.get("TCPLOCALHOST") or environ.get("TCPLOCALIP") or b"unknown"
+    return b"Received: from %s (%s)\n  by %s with QMTP; %s\n" % (
+        safeText(rhost), safeText(rip), safeText(lhost), date822(when))
+
+
+def parseDatabytes(environ: Mapping[str, bytes], controlValue: int) -> int:
+    """C{DATABYTES} from the session environment overrides C{control/databytes}; 0 = no limit."""
+    value = environ.get("DATABYTES")
+    if value is None:
+        return controlValue
+    digits = b""
+    for c in value.strip():
+        if 48 <= c <= 57:
+            digits += bytes([c])
+        else:
+            break
+    return int(digits) if digits else 0
+
+
+class _Package:
+    """One package as it is read: the message writer, the envelope, and what went wrong."""
+
+    def __init__(self) -> None:
+        self.writer: IMessageWriter | None = None
+        self.started = False
+        self.crlf = False
+        self.pendingCR = False
+        self.stored = 0
+        self.overflow = False
+        self.queueError: QueueError | None = None
+        self.sender = b""
+        self.senderLength = 0
+        self.recipients: list[bytes] = []
+        # per recipient: None (acceptable) or the refusal text
+        self.verdicts: list[bytes | None] = []
+
+    def abort(self) -> None:
+        if self.writer is not None:
+            self.writer.abort()
+            self.writer = None
+
+
+class QMTPServer(Protocol):
+    """
+    One QMTP session.
+
+    @param injector: where accepted messages go.
+    @param environ: the session environment (SPEC.md 7.1: C{TCPREMOTEIP}, C{TCPLOCALHOST},
+        C{RELAYCLIENT}, C{DATABYTES}, ...), values as bytes.
+    @param databytes: C{control/databytes} (the environment's C{DATABYTES} overrides it).
+    @param allowed: the rcpthosts decision for a recipient (SPEC.md 7.5); consulted only when
+        C{RELAYCLIENT} is not set.
+    @param clock: for the Received line, the C{K} reply's time and the session limit.
+    """
+
+    log = Logger(namespace="qmtwist.qmtp")
+
+    #: tcpserver's exit status for the connection log: 0 clean, 256 protocol error or timeout.
+    exitStatus = 0
+
+    def __init__(
+        self,
+        injector: IInjector,
+        environ: Mapping[str, bytes],
+        databytes: int,
+        allowed: Callable[[bytes], bool],
+        clock: IReactorTime,
+    ) -> None:
+        self.injector = injector
+        self.environ = dict(environ)
+        self.databytes = parseDatabytes(self.environ, databytes)
+        self.relayclient = self.environ.get("RELAYCLIENT")
+        self.allowed = allowed
+        self.clock = clock
+        self._parser = NetstringParser(self._fieldEnd, onChunk=self._fieldChunk)
+        self._parser.setStreaming(True)
+        self._rcptParser: NetstringParser | None = None
+        self._field = 0  # 0 message, 1 sender, 2 recipients
+        self._package = _Package()
+        self._tail: Deferred[None] = succeed(None)
+        self._broken = False
+        self._lost = False
+        self._timer = None
+
+    # -- connection
+
+    def connectionMade(self) -> None:
+        self._timer = self.clock.callLater(SESSION_SECONDS, self._timeout)
+
+    def _timeout(self) -> None:
+        self._timer = None
+        self.exitStatus = 256
+        self._broken = True
+        self._package.abort()
+        self.transport.loseConnection()
+
+    def connectionLost(self, reason: Failure = None) -> None:  # type: ignore[assignment]
+        self._lost = True
+        self._package.abort()
+        if self._timer is not None and self._timer.active():
+            self._timer.cancel()
+        self._timer = None
+
+    def dataReceived(self, data: bytes) -> None:
+        if self._broken:
+            return
+        try:
+            self._parser.feed(data)
+        except NetstringError as e:
+            self._protocolError(str(e))
+        except QueueError as e:  # pragma: no cover - writes report through the package
+            self._protocolError(str(e))
+
+    def _protocolError(self, why: str) -> None:
+        self.log.info("protocol error: {why}", why=why)
+        self._broken = True
+        self.exitStatus = 256
+        self._package.abort()
+        self._package = _Package()
+        # answers of earlier packages still go out, then the connection closes
+        self._tail.addBoth(lambda _: self.transport.loseConnection())
+
+    # -- fields
+
+    def _fieldChunk(self, piece: bytes) -> None:
+        if self._field == 0:
+            self._messageChunk(piece)
+        elif self._field == 1:
+            p = self._package
+            p.senderLength += len(piece)
+            if len(p.sender) < ADDRESS_LIMIT:
+                p.sender += piece[: ADDRESS_LIMIT - len(p.sender)]
+        else:
+            assert self._rcptParser is not None
+            self._rcptParser.feed(piece)
+
+    def _fieldEnd(self, _empty: bytes) -> None:
+        if self._field == 0:
+            self._messageEnd()
+            self._field = 1
+            self._startRecipients()
+        elif self._field == 1:
+            self._field = 2
+        else:
+            assert self._rcptParser is not None
+            if self._rcptParser.pending():
+                raise NetstringError("recipient runs past its container")
+            self._rcptParser = None
+            package, self._package = self._package, _Package()
+            self._field = 0
+            self._finish(package)
+
+    def _startRecipients(self) -> None:
+        self._rcptParser = NetstringParser(self._rcptEnd, onChunk=self._rcptChunk)
+        self._rcptParser.setStreaming(True)
+        self._rcpt = b""
+        self._rcptLength = 0
+
+    def _rcptChunk(self, piece: bytes) -> None:
+        self._rcptLength += len(piece)
+        if len(self._rcpt) < ADDRESS_LIMIT:
+            self._rcpt += piece[: ADDRESS_LIMIT - len(self._rcpt)]
+
+    def _rcptEnd(self, _empty: bytes) -> None:
+        rcpt, length = self._rcpt, self._rcptLength
+        self._rcpt, self._rcptLength = b"", 0
+        p = self._package
+        relay = self.relayclient
+        if length + len(relay or b"") >= ADDRESS_LIMIT or b"\0" in rcpt:
+            p.verdicts.append(RECIPIENT_TEXT)
+        elif relay is not None:
+            p.verdicts.append(None)
+            p.recipients.append(rcpt + relay)
+        elif not self.allowed(rcpt):
+            p.verdicts.append(RCPTHOSTS_TEXT)
+        else:
+            p.verdicts.append(None)
+            p.recipients.append(rcpt)
+
+    # -- the message
+
+    def _messageChunk(self, piece: bytes) -> None:
+        p = self._package
+        if not p.started:
+            first, piece = piece[:1], piece[1:]
+            if first == b"\n":
+                p.crlf = False
+            elif first == b"\r":
+                p.crlf = True
+            else:
+                raise NetstringError("message starts with neither LF nor CR")
+            p.started = True
+            try:
+                p.writer = self.injector.newMessage(b"from network")
+                p.writer.write(receivedLine(self.environ, self.clock.seconds()))
+            except QueueError as e:
+                p.abort()
+                p.queueError = e
+        if p.crlf:
+            if p.pendingCR:
+                p.pendingCR = False
+                if not piece.startswith(b"\n"):
+                    self._store(b"\r")
+            if piece.endswith(b"\r"):
+                p.pendingCR = True
+                piece = piece[:-1]
+            piece = piece.replace(b"\r\n", b"\n")
+        if piece:
+            self._store(piece)
+
+    def _store(self, data: bytes) -> None:
+        p = self._package
+        p.stored += len(data)
+        if self.databytes and p.stored > self.databytes and not p.overflow:
+            p.overflow = True
+            p.abort()
+        if p.writer is None:
+            return
+        try:
+            p.writer.write(data)
+        except QueueError as e:
+            p.abort()
+            p.queueError = e
+
+    def _messageEnd(self) -> None:
+        p = self._package
+        if not p.started:
+            raise NetstringError("empty message")
+        if p.pendingCR:
+            p.pendingCR = False
+            self._store(b"\r")
+
+    # -- answering
+
+    def _finish(self, p: _Package) -> None:
+        result = self._result(p)
+        verdicts = p.verdicts
+
+        def answer(text: bytes) -> None:
+            if self._lost:
+                return
+            out = b"".join(encode(v if v is not None else text) for v in verdicts)
+            if out:
+                self.transport.write(out)
+
+        self._tail.addCallback(lambda _: result).addCallback(answer)
+
+    def _result(self, p: _Package) -> Deferred[bytes]:
+        """The answer for every acceptable recipient, once known (after the commit)."""
+        senderOk = p.senderLength < ADDRESS_LIMIT and b"\0" not in p.sender
+        if not p.recipients or not senderOk or p.overflow or p.queueError is not None:
+            p.abort()
+            if p.overflow:
+                return succeed(DATABYTES_TEXT)
+            if not senderOk:
+                return succeed(SENDER_TEXT)
+            if p.queueError is not None:
+                return succeed(_queueText(p.queueError))
+            return succeed(b"")  # no acceptable recipient: every verdict is a refusal
+        writer, p.writer = p.writer, None
+        assert writer is not None
+        try:
+            d = writer.commit(p.sender, p.recipients)
+        except QueueError as e:
+            writer.abort()
+            return succeed(_queueText(e))
+
+        def ok(queued: object) -> bytes:
+            qp = getattr(queued, "qp", writer.qp)
+            return b"Kok %d qp %d" % (int(self.clock.seconds()), qp)
+
+        def failed(f: Failure) -> bytes:
+            if f.check(QueueError):
+                return _queueText(f.value)
+            self.log.failure("commit failed", f)
+            return _queueText(QueueError(QQ_BUG))
+
+        return d.addCallbacks(ok, failed)
+
+
+def _queueText(e: QueueError) -> bytes:
+    return (b"D" if e.permanent else b"Z") + e.text.encode()
+
+
+def qqLetterText(code: int) -> bytes:
+    """C{D}/C{Z} plus qmail's text for a qmail-queue exit code (used by the stdio server)."""
+    permanent, text = qqText(code)
+    return (b"D" if permanent else b"Z") + text.encode()
