@@ -2,10 +2,17 @@
 
 from __future__ import annotations
 
+import os
+
 import pytest
 from twisted.logger import globalLogPublisher
 
 from qmtwist.home import Home, setup
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+# Child processes (HOME/bin launchers, twistd) import the code under test, not an older install.
+os.environ["PYTHONPATH"] = os.pathsep.join(
+    [REPO] + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p])
 
 
 @pytest.fixture

@@ -1,0 +1,162 @@
+"""
+Maildir delivery (qmail-local's maildir.c, SPEC.md 4.8), synchronous: run it on a thread or in
+the per-user helper child.
+
+File names [qmtwist]: SPEC.md 4.8 suggests C{⟨sec⟩.M⟨usec⟩P⟨pid⟩Q⟨counter⟩.⟨host⟩}. A pid is not
+stable across restarts, so when the delivery has a stable key (L{qmtwist.delivery.DeliveryRequest.
+uniqueKey}, built from the queued message's stamp and the recipient position) the name is
+C{⟨sec⟩.M⟨usec⟩K⟨key⟩L⟨line⟩.⟨host⟩}, where C{line} is the number of the C{.qmail} line (two
+Maildir lines of one file stay two copies). Before writing a repeated delivery, C{new/} and
+C{cur/} are searched for a name containing C{K⟨key⟩L⟨line⟩.} (with any C{:2,...} suffix); if
+one is found the delivery succeeds without writing (exactly once, SPEC.md 4.8 item 4).
+Without a key (standalone use) the name is the SPEC shape with the pid and a counter.
+No part of a recipient address ever enters a name: the key is made of digits and C{.Q} only,
+and anything else is replaced by C{_}.
+"""
+
+from __future__ import annotations
+
+import errno
+import itertools
+import os
+import re
+import socket
+import time
+from typing import Callable
+
+from qmtwist.errors import TemporaryFailure
+
+CHDIR = "Unable to chdir to maildir. (#4.2.1)"
+TEMP = "Temporary error on maildir delivery. (#4.3.0)"
+TIMEOUT = "Timeout on maildir delivery. (#4.3.0)"
+
+_counter = itertools.count(1)
+_UNSAFE = re.compile(rb"[^A-Za-z0-9._-]")
+
+
+def hostPart(hostname: str | None = None) -> bytes:
+    """The host name as a Maildir name part: C{/} as C{\\057}, C{:} as C{\\072}."""
+    h = os.fsencode(hostname if hostname is not None else socket.gethostname())
+    return h.replace(b"/", b"\\057").replace(b":", b"\\072")
+
+
+def keyTag(key: str, line: int) -> bytes:
+    """The stable part of a keyed name: C{K⟨key⟩L⟨line⟩.}"""
+    return b"K" + _UNSAFE.sub(b"_", key.encode("ascii", "replace")) + b"L%d." % line
+
+
+def uniqueName(now: float, tag: bytes | None, host: bytes) -> bytes:
+    """A new file name (see the module docstring)."""
+    sec = int(now)
+    usec = int((now - sec) * 1e6)
+    if tag is None:
+        return b"%d.M%dP%dQ%d.%s" % (sec, usec, os.getpid(), next(_counter), host)
+    return b"%d.M%d%s%s" % (sec, usec, tag, host)
+
+
+def findEarlier(maildir: bytes, tag: bytes) -> bytes | None:
+    """The name of an earlier copy with this tag in C{new/} or C{cur/}, if any."""
+    for sub in (b"new", b"cur"):
+        try:
+            names = os.listdir(os.path.join(maildir, sub))
+        except FileNotFoundError:
+            continue
+        for n in names:
+            if tag in n.split(b":", 1)[0]:
+                return os.path.join(sub, n)
+    return None
+
+
+def deliver(
+    maildir: bytes | str,
+    data: list[bytes],
+    key: str | None = None,
+    line: int = 0,
+    mayBeRepeat: bool = False,
+    now: Callable[[], float] = time.time,
+    host: bytes | None = None,
+    deadline: float = 86400.0,
+) -> bytes:
+    """
+    Write one message into a Maildir.
+
+    @param maildir: the directory (absolute, or relative to the current directory).
+    @param data: the byte strings that make the file (RPLINE, DTLINE, message).
+    @param key: the stable delivery key, or C{None}.
+    @param mayBeRepeat: look for an earlier copy first (only with a key).
+    @return: the name under C{new/} (or of the earlier copy, C{new/...} or C{cur/...}).
+    @raise TemporaryFailure: with qmail's texts.
+    """
+    md = os.fsencode(maildir)
+    start = now()
+    try:
+        st = os.stat(md)
+        if not os.path.isdir(md) or not os.access(md, os.X_OK):
+            raise TemporaryFailure(CHDIR)
+    except FileNotFoundError:
+        raise TemporaryFailure(CHDIR)
+    except PermissionError:
+        raise TemporaryFailure(CHDIR)
+    except OSError:
+        raise TemporaryFailure(TEMP)
+    del st
+    tmpDir, newDir = os.path.join(md, b"tmp"), os.path.join(md, b"new")
+    if not (os.path.isdir(tmpDir) and os.path.isdir(newDir)):
+        raise TemporaryFailure(TEMP)
+    tag = keyTag(key, line) if key is not None else None
+    if tag is not None and mayBeRepeat:
+        try:
+            earlier = findEarlier(md, tag)
+        except OSError:
+            raise TemporaryFailure(TEMP)
+        if earlier is not None:
+            return earlier
+    h = hostPart() if host is None else host
+    for _ in range(5):
+        name = uniqueName(now(), tag, h)
+        tmp = os.path.join(tmpDir, name)
+        try:
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            break
+        except FileExistsError:
+            time.sleep(0.002)  # a name reused within one microsecond: take the next one
+        except OSError:
+            raise TemporaryFailure(TEMP)
+    else:
+        raise TemporaryFailure(TEMP)
+    try:
+        try:
+            for chunk in data:
+                view = memoryview(chunk)
+                while view:
+                    view = view[os.write(fd, view):]
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        if now() - start > deadline:
+            raise TemporaryFailure(TIMEOUT)
+        try:
+            os.link(tmp, os.path.join(newDir, name))
+        except OSError as e:
+            if e.errno != errno.EEXIST:
+                raise
+        dfd = os.open(newDir, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            os.fsync(dfd)
+        finally:
+            os.close(dfd)
+    except TemporaryFailure:
+        _unlink(tmp)
+        raise
+    except OSError:
+        _unlink(tmp)
+        raise TemporaryFailure(TEMP)
+    _unlink(tmp)
+    return os.path.join(b"new", name)
+
+
+def _unlink(path: bytes) -> None:
+    try:
+        os.unlink(path)
+    except OSError:
+        pass

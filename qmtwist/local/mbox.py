@@ -1,0 +1,94 @@
+"""
+mbox delivery (qmail-local's mailfile, SPEC.md 4.7), synchronous: run it on a thread or in the
+per-user helper child.
+
+The file is locked with C{flock} B{and} a POSIX C{fcntl} write lock [qmtwist], so procmail, mutt
+and other readers using either kind are excluded. Lock waits poll without blocking the process's
+other deliveries for more than one interval, and give up after 30 seconds with qmail's text.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import re
+import time
+from typing import Callable, Iterable
+
+from qmtwist.errors import TemporaryFailure
+
+LOCK_TIMEOUT = 30.0
+_FROM = re.compile(rb"^>*From ", re.M)
+
+
+def quote(message: bytes) -> bytes:
+    """mboxrd quoting: one C{>} before each line matching C{^>*From }, then the blank line."""
+    body = _FROM.sub(lambda m: b">" + m.group(0), message)
+    if body.endswith(b"\n"):
+        return body + b"\n"
+    return body + b"\n\n"
+
+
+def lock(fd: int, timeout: float = LOCK_TIMEOUT, clock: Callable[[], float] = time.monotonic,
+         sleep: Callable[[float], None] = time.sleep) -> None:
+    """
+    Take C{flock} and C{fcntl} exclusive locks on C{fd}.
+
+    @raise TemporaryFailure: C{File has been locked for 30 seconds straight. (#4.3.0)}.
+    """
+    deadline = clock() + timeout
+    have = False
+    while True:
+        try:
+            if not have:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                have = True
+            fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return
+        except BlockingIOError:
+            pass
+        except PermissionError:  # EACCES from fcntl on some systems means "held"
+            pass
+        if clock() >= deadline:
+            if have:
+                fcntl.flock(fd, fcntl.LOCK_UN)
+            raise TemporaryFailure("File has been locked for 30 seconds straight. (#4.3.0)")
+        sleep(0.02)
+
+
+def deliver(path: bytes | str, prefix: Iterable[bytes], message: bytes,
+            timeout: float = LOCK_TIMEOUT) -> None:
+    """
+    Append one message to an mbox file.
+
+    @param path: the file (absolute, or relative to the current directory).
+    @param prefix: UFLINE, RPLINE and DTLINE.
+    @param message: the message as queued (quoted here).
+    @raise TemporaryFailure: with qmail's texts; a partial write is truncated away.
+    """
+    name = os.fsdecode(path)
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOCTTY, 0o600)
+    except OSError as e:
+        raise TemporaryFailure(f"Unable to open {name}: {(e.strerror or str(e)).lower()}. (#4.2.1)")
+    try:
+        lock(fd, timeout)
+        try:
+            length = os.lseek(fd, 0, os.SEEK_END)
+        except OSError as e:
+            raise TemporaryFailure(f"Unable to write {name}: {e.strerror}. (#4.3.0)")
+        try:
+            data = b"".join(prefix) + quote(message)
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view):]
+            os.fsync(fd)
+        except OSError as e:
+            try:
+                os.ftruncate(fd, length)
+            except OSError:
+                pass
+            raise TemporaryFailure(
+                f"Unable to write {name}: {(e.strerror or str(e)).lower()}. (#4.3.0)")
+    finally:
+        os.close(fd)  # releases both locks

@@ -1,0 +1,270 @@
+"""
+C{twistd qmtwist}: the options of INTERFACE.md and the service tree they build.
+
+This module (and the .tac files, through L{buildServices}) is the only place that creates
+concrete objects and wires them: listeners -> injector -> queue service -> delivery agents.
+Listener modules that are not installed are simply absent.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+import signal
+import sys
+from functools import partial
+from typing import Any, Callable
+
+from attrs import define
+from twisted.application import service, strports
+from twisted.internet.defer import succeed
+from twisted.internet.threads import deferToThreadPool
+from twisted.logger import Logger
+from twisted.python import usage
+from zope.interface import implementer
+
+from qmtwist.context import ControlCache, Context
+from qmtwist.delivery import Report
+from qmtwist.errors import ControlError
+from qmtwist.home import Home, chooseHome, setup
+from qmtwist.interfaces import IDeliveryAgent
+from qmtwist.queue.commit import Injector
+from qmtwist.queue.service import QueueService
+from qmtwist.queue.socketserver import QueueSocketFactory, prepareSocketPath
+from qmtwist.queue.store import pokeTrigger
+from qmtwist.queue.trigger import TriggerReader
+
+log = Logger(namespace="qmtwist")
+
+
+class Options(usage.Options):
+    """twistd qmtwist's options (INTERFACE.md)."""
+
+    synopsis = "[options]"
+    longdesc = "The qmail mail system: SMTP, QMTP and POP3 listeners and the queue service."
+    optFlags = [["no-queue", None, "run listeners only (another process runs the queue)"]]
+    optParameters = [
+        ["home", None, None, "the home directory (default: $QMTWIST_HOME or ./qmtwist-home)"],
+        ["smtp", None, "tcp:2525:interface=127.0.0.1", "SMTP listener endpoint, or none"],
+        ["qmtp", None, "tcp:2209:interface=127.0.0.1", "QMTP listener endpoint, or none"],
+        ["pop3", None, "tcp:2110:interface=127.0.0.1", "POP3 listener endpoint, or none"],
+        ["smtp-rules", None, None, "tcprules text file (default HOME/rules/smtp)"],
+        ["qmtp-rules", None, None, "tcprules text file (default HOME/rules/qmtp)"],
+        ["pop3-rules", None, None, "tcprules text file (default HOME/rules/pop3)"],
+        ["smtp-concurrency", None, 40, "most simultaneous SMTP sessions", int],
+        ["qmtp-concurrency", None, 40, "most simultaneous QMTP sessions", int],
+        ["pop3-concurrency", None, 40, "most simultaneous POP3 sessions", int],
+        ["checkpassword", None, None, "POP3 checkpassword program (default: built-in)"],
+    ]
+
+    def __init__(self) -> None:
+        super().__init__()
+        self["dns"] = []
+
+    def opt_dns(self, value: str) -> None:
+        """DNS server HOST:PORT for remote delivery (repeatable; default: the system's)."""
+        host, _, port = value.rpartition(":")
+        if not host or not port.isdigit():
+            raise usage.UsageError(f"--dns wants HOST:PORT, not {value!r}")
+        self["dns"].append((host.strip("[]"), int(port)))
+
+
+@implementer(IDeliveryAgent)
+class DeferringAgent:
+    """Stands in for a channel whose agent is not installed: every delivery is deferred."""
+
+    def __init__(self, channel: str, text: str) -> None:
+        self.channel = channel
+        self.text = text
+
+    def deliver(self, requests: list) -> list:
+        return [succeed(Report.deferral(self.text)) for _ in requests]
+
+    def reload(self) -> None:
+        pass
+
+    def stop(self):
+        return succeed(None)
+
+
+def _optional(modname: str, attr: str) -> Any:
+    try:
+        module = importlib.import_module(modname)
+    except ImportError as e:
+        if e.name and modname.startswith(e.name):
+            return None
+        raise
+    return getattr(module, attr, None)
+
+
+class SignalService(service.Service):
+    """Turns SIGHUP and SIGALRM into calls on the reactor thread, and owns the pid file."""
+
+    def __init__(self, reactor: Any, home: Home, hup: Callable[[], None],
+                 alrm: Callable[[], None]) -> None:
+        self.reactor = reactor
+        self.home = home
+        self.onHup = hup
+        self.onAlrm = alrm
+
+    def startService(self) -> None:
+        super().startService()
+        signal.signal(signal.SIGHUP, lambda *a: self.reactor.callFromThread(self.onHup))
+        signal.signal(signal.SIGALRM, lambda *a: self.reactor.callFromThread(self.onAlrm))
+        tmp = self.home.pidfile + ".new"
+        with open(tmp, "w") as f:
+            f.write(f"{os.getpid()}\n")
+        os.replace(tmp, self.home.pidfile)
+
+    def stopService(self) -> None:
+        super().stopService()
+        try:
+            with open(self.home.pidfile) as f:
+                if f.read().strip() == str(os.getpid()):
+                    os.unlink(self.home.pidfile)
+        except OSError:
+            pass
+
+
+class TriggerService(service.Service):
+    """Reads C{queue/lock/trigger} so injections by other processes wake the queue at once."""
+
+    def __init__(self, reactor: Any, path: str, onTrigger: Callable[[], Any]) -> None:
+        self.reactor = reactor
+        self.path = path
+        self.onTrigger = onTrigger
+        self.reader: TriggerReader | None = None
+
+    def startService(self) -> None:
+        super().startService()
+        self.reader = TriggerReader(self.reactor, self.path, self.onTrigger)
+        self.reactor.addReader(self.reader)
+
+    def stopService(self) -> None:
+        super().stopService()
+        if self.reader is not None:
+            self.reactor.removeReader(self.reader)
+            self.reader.connectionLost(None)
+            self.reader = None
+
+
+@define
+class Built:
+    """What L{buildServices} made, for .tac files and tests."""
+
+    top: service.MultiService
+    context: Context
+    queue: QueueService | None
+
+
+def fatal(line: str) -> None:
+    """Log qmail's alert line and stop twistd with a nonzero exit."""
+    log.critical("{line}", line=line)
+    sys.stderr.write(line + "\n")
+    raise SystemExit(111)
+
+
+def buildServices(options: dict[str, Any], reactor: Any = None) -> Built:
+    """Build the whole mail system for C{options} (an L{Options} or an equivalent dict)."""
+    if reactor is None:
+        from twisted.internet import reactor as _reactor
+        reactor = _reactor
+    home = chooseHome(options.get("home"))
+    if not home.isComplete():
+        try:
+            if setup(home):
+                log.info("setup: created {home}", home=home.path)
+        except OSError as e:
+            fatal(f"alert: cannot start: unable to switch to queue directory: {e}")
+    try:
+        controls = ControlCache(home)
+    except ControlError as e:
+        fatal(str(e) if "cannot start" in str(e) else f"alert: cannot start: {e}")
+    pool = reactor.getThreadPool()
+    runInThread = partial(deferToThreadPool, reactor, pool)
+    top = service.MultiService()
+    queue: QueueService | None = None
+    noQueue = bool(options.get("no-queue"))
+
+    def committed(ids: list[int]) -> None:
+        if queue is not None:
+            queue.preprocess(ids)
+        else:
+            pokeTrigger(home.queue)
+
+    injector = Injector(home.queue, home.control, reactor, runInThread, committed)
+    ctx = Context(home, reactor, injector, controls, runInThread)
+
+    if not noQueue:
+        agents = {
+            "local": _makeAgent(ctx, "qmtwist.local.agent", "LocalAgent", "local", options),
+            "remote": _makeAgent(ctx, "qmtwist.remote.agent", "RemoteAgent", "remote", options),
+        }
+        queue = QueueService(home.queue, controls, reactor, runInThread, agents, injector)
+        try:
+            queue.lockMutex()
+        except RuntimeError:
+            fatal("alert: cannot start: qmail-send is already running")
+        queue.setServiceParent(top)
+        TriggerService(reactor, home.queue.trigger, queue.scanTodo).setServiceParent(top)
+
+        def hup() -> None:
+            queue.hup()
+            for reload in ctx.reloaders:
+                reload()
+
+        SignalService(reactor, home, hup, queue.alrm).setServiceParent(top)
+        descriptorWarning = _optional("qmtwist.remote.agent", "descriptorWarning")
+        if descriptorWarning is not None:
+            warning = descriptorWarning(controls.snapshot.concurrencyremote)
+            if warning:
+                log.warn("{line}", line=warning)
+    else:
+        def hupListeners() -> None:
+            controls.reload()
+            for reload in ctx.reloaders:
+                reload()
+        SignalService(reactor, home, hupListeners, lambda: None).setServiceParent(top)
+
+    prepareSocketPath(home.queueSocket)
+    sock = strports.service(f"unix:{home.queueSocket}:mode=666", QueueSocketFactory(injector))
+    sock.setServiceParent(top)
+
+    for name, modname, maker in (
+        ("smtp", "qmtwist.smtp.listener", "makeSMTPService"),
+        ("qmtp", "qmtwist.qmtp.listener", "makeQMTPService"),
+        ("pop3", "qmtwist.pop3.listener", "makePOP3Service"),
+    ):
+        endpoint = options.get(name)
+        if not endpoint or endpoint == "none":
+            continue
+        make = _optional(modname, maker)
+        if make is None:
+            log.warn("warning: no {name} listener in this installation", name=name)
+            continue
+        rules = options.get(f"{name}-rules") or os.path.join(home.rules, name)
+        concurrency = int(options.get(f"{name}-concurrency") or 40)
+        if name == "pop3":
+            svc = make(ctx, endpoint, rules, concurrency, options.get("checkpassword"))
+        else:
+            svc = make(ctx, endpoint, rules, concurrency)
+        svc.setServiceParent(top)
+    return Built(top, ctx, queue)
+
+
+def _makeAgent(ctx: Context, modname: str, clsname: str, channel: str,
+               options: dict[str, Any]) -> Any:
+    cls = _optional(modname, clsname)
+    if cls is None:
+        log.warn("warning: no {channel} delivery in this installation; deferring", channel=channel)
+        return DeferringAgent(channel, f"No {channel} delivery in this installation. (#4.3.0)")
+    if channel == "remote":
+        makeResolver = _optional("qmtwist.remote.mx", "makeResolver")
+        resolver = makeResolver(ctx.reactor, options.get("dns") or None) if makeResolver else None
+        return cls(ctx, resolver)
+    return cls(ctx)
+
+
+def makeService(options: Options) -> service.IService:
+    """twistd's entry point (see twisted/plugins/qmtwist_plugin.py)."""
+    return buildServices(options).top

@@ -1,0 +1,156 @@
+"""
+Start-up recovery and removal of finished or abandoned files (qmail-clean, SPEC.md 5.10).
+
+Everything here runs on a thread: it scans directories and unlinks files.
+"""
+
+from __future__ import annotations
+
+import os
+
+from attrs import frozen
+
+from qmtwist.queue.envelope import ChannelEntry, CorruptQueueFile, decodeChannel, decodeInfo
+from qmtwist.queue.layout import SPLIT, QueueLayout
+from qmtwist.queue.preprocess import messStamp
+
+ORPHAN_AGE = 36 * 3600
+
+
+@frozen
+class LoadedChannel:
+    entries: tuple[ChannelEntry, ...]
+    scheduled: float
+
+
+@frozen
+class LoadedMessage:
+    """A preprocessed message read back from disk at start-up."""
+
+    id: int
+    sender: bytes
+    birth: float
+    stamp: str
+    size: int
+    channels: dict[str, LoadedChannel]
+
+
+def _ids(path: str) -> list[int]:
+    out = []
+    try:
+        names = os.listdir(path)
+    except FileNotFoundError:
+        return out
+    for name in names:
+        if name.isdigit():
+            out.append(int(name))
+    return out
+
+
+def _unlink(path: str) -> None:
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        pass
+
+
+def removeMessage(layout: QueueLayout, n: int) -> None:
+    """Remove every file of a finished message; the info file goes last."""
+    for path in (layout.local(n), layout.remote(n), layout.bounce(n), layout.todo(n),
+                 layout.intd(n), layout.mess(n), layout.info(n)):
+        _unlink(path)
+
+
+def loadMessage(layout: QueueLayout, n: int) -> LoadedMessage | None:
+    """Read a preprocessed message; L{None} when its mess file is gone (it had finished)."""
+    try:
+        stamp, size = messStamp(layout, n)
+    except FileNotFoundError:
+        removeMessage(layout, n)
+        return None
+    info = layout.info(n)
+    with open(info, "rb") as f:
+        sender = decodeInfo(f.read())
+    birth = os.stat(info).st_mtime
+    channels = {}
+    for name in ("local", "remote"):
+        path = layout.channel(name, n)
+        try:
+            with open(path, "rb") as f:
+                data = f.read()
+            mtime = os.stat(path).st_mtime
+        except FileNotFoundError:
+            continue
+        channels[name] = LoadedChannel(tuple(decodeChannel(data)), mtime)
+    return LoadedMessage(n, sender, birth, stamp, size, channels)
+
+
+@frozen
+class Scan:
+    todo: tuple[int, ...]
+    messages: tuple[LoadedMessage, ...]
+    problems: tuple[str, ...]
+
+
+def recover(layout: QueueLayout, now: float) -> Scan:
+    """
+    Scan the queue at start-up: todo entries to preprocess, preprocessed messages to resume,
+    and orphans older than 36 hours removed.
+    """
+    todo = set(_ids(layout.sub("todo")))
+    messages: list[LoadedMessage] = []
+    problems: list[str] = []
+    infos: set[int] = set()
+    for i in range(SPLIT):
+        for n in _ids(layout.sub("info", i)):
+            infos.add(n)
+            if n in todo:
+                continue
+            try:
+                m = loadMessage(layout, n)
+            except (CorruptQueueFile, ValueError):
+                problems.append(f"warning: unknown record type in info/{n}!")
+                continue
+            except OSError:
+                problems.append(f"warning: trouble reading info/{n}; will try again later")
+                continue
+            if m is not None:
+                messages.append(m)
+    for i in range(SPLIT):
+        for n in _ids(layout.sub("mess", i)):
+            if n in todo or n in infos:
+                continue
+            _removeIfOld(layout.mess(n), now)
+    for n in _ids(layout.sub("intd")):
+        if n not in todo:
+            _removeIfOld(layout.intd(n), now)
+    try:
+        for name in os.listdir(layout.sub("pid")):
+            _removeIfOld(layout.sub("pid", name), now)
+    except FileNotFoundError:
+        pass
+    return Scan(tuple(sorted(todo)), tuple(messages), tuple(problems))
+
+
+def _removeIfOld(path: str, now: float) -> None:
+    try:
+        if os.stat(path).st_mtime < now - ORPHAN_AGE:
+            os.unlink(path)
+    except FileNotFoundError:
+        pass
+
+
+def listTodo(layout: QueueLayout) -> list[int]:
+    """The ids waiting in todo/ (a wake-up from another process's trigger)."""
+    return sorted(_ids(layout.sub("todo")))
+
+
+def markDone(path: str, offsets: list[int]) -> None:
+    """Overwrite the C{T} of each recipient at C{offsets} with C{D}, then fsync."""
+    fd = os.open(path, os.O_WRONLY)
+    try:
+        for off in offsets:
+            os.pwrite(fd, b"D", off)
+        os.fsync(fd)
+    finally:
+        os.close(fd)

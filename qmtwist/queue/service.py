@@ -1,0 +1,561 @@
+"""
+The queue service (qmail-send): preprocess, schedule, dispatch to delivery agents, record
+results, bounce, clean (SPEC.md 5.5-5.10, 6).
+
+One object owns the in-memory schedule; every file operation goes through L{FileOps}, which
+runs the waiting operations together on a thread. Reports from agents are trusted only as far as
+qmail-send trusts its spawners: anything unexpected is a deferral.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import heapq
+import os
+from collections import deque
+from typing import Any, Callable
+
+from attrs import define, field
+from twisted.application import service
+from twisted.internet.defer import Deferred, succeed
+from twisted.internet.task import LoopingCall
+from twisted.logger import Logger
+
+from qmtwist.context import ControlCache
+from qmtwist.delivery import DeliveryRequest, Outcome, Report
+from qmtwist.interfaces import IDeliveryAgent, IInjector
+from qmtwist.queue import bounce as qbounce
+from qmtwist.queue import clean
+from qmtwist.queue.envelope import ChannelEntry
+from qmtwist.queue.layout import QueueLayout
+from qmtwist.queue.preprocess import Preprocessed, Problem, preprocessBatch, unprefix
+from qmtwist.queue.schedule import TOO_LONG, isLastPass, nextPass
+from qmtwist.queue.store import Syncer
+
+log = Logger(namespace="qmail-send")
+RunInThread = Callable[[Callable[[], Any]], "Deferred[Any]"]
+TODO_SCAN_INTERVAL = 25 * 60
+RETRY_SOON = 10
+
+
+def logSafe(text: bytes) -> str:
+    """qmail-send's log quoting: LF becomes C{/}; bytes outside 33-126 and C{%} become C{_}."""
+    out = []
+    for ch in text:
+        if ch == 10:
+            out.append("/")
+        elif ch < 33 or ch > 126 or ch == 37:
+            out.append("_")
+        else:
+            out.append(chr(ch))
+    return "".join(out)
+
+
+class FileOps:
+    """Runs queued blocking file operations in batches, one thread hop per batch, in order."""
+
+    def __init__(self, runInThread: RunInThread) -> None:
+        self.runInThread = runInThread
+        self._waiting: list[tuple[Callable[[], Any], Deferred[Any]]] = []
+        self._running = False
+
+    def submit(self, op: Callable[[], Any]) -> Deferred[Any]:
+        d: Deferred[Any] = Deferred()
+        self._waiting.append((op, d))
+        if not self._running:
+            self._run()
+        return d
+
+    def _run(self) -> None:
+        batch, self._waiting = self._waiting, []
+        self._running = True
+
+        def work() -> list[tuple[bool, Any]]:
+            results = []
+            for op, _ in batch:
+                try:
+                    results.append((True, op()))
+                except Exception as e:
+                    results.append((False, e))
+            return results
+
+        def done(results: list[tuple[bool, Any]]) -> None:
+            self._running = False
+            for (ok, value), (_, d) in zip(results, batch):
+                if ok:
+                    d.callback(value)
+                else:
+                    d.errback(value)
+            if self._waiting and not self._running:
+                self._run()
+
+        self.runInThread(work).addCallback(done)
+
+
+@define(eq=False)
+class _Channel:
+    name: str
+    entries: list[ChannelEntry]
+    scheduled: float
+    recovered: bool = False
+    done: set[int] = field(factory=set)
+    inFlight: set[int] = field(factory=set)
+    attempted: set[int] = field(factory=set)
+    inPass: bool = False
+    passStart: float = 0.0
+    lastPass: bool = False
+    outstanding: int = 0
+    deferred: bool = False
+
+    def undone(self) -> list[ChannelEntry]:
+        return [e for e in self.entries if e.position not in self.done]
+
+
+@define(eq=False)
+class _Message:
+    id: int
+    sender: bytes
+    birth: float
+    stamp: str
+    size: int
+    channels: dict[str, _Channel]
+    finishing: bool = False
+
+
+class QueueService(service.Service):
+    """
+    qmail-send. Construct with the queue, controls, clock, a thread hop, the agents by channel
+    name and the injector used for bounces.
+    """
+
+    name = "qmail-send"
+
+    def __init__(
+        self,
+        layout: QueueLayout,
+        controls: ControlCache,
+        clock: Any,
+        runInThread: RunInThread,
+        agents: dict[str, IDeliveryAgent],
+        injector: IInjector,
+        syncer: Syncer | None = None,
+    ) -> None:
+        self.layout = layout
+        self.controls = controls
+        self.clock = clock
+        self.agents = agents
+        self.injector = injector
+        self.syncer = syncer or Syncer()
+        self.ops = FileOps(runInThread)
+        self.runInThread = runInThread
+        self.messages: dict[int, _Message] = {}
+        self._known: set[int] = set()
+        self._toPreprocess: set[int] = set()
+        self._preprocessing = False
+        self._timers: list[tuple[float, int, str]] = []
+        self._wakeCall: Any = None
+        self._ready: dict[str, deque[tuple[int, int]]] = {"local": deque(), "remote": deque()}
+        self.active: dict[str, int] = {"local": 0, "remote": 0}
+        self._deliveryCounter = 0
+        self._stopping = False
+        self._idleWaiters: list[Deferred[None]] = []
+        self._todoScan: LoopingCall | None = None
+        self._mutexFd = -1
+        self.started: Deferred[None] = Deferred()
+
+    # -- start and stop --------------------------------------------------------------------
+
+    def lockMutex(self) -> None:
+        """Take C{lock/sendmutex}; raise L{RuntimeError} when another queue service holds it."""
+        fd = os.open(self.layout.sendmutex, os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            os.close(fd)
+            log.critical("alert: cannot start: qmail-send is already running")
+            raise RuntimeError("qmail-send is already running")
+        self._mutexFd = fd
+
+    def startService(self) -> None:
+        if self._mutexFd < 0:
+            self.lockMutex()
+        super().startService()
+        self._status()
+        now = self.clock.seconds()
+        d = self.runInThread(lambda: clean.recover(self.layout, now))
+        d.addCallback(self._recovered)
+        d.addErrback(lambda f: log.failure("alert: unable to scan the queue", f))
+
+    def _recovered(self, scan: clean.Scan) -> None:
+        for line in scan.problems:
+            log.warn("{line}", line=line)
+        now = self.clock.seconds()
+        for m in scan.messages:
+            channels = {}
+            for name, ch in m.channels.items():
+                done = {e.position for e in ch.entries if e.done}
+                channels[name] = _Channel(
+                    name, list(ch.entries), max(now, ch.scheduled), recovered=True, done=done)
+            msg = _Message(m.id, m.sender, m.birth, m.stamp, m.size, channels)
+            self.messages[m.id] = msg
+            self._known.add(m.id)
+            self._afterChannelsChanged(msg)
+        self.preprocess(list(scan.todo))
+        self._todoScan = LoopingCall(self.scanTodo)
+        self._todoScan.clock = self.clock
+        self._todoScan.start(TODO_SCAN_INTERVAL, now=False)
+        self.started.callback(None)
+
+    def stopService(self) -> Deferred[None]:
+        super().stopService()
+        self._stopping = True
+        if self._todoScan is not None and self._todoScan.running:
+            self._todoScan.stop()
+        if self._wakeCall is not None and self._wakeCall.active():
+            self._wakeCall.cancel()
+        self._status()
+        d = self._whenIdle()
+        d.addCallback(lambda _: self.ops.submit(self._storeSchedule))
+        d.addCallback(lambda _: self._stopAgents())
+        d.addCallback(lambda _: self._exit())
+        return d
+
+    def _stopAgents(self) -> Deferred[Any]:
+        from twisted.internet.defer import gatherResults
+
+        return gatherResults([a.stop() for a in self.agents.values()], consumeErrors=True)
+
+    def _exit(self) -> None:
+        if self._mutexFd >= 0:
+            os.close(self._mutexFd)
+            self._mutexFd = -1
+        log.info("status: exiting")
+
+    def _whenIdle(self) -> Deferred[None]:
+        if not any(self.active.values()) and not self._preprocessing:
+            return succeed(None)
+        d: Deferred[None] = Deferred()
+        self._idleWaiters.append(d)
+        return d
+
+    def _checkIdle(self) -> None:
+        if self._idleWaiters and not any(self.active.values()) and not self._preprocessing:
+            waiters, self._idleWaiters = self._idleWaiters, []
+            for d in waiters:
+                d.callback(None)
+
+    def _storeSchedule(self) -> None:
+        for m in self.messages.values():
+            for ch in m.channels.values():
+                try:
+                    os.utime(self.layout.channel(ch.name, m.id), (ch.scheduled, ch.scheduled))
+                except OSError:
+                    pass
+
+    # -- signals -----------------------------------------------------------------------------
+
+    def hup(self) -> None:
+        """SIGHUP: reread controls (unreadable files keep their old values), reload agents."""
+        warnings = self.controls.reload()
+        for agent in self.agents.values():
+            agent.reload()
+        if not any(w.startswith("alert:") for w in warnings):
+            log.info("hup: reread control files, users and rules")
+        self._pump()
+
+    def alrm(self) -> None:
+        """SIGALRM: every pending pass, local and remote, is due now (FAQ 7.2)."""
+        now = self.clock.seconds()
+        for m in self.messages.values():
+            for ch in m.channels.values():
+                if not ch.inPass:
+                    ch.scheduled = now
+                    heapq.heappush(self._timers, (now, m.id, ch.name))
+        self._armTimer()
+
+    # -- preprocessing -----------------------------------------------------------------------
+
+    def scanTodo(self) -> Deferred[None]:
+        """Look in todo/ (trigger from another process, or the 25-minute sweep)."""
+        d = self.runInThread(lambda: clean.listTodo(self.layout))
+        d.addCallback(self.preprocess)
+        return d
+
+    def preprocess(self, ids: list[int]) -> None:
+        """Queue todo entries for preprocessing (in-process injectors call this directly)."""
+        if self._stopping:
+            return
+        fresh = [n for n in ids if n not in self._known]
+        self._known.update(fresh)
+        self._toPreprocess.update(fresh)
+        if self._toPreprocess and not self._preprocessing:
+            self._runPreprocess()
+
+    def _runPreprocess(self) -> None:
+        ids = sorted(self._toPreprocess)
+        self._toPreprocess.clear()
+        self._preprocessing = True
+        control = self.controls.snapshot
+        d = self.runInThread(lambda: preprocessBatch(self.layout, ids, control, self.syncer))
+
+        def done(results: list[Preprocessed | Problem]) -> None:
+            self._preprocessing = False
+            handled = set()
+            for r in results:
+                handled.add(r.id)
+                if isinstance(r, Problem):
+                    log.warn("{line}", line=r.line)
+                    self._known.discard(r.id)
+                    if r.retry:
+                        self.clock.callLater(RETRY_SOON, self.preprocess, [r.id])
+                else:
+                    self._newMessage(r)
+            for n in ids:
+                if n not in handled:
+                    self._known.discard(n)
+            self._checkIdle()
+            if self._toPreprocess and not self._stopping:
+                self._runPreprocess()
+
+        def failed(f: Any) -> None:
+            self._preprocessing = False
+            log.failure("preprocessing crashed", f)
+            for n in ids:
+                self._known.discard(n)
+            self._checkIdle()
+
+        d.addCallbacks(done, failed)
+
+    def _newMessage(self, p: Preprocessed) -> None:
+        log.info("new msg {id}", id=p.id)
+        log.info(
+            "info msg {id}: bytes {size} from <{sender}> qp {qp} uid {uid}",
+            id=p.id, size=p.size, sender=logSafe(p.sender), qp=p.qp, uid=p.uid)
+        now = self.clock.seconds()
+        channels = {}
+        for name, addresses in (("local", p.local), ("remote", p.remote)):
+            if addresses:
+                entries, offset = [], 0
+                for i, a in enumerate(addresses):
+                    entries.append(ChannelEntry(i, offset, a, False))
+                    offset += len(a) + 2
+                channels[name] = _Channel(name, entries, now)
+        m = _Message(p.id, p.sender, p.birth, p.stamp, p.size, channels)
+        self.messages[p.id] = m
+        self._afterChannelsChanged(m)
+
+    # -- scheduling --------------------------------------------------------------------------
+
+    def _afterChannelsChanged(self, m: _Message) -> None:
+        if not m.channels:
+            self._finish(m)
+            return
+        for ch in m.channels.values():
+            if not ch.undone():
+                continue
+            heapq.heappush(self._timers, (ch.scheduled, m.id, ch.name))
+        self._armTimer()
+
+    def _armTimer(self) -> None:
+        if self._stopping:
+            return
+        if self._wakeCall is not None and self._wakeCall.active():
+            self._wakeCall.cancel()
+        self._wakeCall = None
+        now = self.clock.seconds()
+        while self._timers and self._timers[0][0] <= now:
+            _, n, name = heapq.heappop(self._timers)
+            m = self.messages.get(n)
+            ch = m.channels.get(name) if m is not None else None
+            if m is None or ch is None or ch.inPass or ch.scheduled > now:
+                continue
+            self._beginPass(m, ch, now)
+        if self._timers:
+            self._wakeCall = self.clock.callLater(
+                max(0.0, self._timers[0][0] - now), self._armTimer)
+        self._pump()
+
+    def _beginPass(self, m: _Message, ch: _Channel, now: float) -> None:
+        try:
+            m.birth = os.stat(self.layout.info(m.id)).st_mtime  # touch rejuvenates (FAQ 7.3)
+        except OSError:
+            pass
+        ch.inPass = True
+        ch.passStart = now
+        ch.lastPass = isLastPass(m.birth, now, self.controls.snapshot.queuelifetime)
+        ch.deferred = False
+        pending = [e for e in ch.undone() if e.position not in ch.inFlight]
+        ch.outstanding = len(pending)
+        for e in pending:
+            self._ready[ch.name].append((m.id, e.position))
+        if not pending:
+            ch.inPass = False
+
+    def _pump(self) -> None:
+        if self._stopping:
+            return
+        control = self.controls.snapshot
+        limits = {"local": control.concurrencylocal, "remote": control.concurrencyremote}
+        for name, ready in self._ready.items():
+            agent = self.agents.get(name)
+            while ready and self.active[name] < limits[name] and agent is not None:
+                room = limits[name] - self.active[name]
+                n, _ = ready[0]
+                batch = []
+                while ready and ready[0][0] == n and len(batch) < room:
+                    batch.append(ready.popleft()[1])
+                m = self.messages.get(n)
+                if m is None or name not in m.channels:
+                    continue
+                self._start(agent, m, m.channels[name], batch)
+
+    def _start(self, agent: IDeliveryAgent, m: _Message, ch: _Channel, positions: list[int]) -> None:
+        requests, numbers, entries = [], [], []
+        for pos in positions:
+            e = ch.entries[pos]
+            self._deliveryCounter += 1
+            numbers.append(self._deliveryCounter)
+            entries.append(e)
+            ch.inFlight.add(pos)
+            self.active[ch.name] += 1
+            log.info(
+                "starting delivery {delivery}: msg {id} to {channel} {addr}",
+                delivery=self._deliveryCounter, id=m.id, channel=ch.name, addr=logSafe(e.address))
+            requests.append(DeliveryRequest(
+                m.id, self.layout.mess(m.id), qbounce.verpSender(m.sender, e.address),
+                e.address, pos, m.stamp, ch.recovered or pos in ch.attempted, ch.lastPass))
+            ch.attempted.add(pos)
+        self._status()
+        try:
+            results = agent.deliver(requests)
+        except Exception as exc:
+            log.failure("delivery agent crashed")
+            results = [succeed(Report.deferral(f"Unable to run delivery: {exc}. (#4.3.0)"))
+                       for _ in requests]
+        for d, number, e in zip(results, numbers, entries):
+            d.addErrback(lambda f: Report.deferral(
+                f"Delivery agent crashed: {f.getErrorMessage()}. (#4.3.0)"))
+            d.addCallback(self._result, m, ch, e, number)
+
+    def _result(self, report: Report, m: _Message, ch: _Channel, e: ChannelEntry, number: int) -> None:
+        if not isinstance(report, Report):
+            report = Report.deferral(b"Unexpected report from delivery agent. (#4.3.0)")
+        if report.outcome is Outcome.DEFERRAL and ch.lastPass:
+            report = Report(Outcome.FAILURE, report.text + TOO_LONG)
+        self.active[ch.name] -= 1
+        log.info(
+            "delivery {delivery}: {outcome}: {text}",
+            delivery=number, outcome=report.outcome.value, text=logSafe(report.text))
+        self._status()
+        path = self.layout.channel(ch.name, m.id)
+        if report.outcome is Outcome.DEFERRAL:
+            ch.deferred = True
+            self._entryFinished(m, ch, e, done=False)
+        else:
+            ops: list[Callable[[], None]] = []
+            if report.outcome is Outcome.FAILURE:
+                para = qbounce.paragraph(unprefix(self.controls.snapshot, e.address), report.text)
+                bouncePath = self.layout.bounce(m.id)
+                ops.append(lambda: qbounce.appendParagraph(bouncePath, para))
+            ops.append(lambda: clean.markDone(path, [e.offset]))
+
+            def run() -> None:
+                for op in ops:
+                    op()
+
+            d = self.ops.submit(run)
+            d.addCallbacks(
+                lambda _: self._entryFinished(m, ch, e, done=True),
+                lambda f: self._markFailed(f, m, ch, e, path))
+        self._pump()
+        self._checkIdle()
+
+    def _markFailed(self, f: Any, m: _Message, ch: _Channel, e: ChannelEntry, path: str) -> None:
+        if not os.path.exists(self.layout.bounce(m.id)):
+            log.warn("warning: trouble marking {path}; message will be delivered twice!", path=path)
+        else:
+            log.critical("alert: unable to append to bounce message; HELP! sleeping...")
+        ch.deferred = True
+        self._entryFinished(m, ch, e, done=False)
+
+    def _entryFinished(self, m: _Message, ch: _Channel, e: ChannelEntry, done: bool) -> None:
+        ch.inFlight.discard(e.position)
+        if done:
+            ch.done.add(e.position)
+        ch.outstanding -= 1
+        if ch.outstanding > 0:
+            return
+        ch.inPass = False
+        if not ch.undone():
+            del m.channels[ch.name]
+            path = self.layout.channel(ch.name, m.id)
+            self.ops.submit(lambda: os.unlink(path)).addErrback(lambda f: None)
+            if not m.channels:
+                self._finish(m)
+        else:
+            ch.scheduled = nextPass(m.birth, ch.passStart, ch.name)
+            heapq.heappush(self._timers, (ch.scheduled, m.id, ch.name))
+            self._armTimer()
+        self._checkIdle()
+
+    # -- finishing ---------------------------------------------------------------------------
+
+    def _finish(self, m: _Message) -> None:
+        if m.finishing:
+            return
+        m.finishing = True
+        d = self.ops.submit(lambda: self._readBounce(m.id))
+        d.addCallback(self._bounceAndRemove, m)
+        d.addErrback(self._finishFailed, m)
+
+    def _readBounce(self, n: int) -> tuple[bytes, bytes] | None:
+        try:
+            with open(self.layout.bounce(n), "rb") as f:
+                paragraphs = f.read()
+        except FileNotFoundError:
+            return None
+        with open(self.layout.mess(n), "rb") as f:
+            return paragraphs, f.read()
+
+    def _bounceAndRemove(self, found: tuple[bytes, bytes] | None, m: _Message) -> Deferred[Any]:
+        if found is None:
+            return self._remove(m)
+        paragraphs, message = found
+        b = qbounce.makeBounce(
+            self.controls.snapshot, m.sender, paragraphs, message, self.clock.seconds())
+        if b is None:
+            log.info("triple bounce: discarding bounce/{id}", id=m.id)
+            return self._remove(m)
+        d = self.injector.inject(b.sender, [b.recipient], b.message, b"for bounce")
+
+        def queued(q: Any) -> Deferred[Any]:
+            log.info("bounce msg {id} qp {qp}", id=m.id, qp=q.qp)
+            return self._remove(m)
+
+        return d.addCallback(queued)
+
+    def _remove(self, m: _Message) -> Deferred[Any]:
+        def removed(_: Any) -> None:
+            log.info("end msg {id}", id=m.id)
+            self.messages.pop(m.id, None)
+            self._known.discard(m.id)
+            self._checkIdle()
+
+        return self.ops.submit(lambda: clean.removeMessage(self.layout, m.id)).addCallback(removed)
+
+    def _finishFailed(self, f: Any, m: _Message) -> None:
+        log.warn("warning: trouble injecting bounce message, will try later ({why})",
+                 why=f.getErrorMessage())
+        m.finishing = False
+        if not self._stopping:
+            self.clock.callLater(RETRY_SOON * 6, self._finish, m)
+
+    # -- log ---------------------------------------------------------------------------------
+
+    def _status(self) -> None:
+        control = self.controls.snapshot
+        log.info(
+            "status: local {l}/{L} remote {r}/{R}{exitasap}",
+            l=self.active["local"], L=control.concurrencylocal,
+            r=self.active["remote"], R=control.concurrencyremote,
+            exitasap=" exitasap" if self._stopping else "")

@@ -1,0 +1,45 @@
+"""
+The Received line qmail-smtpd puts first in the message it queues (SPEC.md 7.9); pure.
+"""
+
+from __future__ import annotations
+
+from qmtwist.received import date822
+
+_SAFE = frozenset(
+    b"abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789.@%+/=:-[]"
+)
+
+
+def safe(text: bytes) -> bytes:
+    """Every byte other than letters, digits and C{.@%+/=:-[]} becomes C{?} (notqmail 1.08)."""
+    return bytes(c if c in _SAFE else 0x3F for c in text)
+
+
+def smtpReceived(
+    remoteHost: bytes | None,
+    helo: bytes | None,
+    remoteIP: bytes,
+    localHost: bytes,
+    when: float,
+    tls: bool = False,
+    remoteInfo: bytes | None = None,
+) -> bytes:
+    """
+    C{Received: from RHOST (HELO ARG) (RIP)\\n  by LHOST with SMTP; DATE822\\n}.
+
+    @param remoteHost: C{TCPREMOTEHOST} or L{None} (written C{unknown}).
+    @param helo: the last HELO/EHLO argument, or L{None} before any.
+    @param localHost: C{TCPLOCALHOST}, else C{TCPLOCALIP}.
+    @param tls: the session is encrypted (C{ESMTPS}).
+    """
+    rhost = remoteHost if remoteHost else b"unknown"
+    out = [b"Received: from ", safe(rhost)]
+    if helo is not None and helo.lower() != rhost.lower():
+        out += [b" (HELO ", safe(helo), b")"]
+    out.append(b" (")
+    if remoteInfo:
+        out += [safe(remoteInfo), b"@"]
+    out += [safe(remoteIP), b")\n  by ", safe(localHost), b" with ",
+            b"ESMTPS" if tls else b"SMTP", b"; ", date822(when), b"\n"]
+    return b"".join(out)

@@ -1,0 +1,291 @@
+"""
+tcpserver access rules in tcprules' text format (SPEC.md 8.1, 8.2); pure.
+
+qmail's servers run under djb's tcpserver, which reads a cdb made by tcprules. qmtwist reads the
+text form directly (no cdb step). L{parseRules} turns the text into L{Rule} records and warning
+lines; L{RuleSet.match} picks the rule for a peer (IP address, host name if known) and returns a
+L{Decision}: allow or deny plus the environment to hand to the session.
+
+Deviations: C{info@address} rules are parsed but never match (no ident lookups); IPv6 addresses
+are accepted as exact addresses or as prefixes ending at a colon boundary [qmtwist].
+"""
+
+from __future__ import annotations
+
+import os
+
+from attrs import field, frozen
+
+
+@frozen
+class Rule:
+    """
+    One line of a rules file.
+
+    @ivar address: the address part (C{1.2.3.4}, C{1.2.3.}, C{1.2.3.37-53}, C{=host}, C{""}...).
+    @ivar allow: C{True} for C{allow}, C{False} for C{deny}.
+    @ivar env: C{(name, value)} pairs in file order; C{value} L{None} means C{!NAME} (remove).
+    @ivar line: the line number in the file (1-based).
+    """
+
+    address: str
+    allow: bool
+    env: tuple[tuple[str, bytes | None], ...] = ()
+    line: int = 0
+
+
+@frozen
+class Decision:
+    """
+    The outcome for one connection.
+
+    @ivar allow: whether the session may start.
+    @ivar env: variables to set (bytes values).
+    @ivar remove: variables to remove from the inherited environment.
+    @ivar rule: the rule that matched, or L{None} (no rule: allow, nothing set).
+    """
+
+    allow: bool
+    env: dict[str, bytes] = field(factory=dict)
+    remove: frozenset[str] = frozenset()
+    rule: Rule | None = None
+
+    def apply(self, base: dict[str, bytes]) -> dict[str, bytes]:
+        """The session environment: C{base} minus removed names plus the set ones."""
+        out = {k: v for k, v in base.items() if k not in self.remove}
+        out.update(self.env)
+        return out
+
+
+class RulesSyntaxError(ValueError):
+    """A rules line cannot be parsed."""
+
+
+def _splitLine(line: str) -> tuple[str, str]:
+    # The address may contain colons (IPv6), the instructions start with allow or deny.
+    start = 0
+    while True:
+        i = line.find(":", start)
+        if i < 0:
+            raise RulesSyntaxError(line)
+        rest = line[i + 1:]
+        for word in ("allow", "deny"):
+            if rest.startswith(word) and (len(rest) == len(word) or rest[len(word)] == ","):
+                return line[:i], rest
+        start = i + 1
+
+
+def parseInstructions(text: str) -> tuple[bool, tuple[tuple[str, bytes | None], ...]]:
+    """
+    Parse C{allow,VAR="value",!OTHER}.
+
+    @raise RulesSyntaxError: anything else.
+    """
+    if text.startswith("allow"):
+        allow, rest = True, text[5:]
+    elif text.startswith("deny"):
+        allow, rest = False, text[4:]
+    else:
+        raise RulesSyntaxError(text)
+    env: list[tuple[str, bytes | None]] = []
+    while rest:
+        if not rest.startswith(","):
+            raise RulesSyntaxError(text)
+        rest = rest[1:]
+        if rest.startswith("!"):
+            end = rest.find(",")
+            name = rest[1:] if end < 0 else rest[1:end]
+            if not name or "=" in name:
+                raise RulesSyntaxError(text)
+            env.append((name, None))
+            rest = "" if end < 0 else rest[end:]
+            continue
+        eq = rest.find("=")
+        if eq <= 0 or len(rest) < eq + 2:
+            raise RulesSyntaxError(text)
+        name = rest[:eq]
+        if "," in name:
+            raise RulesSyntaxError(text)
+        delim = rest[eq + 1]
+        close = rest.find(delim, eq + 2)
+        if close < 0:
+            raise RulesSyntaxError(text)
+        env.append((name, rest[eq + 2:close].encode("utf-8", "surrogateescape")))
+        rest = rest[close + 1:]
+    return allow, tuple(env)
+
+
+def _validAddress(address: str) -> bool:
+    if address == "" or address.startswith("="):
+        return True
+    if "@" in address:
+        address = address.split("@", 1)[1]
+    if "-" in address:
+        head, _, last = address.rpartition(".")
+        lo, _, hi = last.partition("-")
+        return bool(head) and lo.isdigit() and hi.isdigit()
+    allowed = set("0123456789abcdefABCDEF.:")
+    return all(c in allowed for c in address)
+
+
+def parseRules(data: bytes, name: str = "smtp") -> tuple[list[Rule], list[str]]:
+    """
+    Parse a rules file.
+
+    @param data: the file's bytes.
+    @param name: the service name used in warnings (C{rules/NAME}).
+    @return: the rules in file order and the warning lines for lines that cannot be parsed.
+    """
+    rules: list[Rule] = []
+    warnings: list[str] = []
+    text = data.decode("utf-8", "surrogateescape")
+    for n, raw in enumerate(text.split("\n"), 1):
+        line = raw.rstrip(" \t\r")
+        if not line or line.startswith("#"):
+            continue
+        try:
+            address, instructions = _splitLine(line)
+            if not _validAddress(address):
+                raise RulesSyntaxError(line)
+            allow, env = parseInstructions(instructions)
+        except RulesSyntaxError:
+            warnings.append(f"warning: rules/{name} line {n}: unable to parse this line: {line}")
+            continue
+        rules.append(Rule(address, allow, env, n))
+    return rules, warnings
+
+
+def _inRange(address: str, ip: str) -> bool:
+    head, _, last = address.rpartition(".")
+    lo, _, hi = last.partition("-")
+    ipHead, _, ipLast = ip.rpartition(".")
+    return ipHead == head and ipLast.isdigit() and int(lo) <= int(ipLast) <= int(hi)
+
+
+class RuleSet:
+    """
+    A parsed rules file, indexed for L{match}.
+
+    @ivar rules: the rules in file order.
+    @ivar needsHostname: whether any rule names a host (C{=...}), so the listener must look up
+        C{TCPREMOTEHOST} (SPEC.md 8.4).
+    """
+
+    def __init__(self, rules: list[Rule]) -> None:
+        self.rules = rules
+        self._first: dict[str, Rule] = {}
+        self._ranges: list[Rule] = []
+        for r in rules:
+            if "@" in r.address:
+                continue  # info@address: never matches without ident
+            if "-" in r.address and not r.address.startswith("="):
+                self._ranges.append(r)
+                continue
+            self._first.setdefault(r.address, r)
+        self.needsHostname = any(r.address.startswith("=") for r in rules)
+
+    def match(self, ip: str, host: str | None = None) -> Decision:
+        """
+        The decision for a peer (SPEC.md 8.2).
+
+        @param ip: C{TCPREMOTEIP}.
+        @param host: C{TCPREMOTEHOST}, or L{None} when unknown.
+        """
+        rule = self._find(ip, host)
+        if rule is None:
+            return Decision(True)
+        env: dict[str, bytes] = {}
+        remove: set[str] = set()
+        for k, v in rule.env:
+            if v is None:
+                remove.add(k)
+                env.pop(k, None)
+            else:
+                env[k] = v
+                remove.discard(k)
+        return Decision(rule.allow, env, frozenset(remove), rule)
+
+    def _find(self, ip: str, host: str | None) -> Rule | None:
+        exact = [r for r in (self._first.get(ip),) if r is not None]
+        exact += [r for r in self._ranges if _inRange(r.address, ip)]
+        if exact:
+            return min(exact, key=lambda r: r.line)
+        if host is not None:
+            host = host.lower()
+            r = self._first.get("=" + host)
+            if r is not None:
+                return r
+        sep = ":" if ":" in ip else "."
+        for i in range(len(ip) - 1, 0, -1):
+            if ip[i - 1] == sep:
+                r = self._first.get(ip[:i])
+                if r is not None:
+                    return r
+        if host is not None:
+            for i, c in enumerate(host):
+                if c == ".":
+                    r = self._first.get("=" + host[i:])
+                    if r is not None:
+                        return r
+            r = self._first.get("=")
+            if r is not None:
+                return r
+        return self._first.get("")
+
+
+class RulesFile:
+    """
+    A rules file reread when its mtime changes or on L{reload} (SPEC.md 8.2).
+
+    A missing file means "allow everybody, set nothing"; a file that cannot be read keeps the
+    previous rule set.
+    """
+
+    def __init__(self, path: str | None, name: str) -> None:
+        self.path = path
+        self.name = name
+        self.ruleSet = RuleSet([])
+        self._stamp: object = ()
+
+    def _statKey(self) -> object:
+        if self.path is None:
+            return None
+        try:
+            st = os.stat(self.path)
+        except FileNotFoundError:
+            return None
+        except OSError:
+            return self._stamp
+        return (st.st_mtime_ns, st.st_size, st.st_ino)
+
+    def reload(self, force: bool = True) -> list[str]:
+        """
+        Reread the file (when C{force} or its mtime changed).
+
+        @return: warning lines to log.
+        """
+        stamp = self._statKey()
+        if not force and stamp == self._stamp:
+            return []
+        if stamp is None:
+            self.ruleSet = RuleSet([])
+            self._stamp = None
+            return []
+        assert self.path is not None
+        try:
+            with open(self.path, "rb") as f:
+                data = f.read()
+        except FileNotFoundError:
+            self.ruleSet, self._stamp = RuleSet([]), None
+            return []
+        except OSError as e:
+            return [f"warning: unable to read rules/{self.name}: {e.strerror}; keeping previous rules"]
+        rules, warnings = parseRules(data, self.name)
+        self.ruleSet = RuleSet(rules)
+        self._stamp = stamp
+        return warnings
+
+    def current(self) -> tuple[RuleSet, list[str]]:
+        """The rules for a new connection, rereading the file if it changed."""
+        warnings = self.reload(force=False)
+        return self.ruleSet, warnings
