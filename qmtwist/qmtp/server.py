@@ -17,7 +17,7 @@ are still sent, then the connection is closed. A session lasts at most one hour 
 
 from __future__ import annotations
 
-from typing import Callable, Mapping
+from typing import Any, Mapping
 
 from twisted.internet.defer import Deferred, succeed
 from twisted.internet.interfaces import IReactorTime
@@ -25,10 +25,13 @@ from twisted.internet.protocol import Protocol
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from qmtwist.errors import QQ_BUG, QueueError, qqText
+from qmtwist.control import Control
+from qmtwist.errors import QQ_BUG, QueueError
 from qmtwist.interfaces import IInjector, IMessageWriter
 from qmtwist.qmtp.netstring import NetstringError, NetstringParser, encode
+from qmtwist.rcpthosts import RcptHosts
 from qmtwist.received import date822
+from qmtwist.smtp.received import safe
 
 #: qmail-qmtpd's limit on a session (alarm(3600)).
 SESSION_SECONDS = 3600
@@ -39,15 +42,6 @@ RCPTHOSTS_TEXT = b"Dsorry, that domain isn't in my list of allowed rcpthosts (#5
 RECIPIENT_TEXT = b"Dsorry, I can't handle that recipient (#5.1.3)"
 SENDER_TEXT = b"Dunacceptable sender (#5.1.7)"
 DATABYTES_TEXT = b"Dsorry, that message size exceeds my databytes limit (#5.3.4)"
-
-_SAFE = frozenset(
-    b"abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789.@%+/=:-[]")
-
-
-def safeText(text: bytes) -> bytes:
-    """Every byte other than letters, digits and C{.@%+/=:-[]} written as C{?} (SPEC.md 7.9)."""
-    return bytes(c if c in _SAFE else 63 for c in text)
-
 
 def receivedLine(environ: Mapping[str, bytes], when: float) -> bytes:
     """
@@ -63,7 +57,7 @@ def receivedLine(environ: Mapping[str, bytes], when: float) -> bytes:
         rip = info + b"@" + rip
     lhost = environ.get("TCPLOCALHOST") or environ.get("TCPLOCALIP") or b"unknown"
     return b"Received: from %s (%s)\n  by %s with QMTP; %s\n" % (
-        safeText(rhost), safeText(rip), safeText(lhost), date822(when))
+        safe(rhost), safe(rip), safe(lhost), date822(when))
 
 
 def parseDatabytes(environ: Mapping[str, bytes], controlValue: int) -> int:
@@ -107,34 +101,31 @@ class QMTPServer(Protocol):
     """
     One QMTP session.
 
+    The listener sets L{env} (the session environment of SPEC.md 7.1: C{TCPREMOTEIP},
+    C{TCPLOCALHOST}, C{RELAYCLIENT}, C{DATABYTES}, ...; bytes values) before C{makeConnection}.
+
     @param injector: where accepted messages go.
-    @param environ: the session environment (SPEC.md 7.1: C{TCPREMOTEIP}, C{TCPLOCALHOST},
-        C{RELAYCLIENT}, C{DATABYTES}, ...), values as bytes.
-    @param databytes: C{control/databytes} (the environment's C{DATABYTES} overrides it).
-    @param allowed: the rcpthosts decision for a recipient (SPEC.md 7.5); consulted only when
-        C{RELAYCLIENT} is not set.
+    @param control: the control snapshot for this connection (C{databytes}, C{rcpthosts},
+        C{morercpthosts}).
     @param clock: for the Received line, the C{K} reply's time and the session limit.
     """
 
     log = Logger(namespace="qmtwist.qmtp")
 
-    #: tcpserver's exit status for the connection log: 0 clean, 256 protocol error or timeout.
-    exitStatus = 0
+    #: tcpserver's exit status for the connection log: 256 after a protocol error or timeout.
+    exitStatus: int | None = None
 
     def __init__(
         self,
         injector: IInjector,
-        environ: Mapping[str, bytes],
-        databytes: int,
-        allowed: Callable[[bytes], bool],
+        control: Control,
         clock: IReactorTime,
+        env: Mapping[str, bytes] | None = None,
     ) -> None:
         self.injector = injector
-        self.environ = dict(environ)
-        self.databytes = parseDatabytes(self.environ, databytes)
-        self.relayclient = self.environ.get("RELAYCLIENT")
-        self.allowed = allowed
+        self.control = control
         self.clock = clock
+        self.env: dict[str, bytes] = dict(env or {})
         self._parser = NetstringParser(self._fieldEnd, onChunk=self._fieldChunk)
         self._parser.setStreaming(True)
         self._rcptParser: NetstringParser | None = None
@@ -143,11 +134,14 @@ class QMTPServer(Protocol):
         self._tail: Deferred[None] = succeed(None)
         self._broken = False
         self._lost = False
-        self._timer = None
+        self._timer: Any = None
 
     # -- connection
 
     def connectionMade(self) -> None:
+        self.databytes = parseDatabytes(self.env, self.control.databytes)
+        self.relayclient = self.env.get("RELAYCLIENT")
+        self.allowed = RcptHosts.fromControl(self.control).allows
         self._timer = self.clock.callLater(SESSION_SECONDS, self._timeout)
 
     def _timeout(self) -> None:
@@ -255,7 +249,7 @@ class QMTPServer(Protocol):
             p.started = True
             try:
                 p.writer = self.injector.newMessage(b"from network")
-                p.writer.write(receivedLine(self.environ, self.clock.seconds()))
+                p.writer.write(receivedLine(self.env, self.clock.seconds()))
             except QueueError as e:
                 p.abort()
                 p.queueError = e
@@ -344,8 +338,3 @@ class QMTPServer(Protocol):
 def _queueText(e: QueueError) -> bytes:
     return (b"D" if e.permanent else b"Z") + e.text.encode()
 
-
-def qqLetterText(code: int) -> bytes:
-    """C{D}/C{Z} plus qmail's text for a qmail-queue exit code (used by the stdio server)."""
-    permanent, text = qqText(code)
-    return (b"D" if permanent else b"Z") + text.encode()

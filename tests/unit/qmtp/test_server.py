@@ -5,10 +5,12 @@ from __future__ import annotations
 import os
 
 import pytest
+from attrs import evolve
 from twisted.internet.defer import Deferred, maybeDeferred
 from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
 
+from qmtwist.control import load
 from qmtwist.errors import QueueError
 from qmtwist.qmtp.netstring import encode, encodeList
 from qmtwist.qmtp.server import DATABYTES_TEXT, QMTPServer, receivedLine
@@ -19,10 +21,6 @@ NOW = 1762326189  # 5 Nov 2025 07:03:09
 ENV = {"TCPREMOTEIP": b"127.0.0.1", "TCPLOCALHOST": b"test.example", "TCPLOCALIP": b"127.0.0.1"}
 RCVD = (b"Received: from unknown (127.0.0.1)\n  by test.example with QMTP; "
         b"5 Nov 2025 07:03:09 -0000\n")
-
-
-def allowed(rcpt: bytes) -> bool:
-    return rcpt.rsplit(b"@", 1)[-1].lower() in (b"test.example", b"localhost") or b"@" not in rcpt
 
 
 def package(message: bytes, sender: bytes, recipients: list[bytes]) -> bytes:
@@ -50,7 +48,8 @@ def session(home, environ=None, databytes=0, injector=None):
     clock = Clock()
     clock.advance(NOW)
     inj = injector or Injector(home.queue, home.control, clock, maybeDeferred)
-    proto = QMTPServer(inj, {**ENV, **(environ or {})}, databytes, allowed, clock)
+    ctl = evolve(load(home.control)[0], databytes=databytes)
+    proto = QMTPServer(inj, ctl, clock, {**ENV, **(environ or {})})
     transport = StringTransport()
     proto.makeConnection(transport)
     return proto, transport, clock

@@ -1,0 +1,45 @@
+"""
+The QMTP listener: qmail-qmtpd under tcpserver, as one twistd service (SPEC.md 9, 8).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from twisted.application.service import IService
+from twisted.internet.protocol import ServerFactory
+
+from qmtwist.qmtp.server import QMTPServer
+from qmtwist.tcpserver import LookupHost, makeListener
+
+
+class QMTPFactory(ServerFactory):
+    """
+    Builds L{QMTPServer} sessions from the daemon's context; controls are read (mtime-checked)
+    for every connection, as qmail-qmtpd reads them at start.
+
+    @param ctx: a L{qmtwist.context.Context}.
+    """
+
+    def __init__(self, ctx: Any) -> None:
+        self.ctx = ctx
+
+    def buildProtocol(self, addr: Any) -> QMTPServer:
+        p = QMTPServer(self.ctx.injector, self.ctx.controls.current(), self.ctx.reactor)
+        p.factory = self
+        return p
+
+
+def makeQMTPService(ctx: Any, endpoint: str, rulesPath: str | None, concurrency: int,
+                    lookupHost: LookupHost | None = None) -> IService:
+    """
+    The QMTP listening service.
+
+    @param ctx: the daemon's L{qmtwist.context.Context}.
+    @param endpoint: e.g. C{tcp:2209:interface=127.0.0.1}.
+    @param rulesPath: the tcprules text file (C{HOME/rules/qmtp} by default); missing = allow all.
+    @param concurrency: C{--qmtp-concurrency}.
+    @param lookupHost: PTR lookup for C{=host} rules (default: twisted.names).
+    """
+    return makeListener(ctx, "qmtp", endpoint, rulesPath, concurrency, QMTPFactory(ctx),
+                        lookupHost)
