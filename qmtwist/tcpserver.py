@@ -1,0 +1,339 @@
+"""
+A listener that behaves like djb's tcpserver (SPEC.md 8): access rules, a concurrency limit,
+C{tcpserver -v} log lines and the tcp-environ handed to each session. Shared by the SMTP, QMTP and
+POP3 listeners.
+
+Use::
+
+    service = makeListener(ctx, "qmtp", "tcp:2209:interface=127.0.0.1", home.sub("rules", "qmtp"),
+                           40, QMTPFactory(ctx))
+
+C{protocolFactory} is an ordinary L{twisted.internet.protocol.Factory}. For each connection that
+the rules allow, the listener calls C{protocolFactory.buildProtocol(addr)}, sets the attribute
+C{env: dict[str, bytes]} on the protocol, and then calls C{protocol.makeConnection(transport)}
+with the real transport (so C{transport.startTLS} works). C{env} holds C{TCPLOCALIP},
+C{TCPLOCALPORT}, C{TCPLOCALHOST} (= me), C{TCPREMOTEIP}, C{TCPREMOTEPORT}, C{TCPREMOTEHOST} (only
+when looked up, SPEC.md 8.4), C{PROTO=TCP}, then the rule's variables (C{RELAYCLIENT},
+C{DATABYTES}, ...; C{!VAR} removes one). The protocol may set C{exitStatus} (int) before it closes
+the connection; it becomes the C{end N status S} field (otherwise 0 for a clean close, 256 for a
+lost connection).
+
+Concurrency (C{tcpserver -c}): when the limit is reached the listening port stops accepting, so
+new clients wait in the kernel's backlog with no greeting. Connections that the reactor already
+accepted in the same batch are held: their transport is paused and the wrapped protocol is not
+built until a slot frees. Denied connections count until they are closed.
+
+Rules are reread for a new connection when the file's mtime changed, and by L{reload} (SIGHUP;
+makeListener appends it to C{ctx.reloaders}).
+
+Log lines (namespace C{qmtwist.NAME}): C{tcpserver: status: A/L}, C{tcpserver: pid N from IP},
+C{tcpserver: ok N ...}, C{tcpserver: deny N ...}, C{tcpserver: end N status S}, and
+C{alert: cannot start: unable to listen on ENDPOINT: REASON} when binding fails (startService
+then raises).
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections import deque
+from typing import Any, Callable
+
+from twisted.application.service import IService, Service
+from twisted.internet.defer import Deferred, succeed
+from twisted.internet.endpoints import serverFromString
+from twisted.internet.error import ConnectionDone
+from twisted.internet.protocol import Factory, Protocol
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+
+from qmtwist.tcprules import RulesFile
+
+LookupHost = Callable[[str], "Deferred[str | None]"]
+
+
+def _reverseName(ip: str) -> str | None:
+    if ":" in ip:
+        import ipaddress
+
+        try:
+            return ipaddress.ip_address(ip).reverse_pointer
+        except ValueError:
+            return None
+    parts = ip.split(".")
+    if len(parts) != 4:
+        return None
+    return ".".join(reversed(parts)) + ".in-addr.arpa"
+
+
+def makeHostLookup(reactor: Any, resolver: Any = None) -> LookupHost:
+    """
+    A PTR lookup for C{TCPREMOTEHOST}: lower-cased name, or L{None} on any failure (5 s timeout).
+
+    @param resolver: an C{IResolver}; default: C{twisted.names.client.createResolver}.
+    """
+    state: dict[str, Any] = {"resolver": resolver}
+
+    def lookup(ip: str) -> Deferred[str | None]:
+        name = _reverseName(ip)
+        if name is None:
+            return succeed(None)
+        if state["resolver"] is None:
+            from twisted.names import client
+
+            state["resolver"] = client.createResolver(reactor=reactor)
+        d = state["resolver"].lookupPointer(name, timeout=(5,))
+
+        def got(result: Any) -> str | None:
+            answers = result[0]
+            for rr in answers:
+                target = getattr(rr.payload, "name", None)
+                if target is not None:
+                    return str(target).lower()
+            return None
+
+        return d.addCallbacks(got, lambda f: None)
+
+    return lookup
+
+
+class _Session(Protocol):
+    """The protocol the port sees: holds the connection, then feeds the wrapped protocol."""
+
+    def __init__(self, server: TCPServerService, addr: Any) -> None:
+        self.server = server
+        self.addr = addr
+        self.number = 0
+        self.inner: Protocol | None = None
+        self.started = False
+        self.denied = False
+        self.closed = False
+        self._early: list[bytes] = []
+
+    def connectionMade(self) -> None:
+        self.server._arrived(self)
+
+    def dataReceived(self, data: bytes) -> None:
+        if self.inner is not None:
+            self.inner.dataReceived(data)
+        elif not self.denied:
+            self._early.append(data)
+
+    def connectionLost(self, reason: Failure = Failure(ConnectionDone())) -> None:
+        self.closed = True
+        if self.inner is not None:
+            self.inner.connectionLost(reason)
+        self.server._left(self, reason)
+
+    def attach(self, inner: Protocol) -> None:
+        self.inner = inner
+        inner.makeConnection(self.transport)
+        early, self._early = self._early, []
+        for data in early:
+            if self.closed:
+                break
+            inner.dataReceived(data)
+
+
+class _SessionFactory(Factory):
+    def __init__(self, server: TCPServerService) -> None:
+        self.server = server
+
+    def buildProtocol(self, addr: Any) -> _Session:
+        return _Session(self.server, addr)
+
+
+class TCPServerService(Service):
+    """
+    See the module docstring.
+
+    @ivar port: the listening port once started.
+    @ivar active: sessions counted against the limit.
+    """
+
+    def __init__(self, ctx: Any, name: str, endpoint: str, rulesPath: str | None,
+                 concurrency: int, protocolFactory: Any,
+                 lookupHost: LookupHost | None = None) -> None:
+        self.ctx = ctx
+        self.name = name
+        self.endpoint = endpoint
+        self.rules = RulesFile(rulesPath, name)
+        self.concurrency = max(1, concurrency)
+        self.protocolFactory = protocolFactory
+        self.log = Logger(namespace=f"qmtwist.{name}")
+        self.lookupHost = lookupHost or makeHostLookup(ctx.reactor)
+        self.port: Any = None
+        self.active = 0
+        self._held: deque[_Session] = deque()
+        self._numbers = itertools.count(1)
+        self._portPaused = False
+        for line in self.rules.reload():
+            self.log.warn("{line}", line=line)
+
+    # -- service -------------------------------------------------------------------------------
+
+    def privilegedStartService(self) -> None:
+        self._listen()
+        Service.privilegedStartService(self)
+
+    def startService(self) -> None:
+        if self.port is None:
+            self._listen()
+        Service.startService(self)
+        self._status()
+
+    def _listen(self) -> None:
+        result: list[Any] = []
+        ep = serverFromString(self.ctx.reactor, self.endpoint)
+        d = ep.listen(_SessionFactory(self))
+        d.addBoth(result.append)
+        if not result:
+            d.addBoth(self._listened)
+            return
+        self._listened(result[0])
+
+    def _listened(self, result: Any) -> None:
+        if isinstance(result, Failure):
+            reason = str(result.value) or result.getErrorMessage()
+            self.log.critical(
+                "alert: cannot start: unable to listen on {endpoint}: {reason}",
+                endpoint=self.endpoint, reason=reason)
+            result.raiseException()
+        self.port = result
+
+    def stopService(self) -> Deferred[None] | None:
+        Service.stopService(self)
+        port, self.port = self.port, None
+        if port is not None:
+            return port.stopListening()
+        return None
+
+    def reload(self) -> None:
+        """Reread the rules file (SIGHUP)."""
+        for line in self.rules.reload():
+            self.log.warn("{line}", line=line)
+
+    # -- connections ---------------------------------------------------------------------------
+
+    def _status(self) -> None:
+        self.log.info("tcpserver: status: {active}/{limit}", active=self.active,
+                      limit=self.concurrency)
+
+    def _pausePort(self, pause: bool) -> None:
+        if self.port is None or pause == self._portPaused:
+            return
+        self._portPaused = pause
+        method = "stopReading" if pause else "startReading"
+        fn = getattr(self.port, method, None)
+        if fn is not None:
+            fn()
+
+    def _arrived(self, s: _Session) -> None:
+        if self.active >= self.concurrency:
+            s.transport.pauseProducing()
+            self._held.append(s)
+            self._pausePort(True)
+            return
+        self._start(s)
+
+    def _start(self, s: _Session) -> None:
+        s.started = True
+        self.active += 1
+        s.number = next(self._numbers)
+        self._status()
+        if self.active >= self.concurrency:
+            self._pausePort(True)
+        s.transport.pauseProducing()
+        peer = s.transport.getPeer()
+        ip = getattr(peer, "host", "")
+        self.log.info("tcpserver: pid {n} from {ip}", n=s.number, ip=ip)
+        ruleSet, warnings = self.rules.current()
+        for line in warnings:
+            self.log.warn("{line}", line=line)
+        if ruleSet.needsHostname and ip:
+            d = self.lookupHost(ip)
+            d.addCallback(lambda host: self._decide(s, ruleSet, host))
+            d.addErrback(lambda f: self.log.failure("rules decision failed", f))
+        else:
+            self._decide(s, ruleSet, None)
+
+    def _decide(self, s: _Session, ruleSet: Any, host: str | None) -> None:
+        if s.closed:
+            return
+        peer = s.transport.getPeer()
+        local = s.transport.getHost()
+        ip = getattr(peer, "host", "")
+        me = self.ctx.controls.current().me
+        fields = "%s:%s:%s %s:%s::%s" % (
+            me.decode("ascii", "replace"), getattr(local, "host", ""), getattr(local, "port", ""),
+            host or "", ip, getattr(peer, "port", ""))
+        decision = ruleSet.match(ip, host)
+        if not decision.allow:
+            s.denied = True
+            self.log.info("tcpserver: deny {n} {fields}", n=s.number, fields=fields)
+            s.transport.loseConnection()
+            return
+        self.log.info("tcpserver: ok {n} {fields}", n=s.number, fields=fields)
+        env: dict[str, bytes] = {
+            "TCPLOCALIP": str(getattr(local, "host", "")).encode(),
+            "TCPLOCALPORT": str(getattr(local, "port", "")).encode(),
+            "TCPLOCALHOST": me,
+            "TCPREMOTEIP": ip.encode(),
+            "TCPREMOTEPORT": str(getattr(peer, "port", "")).encode(),
+            "PROTO": b"TCP",
+        }
+        if host is not None:
+            env["TCPREMOTEHOST"] = host.encode("ascii", "replace")
+        env = decision.apply(env)
+        inner = self.protocolFactory.buildProtocol(peer)
+        if inner is None:
+            s.transport.loseConnection()
+            return
+        inner.env = env
+        s.attach(inner)
+        if not s.closed:
+            s.transport.resumeProducing()
+
+    def _left(self, s: _Session, reason: Failure) -> None:
+        if not s.started:
+            try:
+                self._held.remove(s)
+            except ValueError:
+                pass
+            return
+        if s.denied or s.inner is None:
+            status = 256
+        else:
+            status = getattr(s.inner, "exitStatus", None)
+            if status is None:
+                status = 0 if reason.check(ConnectionDone) else 256
+        self.log.info("tcpserver: end {n} status {status}", n=s.number, status=status)
+        self.active -= 1
+        self._status()
+        while self._held and self.active < self.concurrency:
+            nxt = self._held.popleft()
+            if not nxt.closed:
+                self._start(nxt)
+        if self.active < self.concurrency:
+            self._pausePort(False)
+
+
+def makeListener(ctx: Any, name: str, endpoint: str, rulesPath: str | None, concurrency: int,
+                 protocolFactory: Any, lookupHost: LookupHost | None = None) -> IService:
+    """
+    A tcpserver-style listening service (see the module docstring).
+
+    @param ctx: the L{qmtwist.context.Context} (reactor, controls for C{me}).
+    @param name: C{"smtp"}, C{"qmtp"} or C{"pop3"}: log namespace and rules warnings.
+    @param endpoint: a server endpoint string (C{tcp:2525:interface=127.0.0.1}, C{ssl:...}).
+    @param rulesPath: the tcprules text file; missing = allow all.
+    @param concurrency: the most simultaneous sessions.
+    @param protocolFactory: builds the session protocols; each gets C{env} before
+        C{makeConnection}.
+    @param lookupHost: PTR lookup for C{=host} rules (default: twisted.names).
+    """
+    service = TCPServerService(ctx, name, endpoint, rulesPath, concurrency, protocolFactory,
+                               lookupHost)
+    reloaders = getattr(ctx, "reloaders", None)
+    if reloaders is not None:
+        reloaders.append(service.reload)
+    return service
