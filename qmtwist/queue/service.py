@@ -283,7 +283,7 @@ class QueueService(service.Service):
 
     def preprocess(self, ids: list[int]) -> None:
         """Queue todo entries for preprocessing (in-process injectors call this directly)."""
-        if self._stopping:
+        if self._stopping or not self.running:
             return
         fresh = [n for n in ids if n not in self._known]
         self._known.update(fresh)
