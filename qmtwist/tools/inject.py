@@ -40,6 +40,11 @@ _SENDER_FIELDS = {
 _DROPPED = {"bcc", "resent-bcc", "return-path", "content-length"}
 
 
+# Replaceable in tests: the clock and the pid that go into Date and Message-ID.
+clock = time.time
+getpid = os.getpid
+
+
 class Fatal(Exception):
     """Stop with C{qmail-inject: fatal: <text>} (or the raw text) and an exit code."""
 
@@ -298,7 +303,7 @@ def _run(argv: list[str], env: ProgramEnv) -> int:
                  "QMAILINJECT", "QMAILMFTFILE"):
         if "\n" in env.environ.get(name, "") or "\r" in env.environ.get(name, ""):
             raise _fatal(100, f"newline in {name}")
-    job = Injection(env.environ, completion, time.time(), os.getpid())
+    job = Injection(env.environ, completion, clock(), getpid())
     try:
         opts, args = getopt.getopt(argv[1:], "aAhHnNf:")
     except getopt.GetoptError:
