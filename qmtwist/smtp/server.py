@@ -342,7 +342,8 @@ class SMTPServer(Protocol):
             if self._size + len(data) > self.databytes:
                 self._tooBig = True
                 return
-        self._size += len(data)
+        if count:
+            self._size += len(data)
         try:
             self._writer.write(data)
         except MailError as e:
