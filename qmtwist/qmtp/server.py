@@ -20,10 +20,11 @@ from __future__ import annotations
 from typing import Any, Mapping
 
 from twisted.internet.defer import Deferred, succeed
-from twisted.internet.interfaces import IReactorTime
+from twisted.internet.interfaces import IHalfCloseableProtocol, IReactorTime
 from twisted.internet.protocol import Protocol
 from twisted.logger import Logger
 from twisted.python.failure import Failure
+from zope.interface import implementer
 
 from qmtwist.control import Control
 from qmtwist.errors import QQ_BUG, QueueError
@@ -97,6 +98,7 @@ class _Package:
             self.writer = None
 
 
+@implementer(IHalfCloseableProtocol)
 class QMTPServer(Protocol):
     """
     One QMTP session.
@@ -157,6 +159,19 @@ class QMTPServer(Protocol):
         if self._timer is not None and self._timer.active():
             self._timer.cancel()
         self._timer = None
+
+    def readConnectionLost(self) -> None:
+        """The client finished sending: answer what was complete, then close."""
+        if self._parser.pending() or self._field != 0:
+            self._package.abort()
+            self._package = _Package()
+        self._broken = True
+        self._tail.addBoth(lambda _: self.transport.loseConnection())
+
+    def writeConnectionLost(self) -> None:
+        self._broken = True
+        self._package.abort()
+        self.transport.loseConnection()
 
     def dataReceived(self, data: bytes) -> None:
         if self._broken:

@@ -244,3 +244,13 @@ def test_received_line_with_host_and_info():
     assert receivedLine(env, NOW) == (
         b"Received: from cl?ient.example (joe@10.0.0.1)\n"
         b"  by me.example with QMTP; 5 Nov 2025 07:03:09 -0000\n")
+
+
+def test_half_close_answers_then_closes(home):
+    proto, tr, _ = session(home)
+    proto.dataReceived(package(b"\nm", b"", [b"a@localhost"]) + b"50:\npart")
+    proto.readConnectionLost()
+    [(_, _, mess)] = queued(home)
+    assert tr.value() == encode(b"Kok %d qp %s" % (NOW, mess.split(b" ")[2]))
+    assert tr.disconnecting and proto.exitStatus is None
+    assert len(messFiles(home)) == 1
