@@ -1,0 +1,152 @@
+"""
+The per-user helper process (qmail-local's privileged half in qmail-lspawn terms): started by
+L{qmtwist.local.agent.LocalAgent} with C{spawnProcess(uid=, gid=)} when the daemon runs as root,
+one per (uid, gid), alive while it has work and a short idle time after.
+
+Protocol: one JSON object per line on stdin, C{{"id": N, "job": Job, "message": BASE64}}; one
+line per finished delivery on stdout, C{{"id": N, "result": JobResult}}, in completion order.
+EOF on stdin: finish what is running, then exit 0. The message is written to a private temporary
+file (mode 0600) because the queue is not readable by users; programs get it as their seekable
+standard input. Deliveries run concurrently on this process's own reactor, file writes on its
+thread pool, exactly as in the daemon when it is not root.
+
+Run as C{python -m qmtwist.local.child}.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import signal
+import sys
+import tempfile
+from typing import Any
+
+from twisted.internet import stdio
+from twisted.internet.defer import ensureDeferred
+from twisted.internet.interfaces import IHalfCloseableProtocol
+from twisted.internet.protocol import Protocol
+from twisted.internet.threads import deferToThread
+from zope.interface import implementer
+
+from qmtwist.delivery import Outcome
+from qmtwist.local.deliver import Job, JobResult, runJob
+
+
+def _writeTemp(data: bytes) -> str:
+    fd, path = tempfile.mkstemp(prefix="qmtwist-msg.")
+    try:
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view):]
+    finally:
+        os.close(fd)
+    return path
+
+
+def _unlink(path: str) -> None:
+    try:
+        os.unlink(path)
+    except OSError:
+        pass
+
+
+@implementer(IHalfCloseableProtocol)
+class HelperProtocol(Protocol):
+    """Reads request lines, runs each job, writes one result line per job."""
+
+    def __init__(self, reactor: Any) -> None:
+        self.reactor = reactor
+        self.buffer = b""
+        self.pending = 0
+        self.eof = False
+        self.baseEnv = dict(os.environb)
+
+    def dataReceived(self, data: bytes) -> None:
+        self.buffer += data
+        while b"\n" in self.buffer:
+            line, self.buffer = self.buffer.split(b"\n", 1)
+            if line.strip():
+                self.pending += 1
+                ensureDeferred(self.handle(line)).addBoth(self._finished)
+
+    async def handle(self, line: bytes) -> None:
+        req = json.loads(line)
+        rid = req["id"]
+        path = None
+        try:
+            message = base64.b64decode(req["message"])
+            path = await deferToThread(_writeTemp, message)
+            d = dict(req["job"])
+            d["messPath"] = path
+            job = Job.fromJSON(d)
+            result = await runJob(job, self.reactor, deferToThread, self.baseEnv)
+        except Exception as e:  # anything unexpected: a deferral, never a lost answer
+            result = JobResult(Outcome.DEFERRAL,
+                               b"Temporary failure in qmail-local: %s. (#4.3.0)\n"
+                               % repr(e).encode("utf-8", "replace"))
+        finally:
+            if path is not None:
+                _unlink(path)
+        self.transport.write(json.dumps({"id": rid, "result": result.toJSON()}).encode() + b"\n")
+
+    def _finished(self, r: Any) -> None:
+        self.pending -= 1
+        self._maybeExit()
+
+    def readConnectionLost(self) -> None:
+        self.eof = True
+        self._maybeExit()
+
+    def writeConnectionLost(self) -> None:
+        self.reactor.callLater(0, self.reactor.stop)
+
+    def connectionLost(self, reason: Any) -> None:
+        if self.reactor.running:
+            self.reactor.callLater(0, self.reactor.stop)
+
+    def _maybeExit(self) -> None:
+        if self.eof and self.pending == 0:
+            self.transport.loseConnection()
+
+
+def dropPrivileges(uid: int, gid: int) -> None:
+    """setgid, supplementary groups, setuid; refuse uid 0 and check it cannot come back."""
+    import pwd
+
+    if uid == 0:
+        raise SystemExit("qmtwist local helper: refusing to run as root")
+    os.setgid(gid)
+    try:
+        os.initgroups(pwd.getpwuid(uid).pw_name, gid)
+    except KeyError:
+        os.setgroups([gid])
+    os.setuid(uid)
+    try:
+        os.setuid(0)
+    except PermissionError:
+        return
+    raise SystemExit("qmtwist local helper: privileges could not be dropped")
+
+
+def main(argv: list[str] | None = None) -> int:
+    from twisted.internet import reactor
+
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["--drop"] and len(argv) == 3:
+        dropPrivileges(int(argv[1]), int(argv[2]))
+    os.umask(0o077)
+    signal.signal(signal.SIGPIPE, signal.SIG_DFL)
+    if os.getuid() == 0 or os.geteuid() == 0:
+        sys.stderr.write("qmtwist local helper: refusing to run as root\n")
+        return 111
+    reactor.suggestThreadPoolSize(10)
+    proto = HelperProtocol(reactor)
+    stdio.StandardIO(proto, reactor=reactor)
+    reactor.run()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

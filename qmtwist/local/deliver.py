@@ -1,0 +1,217 @@
+"""
+Running one local delivery (qmail-local, SPEC.md 4.2-4.10), with the user's privileges already in
+place: in the daemon's process when it is not root, or in the per-user helper child
+(L{qmtwist.local.child}) when it is.
+
+L{runJob} checks the home, finds and reads the C{.qmail} file, checks for a loop, then runs the
+instructions top to bottom: mbox and Maildir writes on C{runInThread}, programs through
+C{reactor.spawnProcess}. Forward addresses are only collected: the agent queues them as one
+message after every other line succeeded (L{JobResult.forwards}), through the daemon's injector.
+"""
+
+from __future__ import annotations
+
+import base64
+import os
+from typing import Any, Callable
+
+from attrs import asdict, field, frozen
+from twisted.logger import Logger
+
+from qmtwist.delivery import Outcome
+from qmtwist.errors import MailError, PermanentFailure
+from qmtwist.local import dotqmail, maildir, mbox, program
+from qmtwist.local.dotqmail import Kind
+from qmtwist.local.env import dtline, newSender, programEnv, rpline, ufline
+
+log = Logger(namespace="qmail-local")
+
+LOOPING = "This message is looping: it already has my Delivered-To line. (#5.4.6)"
+
+
+@frozen
+class Job:
+    """
+    Everything the delivery of one recipient needs; crosses the pipe to a helper child as JSON.
+
+    @ivar messPath: a regular file holding the message as queued, readable by the user.
+    @ivar key: the stable delivery key (L{qmtwist.delivery.DeliveryRequest.uniqueKey}).
+    """
+
+    user: bytes
+    home: str
+    dash: bytes
+    ext: bytes
+    local: bytes
+    host: bytes
+    sender: bytes
+    messPath: str
+    key: str
+    mayBeRepeat: bool
+    defaultDelivery: bytes
+    binDir: str
+    now: float
+
+    def toJSON(self) -> dict[str, Any]:
+        return {k: (base64.b64encode(v).decode() if isinstance(v, bytes) else v)
+                for k, v in asdict(self).items()}
+
+    @classmethod
+    def fromJSON(cls, d: dict[str, Any]) -> Job:
+        kw = {}
+        for k, v in d.items():
+            if k in _BYTES_FIELDS:
+                v = base64.b64decode(v)
+            kw[k] = v
+        return cls(**kw)
+
+
+_BYTES_FIELDS = {"user", "dash", "ext", "local", "host", "sender", "defaultDelivery"}
+
+
+@frozen
+class JobResult:
+    """
+    What qmail-local decided; the agent adds forwarding and the C{did} line.
+
+    @ivar text: program output and, on failure, the reason text (LF-terminated).
+    @ivar files: mbox and Maildir lines done; C{programs}: programs run.
+    @ivar forwards: addresses to forward to (only on success).
+    """
+
+    outcome: Outcome
+    text: bytes
+    files: int = 0
+    programs: int = 0
+    forwards: tuple[bytes, ...] = ()
+    newsender: bytes = b""
+    dtline: bytes = b""
+    failedLine: int = field(default=0)
+
+    def toJSON(self) -> dict[str, Any]:
+        return {
+            "outcome": self.outcome.value, "text": _b64(self.text), "files": self.files,
+            "programs": self.programs, "forwards": [_b64(f) for f in self.forwards],
+            "newsender": _b64(self.newsender), "dtline": _b64(self.dtline),
+            "failedLine": self.failedLine}
+
+    @classmethod
+    def fromJSON(cls, d: dict[str, Any]) -> JobResult:
+        return cls(Outcome(d["outcome"]), base64.b64decode(d["text"]), int(d["files"]),
+                   int(d["programs"]), tuple(base64.b64decode(f) for f in d["forwards"]),
+                   base64.b64decode(d["newsender"]), base64.b64decode(d["dtline"]),
+                   int(d.get("failedLine", 0)))
+
+
+def _b64(b: bytes) -> str:
+    return base64.b64encode(b).decode()
+
+
+def _nl(text: str | bytes) -> bytes:
+    b = text.encode("utf-8", "replace") if isinstance(text, str) else text
+    return b if b.endswith(b"\n") else b + b"\n"
+
+
+@frozen
+class _Plan:
+    dq: dotqmail.DotQmail
+    message: bytes
+    newsender: bytes
+
+
+def headerHasLine(message: bytes, line: bytes) -> bool:
+    """Whether a header line (up to the first empty line) equals C{line} (SPEC.md 4.9)."""
+    want = line.rstrip(b"\n")
+    end = message.find(b"\n\n")
+    header = message if end < 0 else message[:end]
+    return want in header.split(b"\n")
+
+
+def _prepare(job: Job, dt: bytes) -> _Plan:
+    dotqmail.checkHome(job.home)
+    dq = dotqmail.locate(job.home, job.dash, job.ext, job.defaultDelivery)
+    try:
+        with open(job.messPath, "rb") as f:
+            message = f.read()
+    except OSError as e:
+        raise MailError(f"Unable to read message: {e.strerror}. (#4.3.0)")
+    if headerHasLine(message, dt):
+        raise PermanentFailure(LOOPING)
+    owner, ownerDefault = dotqmail.ownerFiles(job.home, job.dash, job.ext)
+    ns = newSender(job.sender, job.local, job.host, owner, ownerDefault)
+    return _Plan(dq, message, ns)
+
+
+def _resolve(home: str, path: bytes) -> bytes:
+    return os.path.join(os.fsencode(home), path)
+
+
+async def runJob(
+    job: Job,
+    reactor: Any,
+    runInThread: Callable[[Callable[[], Any]], Any],
+    baseEnv: dict[bytes, bytes],
+    running: set[Any] | None = None,
+) -> JobResult:
+    """
+    Deliver one recipient as qmail-local does; never raises.
+
+    @param baseEnv: the environment programs start from (the daemon's).
+    @param running: program transports in flight are kept here (so they can be stopped).
+    """
+    dt = dtline(job.local, job.host)
+    try:
+        plan: _Plan = await runInThread(lambda: _prepare(job, dt))
+    except MailError as e:
+        outcome = Outcome.FAILURE if e.permanent else Outcome.DEFERRAL
+        return JobResult(outcome, _nl(e.text), dtline=dt)
+    rp = rpline(job.sender)
+    uf = ufline(job.sender, job.now)
+    output = b""
+    files = programs = 0
+    forwards: list[bytes] = []
+    env: dict[bytes, bytes] | None = None
+    for ins in plan.dq.instructions:
+        if ins.kind is Kind.FORWARD:
+            forwards.append(ins.value)
+            continue
+        try:
+            if ins.kind is Kind.MBOX:
+                path = _resolve(job.home, ins.value)
+                await runInThread(lambda p=path: mbox.deliver(p, (uf, rp, dt), plan.message))
+                files += 1
+                continue
+            if ins.kind is Kind.MAILDIR:
+                path = _resolve(job.home, ins.value)
+                ln = ins.lineno if plan.dq.path is not None else 1000 + ins.lineno
+                await runInThread(lambda p=path, n=ln: maildir.deliver(
+                    p, [rp, dt, plan.message], job.key, n, job.mayBeRepeat))
+                files += 1
+                continue
+        except MailError as e:
+            log.info("delivery to {rcpt}: line {line} of {file} failed: {text}",
+                     rcpt=job.local + b"@" + job.host, line=ins.lineno,
+                     file=plan.dq.path or "defaultdelivery", text=e.text)
+            outcome = Outcome.FAILURE if e.permanent else Outcome.DEFERRAL
+            return JobResult(outcome, output + _nl(e.text), files, programs, (),
+                             plan.newsender, dt, ins.lineno)
+        # program
+        if env is None:
+            env = programEnv(
+                baseEnv, sender=job.sender, newsender=plan.newsender, local=job.local,
+                host=job.host, user=job.user, home=job.home, ext=job.ext,
+                default=plan.dq.default, dt=dt, rp=rp, uf=uf, binDir=job.binDir)
+        r = await program.run(reactor, ins.value, job.messPath, env, job.home, runInThread,
+                              running)
+        programs += 1
+        output += r.output
+        if r.outcome is not Outcome.SUCCESS:
+            log.info("delivery to {rcpt}: line {line} of {file} failed: program {outcome}",
+                     rcpt=job.local + b"@" + job.host, line=ins.lineno,
+                     file=plan.dq.path or "defaultdelivery", outcome=r.outcome.value)
+            return JobResult(r.outcome, _nl(output), files, programs, (), plan.newsender, dt,
+                             ins.lineno)
+        if r.stop:
+            break
+    return JobResult(Outcome.SUCCESS, output, files, programs, tuple(forwards),
+                     plan.newsender, dt)

@@ -1,0 +1,118 @@
+"""
+Program deliveries (qmail-local's mailprogram, SPEC.md 4.4): C{/bin/sh -c LINE} started with
+C{reactor.spawnProcess}, the message as a seekable standard input, stdout and stderr together
+in one temporary file (so their order is kept and nothing can fill a pipe), exit code -> outcome.
+
+The command line is the user's own C{.qmail} text; address text reaches it only through the
+environment. A C{umask 077} line runs first (spawnProcess has no umask of its own); Twisted
+resets ignored signals, so the program gets SIGPIPE with its default action.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from typing import Any
+
+from attrs import frozen
+from twisted.internet.defer import Deferred
+from twisted.internet.error import ProcessDone, ProcessTerminated
+from twisted.internet.protocol import ProcessProtocol
+
+from qmtwist.delivery import Outcome
+
+PERMANENT_CODES = {64, 65, 70, 76, 77, 78, 100, 112}
+CRASHED = b"Aack, child crashed. (#4.3.0)\n"
+OUTPUT_LIMIT = 4096
+
+
+@frozen
+class ProgramResult:
+    """
+    @ivar outcome: success, failure (permanent) or deferral.
+    @ivar stop: later lines must not run (99, or any failure).
+    @ivar output: what the program wrote (capped), plus qmail's own text when it crashed.
+    """
+
+    outcome: Outcome
+    stop: bool
+    output: bytes
+
+
+def classify(exitCode: int | None, output: bytes) -> ProgramResult:
+    """Map an exit status (C{None}: killed by a signal) to the result of SPEC.md 4.4."""
+    if exitCode is None:
+        return ProgramResult(Outcome.DEFERRAL, True, output + CRASHED)
+    if exitCode == 0:
+        return ProgramResult(Outcome.SUCCESS, False, output)
+    if exitCode == 99:
+        return ProgramResult(Outcome.SUCCESS, True, output)
+    if exitCode in PERMANENT_CODES:
+        return ProgramResult(Outcome.FAILURE, True, output)
+    return ProgramResult(Outcome.DEFERRAL, True, output)
+
+
+class _Waiter(ProcessProtocol):
+    def __init__(self) -> None:
+        self.done: Deferred[int | None] = Deferred()
+
+    def processEnded(self, reason: Any) -> None:
+        v = reason.value
+        if isinstance(v, ProcessDone):
+            self.done.callback(0)
+        elif isinstance(v, ProcessTerminated) and v.signal is None and v.exitCode is not None:
+            self.done.callback(v.exitCode)
+        else:
+            self.done.callback(None)
+
+
+def _readOutput(fd: int) -> bytes:
+    try:
+        os.lseek(fd, 0, os.SEEK_SET)
+        return os.read(fd, OUTPUT_LIMIT)
+    finally:
+        os.close(fd)
+
+
+async def run(
+    reactor: Any,
+    command: bytes,
+    stdinPath: str,
+    env: dict[bytes, bytes],
+    cwd: str,
+    runInThread: Any,
+    running: set[Any] | None = None,
+) -> ProgramResult:
+    """
+    Run one program delivery.
+
+    @param stdinPath: a regular file holding the message as queued (opened fresh, at offset 0).
+    @param running: a set the process transport is kept in while it runs (for L{stop}).
+    """
+    try:
+        stdin = os.open(stdinPath, os.O_RDONLY)
+    except OSError as e:
+        return ProgramResult(Outcome.DEFERRAL, True,
+                             b"Unable to read message: %s. (#4.3.0)\n" % os.fsencode(str(e)))
+    out, outPath = tempfile.mkstemp(prefix="qmtwist-out.")
+    os.unlink(outPath)
+    waiter = _Waiter()
+    try:
+        transport = reactor.spawnProcess(
+            waiter, "/bin/sh", [b"/bin/sh", b"-c", b"umask 077\n" + command], env=env,
+            path=cwd, childFDs={0: stdin, 1: out, 2: out})
+    except Exception as e:
+        os.close(out)
+        return ProgramResult(Outcome.DEFERRAL, True,
+                             b"Unable to run /bin/sh: %s. (#4.3.0)\n" % str(e).encode())
+    finally:
+        os.close(stdin)
+    if running is not None:
+        running.add(transport)
+    try:
+        code = await waiter.done
+    finally:
+        if running is not None:
+            running.discard(transport)
+    output = await runInThread(lambda: _readOutput(out))
+    return classify(code, output)
