@@ -101,9 +101,9 @@ class SignalService(service.Service):
     """Turns SIGHUP and SIGALRM into calls on the reactor thread, and owns the pid file."""
 
     def __init__(self, reactor: Any, home: Home, hup: Callable[[], None],
-                 alrm: Callable[[], None]) -> None:
+                 alrm: Callable[[], None], pidfile: str | None = None) -> None:
         self.reactor = reactor
-        self.home = home
+        self.pidfile = pidfile
         self.onHup = hup
         self.onAlrm = alrm
 
@@ -111,17 +111,20 @@ class SignalService(service.Service):
         super().startService()
         signal.signal(signal.SIGHUP, lambda *a: self.reactor.callFromThread(self.onHup))
         signal.signal(signal.SIGALRM, lambda *a: self.reactor.callFromThread(self.onAlrm))
-        tmp = self.home.pidfile + ".new"
-        with open(tmp, "w") as f:
-            f.write(f"{os.getpid()}\n")
-        os.replace(tmp, self.home.pidfile)
+        if self.pidfile:
+            tmp = self.pidfile + ".new"
+            with open(tmp, "w") as f:
+                f.write(f"{os.getpid()}\n")
+            os.replace(tmp, self.pidfile)
 
     def stopService(self) -> None:
         super().stopService()
+        if not self.pidfile:
+            return
         try:
-            with open(self.home.pidfile) as f:
+            with open(self.pidfile) as f:
                 if f.read().strip() == str(os.getpid()):
-                    os.unlink(self.home.pidfile)
+                    os.unlink(self.pidfile)
         except OSError:
             pass
 
@@ -213,7 +216,10 @@ def buildServices(options: dict[str, Any], reactor: Any = None) -> Built:
             for reload in ctx.reloaders:
                 reload()
 
-        SignalService(reactor, home, hup, queue.alrm).setServiceParent(top)
+        SignalService(reactor, home, hup, queue.alrm, home.pidfile).setServiceParent(top)
+        prepareSocketPath(home.queueSocket)
+        sock = strports.service(f"unix:{home.queueSocket}:mode=666", QueueSocketFactory(injector))
+        sock.setServiceParent(top)
         descriptorWarning = _optional("qmtwist.remote.agent", "descriptorWarning")
         if descriptorWarning is not None:
             warning = descriptorWarning(controls.snapshot.concurrencyremote)
@@ -225,10 +231,6 @@ def buildServices(options: dict[str, Any], reactor: Any = None) -> Built:
             for reload in ctx.reloaders:
                 reload()
         SignalService(reactor, home, hupListeners, lambda: None).setServiceParent(top)
-
-    prepareSocketPath(home.queueSocket)
-    sock = strports.service(f"unix:{home.queueSocket}:mode=666", QueueSocketFactory(injector))
-    sock.setServiceParent(top)
 
     for name, modname, maker in (
         ("smtp", "qmtwist.smtp.listener", "makeSMTPService"),
