@@ -102,6 +102,7 @@ class SMTPServer(Protocol):
         self.recipients: list[bytes] = []
         self._writer: Any = None
         self._barf = False
+        self.pendingCommit: Any = None
 
     # -- connection ----------------------------------------------------------------------------
 
@@ -441,6 +442,7 @@ class SMTPServer(Protocol):
         self._waiting = True
         self.transport.pauseProducing()
         d.addCallbacks(self._committed, self._commitFailed)
+        self.pendingCommit = d
 
     def _committed(self, queued: Any) -> None:
         self._reply(b"250 ok %d qp %d" % (int(queued.time), queued.qp))
@@ -456,6 +458,7 @@ class SMTPServer(Protocol):
 
     def _resume(self) -> None:
         self._waiting = False
+        self.pendingCommit = None
         if self._closed:
             self._out = []
             return

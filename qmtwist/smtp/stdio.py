@@ -1,0 +1,70 @@
+"""
+C{HOME/bin/qmail-smtpd}: the SMTP server on descriptors 0/1 (SPEC.md 1.4), for inetd, tcp-env or a
+real tcpserver (FAQ 5.1, 5.4).
+
+The session is the twistd listener's L{SMTPServer} on L{StandardIO} with its own L{Injector}
+writing this home's queue; the connection data comes from the tcp-environ variables
+(C{TCPREMOTEIP}, C{TCPREMOTEHOST}, C{TCPREMOTEINFO}, C{TCPLOCALIP}, C{TCPLOCALHOST}) and
+C{RELAYCLIENT}, C{DATABYTES}, C{SMTPGREETING} from the environment. After each commit the queue
+service is woken through C{lock/trigger}. STARTTLS is not offered (descriptors, not a socket the
+reactor can wrap). Exit 0 when the client is gone; 111 when the controls cannot be read.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from twisted.internet.stdio import StandardIO
+from twisted.python.failure import Failure
+
+from qmtwist.control import load
+from qmtwist.errors import ControlError
+from qmtwist.queue.commit import Injector
+from qmtwist.queue.store import pokeTrigger
+from qmtwist.smtp.server import SMTPServer
+from qmtwist.tools.base import ProgramEnv
+
+
+def sessionEnv(environ: dict[str, str]) -> dict[str, bytes]:
+    """The process environment as the session environment (bytes values, as tcpserver's)."""
+    return {k: os.fsencode(v) for k, v in environ.items()}
+
+
+class _StdioSMTP(SMTPServer):
+    def __init__(self, *args: Any, onLost: Any, **kw: Any) -> None:
+        super().__init__(*args, **kw)
+        self._onLost = onLost
+
+    def connectionLost(self, reason: Failure | None = None) -> None:
+        pending = self.pendingCommit
+        super().connectionLost(reason)
+        if pending is not None:
+            # a message whose commit round is running is finished before the process exits
+            pending.addBoth(lambda _: self._onLost())
+        else:
+            self._onLost()
+
+
+def main(argv: list[str], env: ProgramEnv) -> int:
+    """qmail-smtpd (takes no arguments)."""
+    from twisted.internet import reactor
+    from twisted.internet.threads import deferToThread
+
+    home = env.home
+    try:
+        control, _warnings = load(home.control)
+    except ControlError:
+        return 111
+    layout = home.queue
+
+    def committed(ids: list[int]) -> None:
+        pokeTrigger(layout)
+
+    injector = Injector(layout, home.control, reactor, deferToThread, onCommitted=committed)
+    proto = _StdioSMTP(injector, control, reactor, None,
+                       onLost=lambda: reactor.callLater(0, reactor.stop))
+    proto.env = sessionEnv(env.environ)
+    StandardIO(proto, stdin=env.stdin.fileno(), stdout=env.stdout.fileno(), reactor=reactor)
+    reactor.run()
+    return 0
