@@ -1,0 +1,80 @@
+"""Maildir writer: names, failures, exactly once (SPEC.md 4.8)."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+from qmtwist.errors import TemporaryFailure
+from qmtwist.local import maildir
+
+
+def _md(tmp_path):
+    md = tmp_path / "Maildir"
+    for s in ("tmp", "new", "cur"):
+        (md / s).mkdir(parents=True)
+    return md
+
+
+def test_hostPart():
+    assert maildir.hostPart("a/b:c") == b"a\\057b\\072c"
+
+
+def test_deliverBytesAndName(tmp_path):
+    md = _md(tmp_path)
+    name = maildir.deliver(str(md), [b"R\n", b"D\n", b"msg\n"], now=lambda: 1000.25,
+                           host=b"h")
+    assert name.startswith(b"new/1000.M250000P%dQ" % os.getpid()) and name.endswith(b".h")
+    assert (md / os.fsdecode(name)).read_bytes() == b"R\nD\nmsg\n"
+    assert os.listdir(md / "tmp") == []
+
+
+def test_keyedNameAndExactlyOnce(tmp_path):
+    md = _md(tmp_path)
+    first = maildir.deliver(str(md), [b"m\n"], key="111.22Q3", line=2, now=lambda: 5.5,
+                            host=b"h")
+    assert first == b"new/5.M500000K111.22Q3L2.h"
+    # a repeat finds the copy in new/ and writes nothing
+    again = maildir.deliver(str(md), [b"m\n"], key="111.22Q3", line=2, mayBeRepeat=True)
+    assert again == first
+    # the reader moved it to cur/ with flags: still found
+    os.rename(md / "new" / "5.M500000K111.22Q3L2.h", md / "cur" / "5.M500000K111.22Q3L2.h:2,S")
+    assert maildir.deliver(str(md), [b"m\n"], key="111.22Q3", line=2,
+                           mayBeRepeat=True) == b"cur/5.M500000K111.22Q3L2.h:2,S"
+    assert os.listdir(md / "new") == []
+    # another line of the same delivery, or another recipient, is a new copy
+    assert maildir.deliver(str(md), [b"m\n"], key="111.22Q3", line=12, mayBeRepeat=True,
+                           host=b"h").startswith(b"new/")
+    assert maildir.deliver(str(md), [b"m\n"], key="111.22Q30", line=2, mayBeRepeat=True,
+                           host=b"h").startswith(b"new/")
+    assert len(os.listdir(md / "new")) == 2
+
+
+def test_crashAfterLinkBeforeUnlink(tmp_path):
+    """A crash left the file in tmp/ and new/: the retry reports success, one copy."""
+    md = _md(tmp_path)
+    name = "7.M0K9.9Q0L1.h"
+    (md / "tmp" / name).write_bytes(b"m\n")
+    os.link(md / "tmp" / name, md / "new" / name)
+    assert maildir.deliver(str(md), [b"m\n"], key="9.9Q0", line=1, mayBeRepeat=True) == (
+        b"new/" + name.encode())
+    assert os.listdir(md / "new") == [name]
+
+
+def test_hostileKeyCannotMakeAPath(tmp_path):
+    md = _md(tmp_path)
+    name = maildir.deliver(str(md), [b"m\n"], key="../../x/y", line=1, host=b"h")
+    assert b"/" not in name[4:]
+    assert os.listdir(tmp_path) == ["Maildir"]
+
+
+def test_missingMaildir(tmp_path):
+    with pytest.raises(TemporaryFailure) as e:
+        maildir.deliver(str(tmp_path / "none"), [b"m"])
+    assert e.value.text == "Unable to chdir to maildir. (#4.2.1)"
+    (tmp_path / "half" / "new").mkdir(parents=True)
+    with pytest.raises(TemporaryFailure) as e:
+        maildir.deliver(str(tmp_path / "half"), [b"m"])
+    assert e.value.text == "Temporary error on maildir delivery. (#4.3.0)"
+    assert not os.path.exists(tmp_path / "half" / "tmp")
