@@ -13,7 +13,8 @@ from __future__ import annotations
 import os
 import re
 
-from OpenSSL import crypto
+from cryptography import x509
+from cryptography.hazmat.primitives.serialization import load_pem_private_key
 from twisted.internet import ssl
 from twisted.logger import Logger
 
@@ -30,9 +31,9 @@ def loadServerOptions(path: str) -> ssl.CertificateOptions:
     with open(path, "rb") as f:
         data = f.read()
     try:
-        key = crypto.load_privatekey(crypto.FILETYPE_PEM, data)
-        certs = [crypto.load_certificate(crypto.FILETYPE_PEM, m) for m in _CERT.findall(data)]
-    except crypto.Error as e:
+        key = load_pem_private_key(data, password=None)
+        certs = [x509.load_pem_x509_certificate(m) for m in _CERT.findall(data)]
+    except (ValueError, TypeError) as e:
         raise ValueError(f"bad PEM data in {path}: {e}") from e
     if not certs:
         raise ValueError(f"no certificate in {path}")
