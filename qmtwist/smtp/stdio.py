@@ -15,8 +15,10 @@ from __future__ import annotations
 import os
 from typing import Any
 
+from twisted.internet.interfaces import IHalfCloseableProtocol
 from twisted.internet.stdio import StandardIO
 from twisted.python.failure import Failure
+from zope.interface import implementer
 
 from qmtwist.control import load
 from qmtwist.errors import ControlError
@@ -31,10 +33,31 @@ def sessionEnv(environ: dict[str, str]) -> dict[str, bytes]:
     return {k: os.fsencode(v) for k, v in environ.items()}
 
 
+@implementer(IHalfCloseableProtocol)
 class _StdioSMTP(SMTPServer):
+    """
+    The session on descriptors: end of input (a client that half-closes, or inetd-style pipes)
+    lets the buffered commands and a pending commit finish and be answered before closing.
+    """
+
     def __init__(self, *args: Any, onLost: Any, **kw: Any) -> None:
         super().__init__(*args, **kw)
         self._onLost = onLost
+        self._eof = False
+
+    def readConnectionLost(self) -> None:
+        self._eof = True
+        if not self._waiting and not self._closed:
+            self._drop(0)
+
+    def writeConnectionLost(self) -> None:
+        if not self._closed:
+            self._drop(0)
+
+    def _resume(self) -> None:
+        super()._resume()
+        if self._eof and not self._waiting and not self._closed:
+            self._drop(0)
 
     def connectionLost(self, reason: Failure | None = None) -> None:
         pending = self.pendingCommit
