@@ -7,7 +7,8 @@ C{-f} passes the envelope sender; C{-F} sets C{MAILNAME}. The flags MUAs add out
 ends a message. C{-bs} speaks SMTP on stdin/stdout through the stdio qmail-smtpd, C{-bp} (or the
 name C{mailq}) lists the queue. Differences [qmtwist]: C{-r sender} is an alias of C{-f};
 C{-q} sends ALRM to the running daemon instead of being a usage error; C{newaliases} points to
-the C{.qmail} files.
+the C{.qmail} files; C{-f '<>'} means the empty sender (qmail would complete it to
+C{<>@defaulthost}).
 """
 
 from __future__ import annotations
@@ -106,7 +107,7 @@ def main(argv: list[str], env: ProgramEnv) -> int:
         if opt == "t":
             header = True
         elif opt in ("f", "r"):
-            sender = value
+            sender = "" if value == "<>" else value
         elif opt == "F":
             environ["MAILNAME"] = value
         elif opt == "q":
