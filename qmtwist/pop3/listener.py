@@ -1,0 +1,45 @@
+"""
+The POP3 listener: qmail-popup + checkpassword + qmail-pop3d under tcpserver, as one twistd
+service (SPEC.md 10, 8). C{ssl:} endpoints give POP3S; STLS uses C{control/servercert.pem}.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from twisted.application.service import IService
+
+from qmtwist.pop3.checkpassword import BuiltinChecker, BuiltinLogin, CheckpasswordLogin, ILogin
+from qmtwist.pop3.server import POP3Factory
+from qmtwist.tcpserver import LookupHost, makeListener
+from qmtwist.tls import ServerCertificate
+
+
+def makeLogin(ctx: Any, checkpassword: str | None) -> ILogin:
+    """
+    The login strategy: C{PROG HOME/bin/qmail-pop3d Maildir} for an external checkpassword
+    program (SPEC.md 10.2), else the built-in checker against C{users/passwd}.
+    """
+    if checkpassword:
+        return CheckpasswordLogin(ctx.reactor,
+                                  [checkpassword, ctx.home.sub("bin", "qmail-pop3d"), "Maildir"])
+    return BuiltinLogin(BuiltinChecker(ctx.home, ctx.runInThread), ctx.home, ctx.reactor)
+
+
+def makePOP3Service(ctx: Any, endpoint: str, rulesPath: str | None, concurrency: int,
+                    checkpassword: str | None = None,
+                    lookupHost: LookupHost | None = None) -> IService:
+    """
+    The POP3 listening service.
+
+    @param ctx: the daemon's L{qmtwist.context.Context}.
+    @param endpoint: e.g. C{tcp:2110:interface=127.0.0.1}, or C{ssl:995:...} (POP3S).
+    @param rulesPath: the tcprules text file (C{HOME/rules/pop3} by default); missing = allow all.
+    @param concurrency: C{--pop3-concurrency}.
+    @param checkpassword: C{--checkpassword PROG}, or L{None} for the built-in checker.
+    @param lookupHost: PTR lookup for C{=host} rules (default: twisted.names).
+    """
+    certificate = ServerCertificate(os.path.join(ctx.home.control, "servercert.pem"))
+    factory = POP3Factory(ctx, makeLogin(ctx, checkpassword), certificate.options)
+    return makeListener(ctx, "pop3", endpoint, rulesPath, concurrency, factory, lookupHost)

@@ -1,0 +1,296 @@
+"""
+The POP3 server: qmail-popup (authorization, SPEC.md 10.1) handing over to checkpassword and
+qmail-pop3d (SPEC.md 10.2, 10.3).
+
+L{LineSession} holds what both halves share: lines end at LF with one optional CR, commands are
+handled strictly one after another (a command that waits for a thread or a child holds back the
+following ones), and 20 idle minutes end the session without a word. L{POP3Server} is
+qmail-popup; after a successful login it either serves the Maildir itself with a
+L{Transaction} or relays the connection to a child (external checkpassword, or the built-in
+checker when the daemon runs as root). L{Pop3dServer} is C{bin/qmail-pop3d} on stdio.
+
+Deviations [qmtwist]: CAPA and STLS (SPEC.md 10.1); a failed login is answered after at least
+one second and logged; command lines longer than 4096 octets are discarded up to their LF and
+answered C{-ERR line too long}.
+"""
+
+from __future__ import annotations
+
+import itertools
+from typing import Any, Callable
+
+from twisted.internet.defer import Deferred
+from twisted.internet.interfaces import IReactorTime, ISSLTransport
+from twisted.internet.protocol import Protocol, ServerFactory
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+
+from qmtwist.pop3.checkpassword import ILogin, Relay, Result
+from qmtwist.pop3.transaction import OK, SYNTAX, UNIMPLEMENTED, RunInThread, Transaction
+
+MAX_LINE = 4096
+IDLE_SECONDS = 1200
+FAIL_DELAY = 1.0
+
+AUTH_FAILED = b"-ERR authorization failed\r\n"
+CRASHED = b"-ERR aack, child crashed\r\n"
+
+
+class LineSession(Protocol):
+    """Line splitting, one command at a time, the idle timeout."""
+
+    log = Logger(namespace="qmtwist.pop3")
+
+    #: tcpserver's exit status for the connection log (None: decided by how the connection ended).
+    exitStatus: int | None = None
+
+    def __init__(self, clock: IReactorTime) -> None:
+        self.clock = clock
+        self._buffer = b""
+        self._discarding = False
+        self._busy = False
+        self._closed = False
+        self._timer: Any = None
+        self.env: dict[str, bytes] = {}
+
+    def connectionMade(self) -> None:
+        self._timer = self.clock.callLater(IDLE_SECONDS, self._idle)
+
+    def _idle(self) -> None:
+        self._timer = None
+        self.exitStatus = 256
+        self.end()
+
+    def _touch(self) -> None:
+        if self._timer is not None and self._timer.active():
+            self._timer.reset(IDLE_SECONDS)
+
+    def write(self, data: bytes) -> None:
+        if not self._closed:
+            self.transport.write(data)
+
+    def end(self) -> None:
+        """Close after what was written has gone out; read nothing more."""
+        if not self._closed:
+            self._closed = True
+            self.transport.loseConnection()
+
+    def connectionLost(self, reason: Failure = None) -> None:  # type: ignore[assignment]
+        self._closed = True
+        if self._timer is not None and self._timer.active():
+            self._timer.cancel()
+        self._timer = None
+
+    def dataReceived(self, data: bytes) -> None:
+        self._touch()
+        self._buffer += data
+        self._drain()
+
+    def _drain(self) -> None:
+        while not self._busy and not self._closed:
+            nl = self._buffer.find(b"\n")
+            if nl < 0:
+                if len(self._buffer) > MAX_LINE:
+                    self._buffer = b""
+                    self._discarding = True
+                return
+            line, self._buffer = self._buffer[:nl], self._buffer[nl + 1:]
+            if self._discarding or len(line) > MAX_LINE:
+                self._discarding = False
+                self.write(b"-ERR line too long\r\n")
+                continue
+            if line.endswith(b"\r"):
+                line = line[:-1]
+            line = line.replace(b"\0", b"\n")  # as qmail's commands.c
+            verb, _, arg = line.partition(b" ")
+            d = self.command(verb, arg.lstrip(b" "))
+            if d is not None:
+                self._busy = True
+                d.addErrback(self._crash).addBoth(self._unbusy)
+
+    def _unbusy(self, _: object) -> None:
+        self._busy = False
+        self._drain()
+
+    def _crash(self, f: Failure) -> None:
+        self.log.failure("pop3: command failed", f)
+        self.exitStatus = 256
+        self.end()
+
+    def command(self, verb: bytes, arg: bytes) -> Deferred[None] | None:
+        raise NotImplementedError
+
+    def takeBuffer(self) -> bytes:
+        """Input received but not yet handled (handed to a relayed child)."""
+        data, self._buffer = self._buffer, b""
+        return data
+
+
+class POP3Server(LineSession):
+    """
+    qmail-popup, then the transaction (SPEC.md 10.1-10.3).
+
+    @param login: how PASS/APOP are checked (L{ILogin}).
+    @param hostname: the greeting's host (me, or qmail-popup's HOST argument).
+    @param number: the greeting's ⟨n⟩.
+    @param runInThread: for the in-process transaction's Maildir work.
+    @param tlsOptions: returns server TLS options, or L{None} when there is no certificate.
+    """
+
+    def __init__(self, login: ILogin, clock: IReactorTime, hostname: bytes, number: int,
+                 runInThread: RunInThread,
+                 tlsOptions: Callable[[], Any] | None = None) -> None:
+        super().__init__(clock)
+        self.login = login
+        self.hostname = hostname
+        self.number = number
+        self.runInThread = runInThread
+        self.tlsOptions = tlsOptions or (lambda: None)
+        self.user: bytes | None = None
+        self.timestamp = b""
+        self.tls = False
+        self.transaction: Transaction | None = None
+        self.relay: Relay | None = None
+
+    def connectionMade(self) -> None:
+        super().connectionMade()
+        self.tls = ISSLTransport.providedBy(self.transport)
+        self.timestamp = b"<%d.%d@%s>" % (self.number, int(self.clock.seconds()), self.hostname)
+        self.write(b"+OK " + self.timestamp + b"\r\n")
+
+    def connectionLost(self, reason: Failure = None) -> None:  # type: ignore[assignment]
+        super().connectionLost(reason)
+        if self.relay is not None:
+            self.relay.clientGone()
+
+    def dataReceived(self, data: bytes) -> None:
+        if self.relay is not None:
+            self._touch()
+            self.relay.fromClient(data)
+            return
+        super().dataReceived(data)
+
+    def command(self, verb: bytes, arg: bytes) -> Deferred[None] | None:
+        if self.transaction is not None:
+            return self.transaction.line(verb, arg)
+        v = verb.lower()
+        if v == b"user":
+            if not arg:
+                self.write(SYNTAX)
+                return None
+            self.user = arg
+            self.write(OK)
+        elif v == b"pass":
+            if self.user is None:
+                self.write(b"-ERR USER first\r\n")
+            elif not arg:
+                self.write(SYNTAX)
+            else:
+                return self._login(self.user, arg, False)
+        elif v == b"apop":
+            name, space, digest = arg.partition(b" ")
+            if not space:
+                self.write(SYNTAX)
+                return None
+            return self._login(name, digest, True)
+        elif v == b"quit":
+            self.write(OK)
+            self.end()
+        elif v == b"noop":
+            self.write(OK)
+        elif v == b"capa":
+            stls = b"STLS\r\n" if not self.tls and self.tlsOptions() is not None else b""
+            self.write(OK + b"TOP\r\nUIDL\r\nUSER\r\n" + stls + b".\r\n")
+        elif v == b"stls":
+            options = None if self.tls else self.tlsOptions()
+            if options is None:
+                self.write(UNIMPLEMENTED)
+            else:
+                self.write(OK)
+                self.transport.startTLS(options)
+                self.tls = True
+                self.user = None
+        else:
+            self.write(b"-ERR authorization first\r\n")
+        return None
+
+    # -- login
+
+    def startRelay(self, relay: Relay) -> None:
+        """Called by the login once a child serves the session: relay from now on."""
+        self.relay = relay
+        pending = self.takeBuffer()
+        if pending:
+            relay.fromClient(pending)
+
+    def _login(self, user: bytes, password: bytes, apop: bool) -> Deferred[None]:
+        d = self.login.start(self, user, password, self.timestamp, apop)
+        return d.addCallback(self._loggedIn, user)
+
+    def _loggedIn(self, outcome: tuple[Result, str | None], user: bytes) -> Deferred[None] | None:
+        result, maildir = outcome
+        if result is Result.SERVE:
+            assert maildir is not None
+            self.transaction = Transaction(maildir, self.runInThread, self.clock, self.write,
+                                           self.end)
+            return self.transaction.start()
+        if result is Result.DONE:
+            self.end()
+            return None
+        if result is Result.CRASHED:
+            self.write(CRASHED)
+            self.exitStatus = 256
+            self.end()
+            return None
+        self.log.info("pop3: authorization failed for {name} from {ip}",
+                      name=user.decode("utf-8", "replace"),
+                      ip=self.env.get("TCPREMOTEIP", b"unknown").decode("ascii", "replace"))
+        self.exitStatus = 256
+        d: Deferred[None] = Deferred()
+
+        def refuse() -> None:
+            self.write(AUTH_FAILED)
+            self.end()
+            d.callback(None)
+
+        self.clock.callLater(FAIL_DELAY, refuse)
+        return d
+
+
+class Pop3dServer(LineSession):
+    """C{bin/qmail-pop3d MAILDIR} on stdio: the transaction state only."""
+
+    def __init__(self, maildir: str, clock: IReactorTime, runInThread: RunInThread) -> None:
+        super().__init__(clock)
+        self.transaction = Transaction(maildir, runInThread, clock, self.write, self.end)
+
+    def connectionMade(self) -> None:
+        super().connectionMade()
+        self._busy = True
+        self.transaction.start().addBoth(self._unbusy)
+
+    def command(self, verb: bytes, arg: bytes) -> Deferred[None] | None:
+        return self.transaction.line(verb, arg)
+
+
+class POP3Factory(ServerFactory):
+    """
+    Builds L{POP3Server} sessions; the greeting's host is me, read per connection.
+
+    @param ctx: a L{qmtwist.context.Context}.
+    @param login: the L{ILogin} strategy.
+    @param tlsOptions: see L{POP3Server}.
+    """
+
+    def __init__(self, ctx: Any, login: ILogin, tlsOptions: Callable[[], Any] | None) -> None:
+        self.ctx = ctx
+        self.login = login
+        self.tlsOptions = tlsOptions
+        self._numbers = itertools.count(1)
+
+    def buildProtocol(self, addr: Any) -> POP3Server:
+        me = self.ctx.controls.current().me
+        p = POP3Server(self.login, self.ctx.reactor, me, next(self._numbers), self.ctx.runInThread,
+                       self.tlsOptions)
+        p.factory = self
+        return p
