@@ -135,7 +135,7 @@ class MXResolver:
                 if rr.type == dns.CNAME and _sameName(rr.name.name, current):
                     target = rr.payload.name.name
                     break
-            if target is None or _sameName(target, current):
+            if target is None or _sameName(target, current) or not safeName(target):
                 return current
             current = target.rstrip(b".")
         return name
@@ -217,6 +217,15 @@ class MXResolver:
                 raise TemporaryFailure(DNS_SOFT)
             raise PermanentFailure(NO_ADDRESS)
         return hosts
+
+
+def safeName(name: bytes) -> bool:
+    """Whether a DNS-supplied name may be put into an SMTP command: LDH labels, dots, C{_}."""
+    name = name.rstrip(b".")
+    return 0 < len(name) <= 253 and all(
+        c == 45 or c == 46 or c == 95 or 48 <= c <= 57 or 65 <= c <= 90 or 97 <= c <= 122
+        for c in name
+    )
 
 
 def _ipv6(packed: bytes) -> str:

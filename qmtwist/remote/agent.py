@@ -1,0 +1,397 @@
+"""
+The remote delivery agent (qmail-rspawn + qmail-remote; SPEC.md 11, 9.3, 2.3).
+
+L{RemoteAgent.deliver} takes the remote recipients of one message, groups those that share a
+route (or a recipient domain, hence an MX set) and an envelope sender, and runs one connection
+per group: route selection (L{routes}), DNS (L{mx}), the timeout table (L{tcpto}), then the
+SMTP (L{smtpclient}) or QMTP (L{qmtpclient}) transaction. Each recipient gets its own
+L{Report}. Control values are read from C{ctx.controls.current()} for every delivery.
+Simultaneous connections never exceed C{concurrencyremote} (the HUP value).
+
+Differences from qmail: see the modules named above; the self check ("I'm listed as a
+best-preference MX") compares addresses with L{RemoteAgent.localAddresses} (wired by the plugin
+to the SMTP listeners' addresses; C{0.0.0.0} counts the loopback range only) and host names with
+C{control/me}.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import random
+from collections import deque
+from typing import Any, Callable, Iterable
+
+from twisted.internet import defer, endpoints, error
+from twisted.logger import Logger
+from zope.interface import implementer
+
+from qmtwist.context import Context
+from qmtwist.control import Control
+from qmtwist.delivery import DeliveryRequest, Outcome, Report
+from qmtwist.errors import MailError, PermanentFailure
+from qmtwist.interfaces import IDeliveryAgent
+from qmtwist.remote import qmtpclient, routes, smtpclient
+from qmtwist.remote.mx import DNS_TIMEOUT, NO_HOST, MailHost, MXResolver, makeResolver
+from qmtwist.remote.tcpto import TimeoutTable
+
+NO_CONNECTION = "Sorry, I wasn't able to establish an SMTP connection. (#4.4.1)"
+BUG = "Unexpected failure in remote delivery. (#4.3.0)"
+SELF_MX = (
+    "Sorry. Although I'm listed as a best-preference MX or A for that host,\n"
+    "it isn't in my control/locals file, so I don't treat it as local. (#5.4.6)"
+)
+
+
+def descriptorWarning(concurrencyremote: int, limit: int | None = None) -> str | None:
+    """
+    SPEC.md 2.3: the warning line when the descriptor limit is below C{2*c+5}, else L{None}.
+
+    @param limit: the soft C{RLIMIT_NOFILE} (read from the process when L{None}).
+    """
+    if limit is None:
+        import resource
+
+        soft, _hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        if soft == resource.RLIM_INFINITY:
+            return None
+        limit = soft
+    need = 2 * concurrencyremote + 5
+    if limit < need:
+        return (
+            f"warning: descriptor limit {limit} is below 2*concurrencyremote+5 = {need}; "
+            "expect deferrals"
+        )
+    return None
+
+
+class Limiter:
+    """At most C{limit} holders at once; the limit can change (SIGHUP)."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.active = 0
+        self.highest = 0
+        self._waiting: deque[defer.Deferred[None]] = deque()
+
+    def acquire(self) -> defer.Deferred[None]:
+        d: defer.Deferred[None] = defer.Deferred()
+        self._waiting.append(d)
+        self._pump()
+        return d
+
+    def release(self) -> None:
+        self.active -= 1
+        self._pump()
+
+    def setLimit(self, limit: int) -> None:
+        self.limit = limit
+        self._pump()
+
+    def _pump(self) -> None:
+        while self._waiting and self.active < self.limit:
+            self.active += 1
+            self.highest = max(self.highest, self.active)
+            self._waiting.popleft().callback(None)
+
+
+def splitAddress(address: bytes) -> tuple[bytes, bytes]:
+    """C{box@D} -> C{(box, D)}; without C{@} the domain is empty."""
+    if b"@" in address:
+        local, domain = address.rsplit(b"@", 1)
+        return local, domain
+    return address, b""
+
+
+def _reportFor(e: MailError) -> Report:
+    return Report.failure(e.text) if e.permanent else Report.deferral(e.text)
+
+
+@implementer(IDeliveryAgent)
+class RemoteAgent:
+    """
+    Remote delivery for the queue service.
+
+    @param ctx: the daemon's L{Context} (reactor, home, controls).
+    @param resolver: an C{IResolver} (from L{makeResolver}); L{None} uses resolv.conf.
+    @param localAddresses: the addresses this instance's SMTP listener accepts on, or a
+        callable returning them (for the self check of SPEC.md 11.2).
+    @param dnsTimeout: the retry timeouts of each DNS lookup (SPEC.md 11.2: 1, 3, 11).
+    @param mxPort: the SMTP port of hosts found by MX or A lookup (25; tests and unprivileged
+        set-ups such as FAQ 7.4 on one machine use another).
+    """
+
+    channel = "remote"
+    log = Logger(namespace="qmail-remote")
+
+    def __init__(
+        self,
+        ctx: Context,
+        resolver: Any = None,
+        *,
+        localAddresses: Iterable[str] | Callable[[], Iterable[str]] = (),
+        dnsTimeout: tuple[float, ...] = DNS_TIMEOUT,
+        mxPort: int = 25,
+        rng: random.Random | None = None,
+    ) -> None:
+        self.ctx = ctx
+        self.reactor = ctx.reactor
+        self.resolver = resolver if resolver is not None else makeResolver(ctx.reactor, None)
+        self.mx = MXResolver(self.resolver, dnsTimeout, rng)
+        self.tcpto = TimeoutTable(ctx.home.queue.tcpto, ctx.reactor, rng)
+        self.localAddresses = localAddresses
+        self.mxPort = mxPort
+        self.limiter = Limiter(max(1, ctx.controls.snapshot.concurrencyremote))
+        self._inflight: set[defer.Deferred[Any]] = set()
+        self._connections: set[Any] = set()
+        self._opportunistic: Any = None
+
+    # -- IDeliveryAgent ---------------------------------------------------------------------
+    def deliver(self, requests: list[DeliveryRequest]) -> list[defer.Deferred[Report]]:
+        results: list[defer.Deferred[Report]] = [defer.Deferred() for _ in requests]
+        try:
+            control = self.ctx.controls.current()
+            groups: dict[tuple[Any, ...], list[int]] = {}
+            for i, req in enumerate(requests):
+                _local, domain = splitAddress(req.recipient)
+                route = routes.selectRoute(control, domain)
+                key = (route, domain.lower() if route.relay is None else b"", req.sender)
+                groups.setdefault(key, []).append(i)
+        except Exception:
+            self.log.failure("remote delivery setup failed")
+            for d in results:
+                d.callback(Report.deferral(BUG))
+            return results
+        for (route, _domain, _sender), indices in groups.items():
+            reqs = [requests[i] for i in indices]
+            d = defer.ensureDeferred(self._deliverGroup(control, route, reqs))
+            self._inflight.add(d)
+            d.addBoth(self._finished, d, reqs, [results[i] for i in indices])
+        return results
+
+    def _finished(
+        self, outcome: Any, d: Any, reqs: list[DeliveryRequest], targets: list[Any]
+    ) -> None:
+        self._inflight.discard(d)
+        if isinstance(outcome, list) and len(outcome) == len(targets):
+            reports = outcome
+        else:
+            if not isinstance(outcome, list):
+                self.log.failure("remote delivery of msg {msg} failed", outcome, msg=reqs[0].msgId)
+            reports = [Report.deferral(BUG)] * len(targets)
+        for target, report in zip(targets, reports):
+            target.callback(report)
+
+    def reload(self) -> None:
+        self.limiter.setLimit(max(1, self.ctx.controls.snapshot.concurrencyremote))
+
+    def stop(self) -> defer.Deferred[None]:
+        """Abort connections in flight (their recipients defer) and wait for the reports."""
+        for proto in list(self._connections):
+            if proto.transport is not None:
+                proto.transport.abortConnection()
+        gathered = defer.DeferredList([_observe(d) for d in self._inflight], consumeErrors=True)
+        return gathered.addCallback(lambda _: None)
+
+    # -- one connection's worth of recipients ------------------------------------------------
+    async def _deliverGroup(
+        self, control: Control, route: routes.Route, reqs: list[DeliveryRequest]
+    ) -> list[Report]:
+        n = len(reqs)
+        messPath = reqs[0].messPath
+        sender = reqs[0].sender
+        recipients = [r.recipient for r in reqs]
+        _local, domain = splitAddress(recipients[0])
+        try:
+            if smtpclient.hasPartialFinalLine(messPath) and route.protocol == routes.SMTP:
+                return [Report.failure(smtpclient.PARTIAL)] * n
+        except OSError:
+            return [Report.deferral(smtpclient.UNREADABLE)] * n
+        try:
+            if route.relay is not None:
+                if route.isLiteral:
+                    hosts = [MailHost(route.relay, 0, (route.relay.decode("ascii"),))]
+                else:
+                    hosts = await self.mx.relayHosts(route.relay)
+            else:
+                hosts, recipients, sender = await self._byMX(control, domain, recipients, sender)
+        except MailError as e:
+            return [_reportFor(e)] * n
+        port = route.port if route.relay is not None else self.mxPort
+        await self.limiter.acquire()
+        try:
+            if route.protocol == routes.QMTP:
+                return await self._tryHosts(
+                    control, hosts, port, n,
+                    lambda proto, ip, host: qmtpclient.transact(
+                        proto, ip, sender, recipients, messPath),
+                    lambda: qmtpclient.QMTPClientProtocol(self.reactor, control.timeoutremote),
+                )
+            policy = routes.tlsPolicy(control, domain, self.ctx.home.control)
+            return await self._trySMTP(control, hosts, port, sender, recipients, messPath, policy)
+        finally:
+            self.limiter.release()
+
+    async def _byMX(
+        self, control: Control, domain: bytes, recipients: list[bytes], sender: bytes
+    ) -> tuple[list[MailHost], list[bytes], bytes]:
+        literal = routes.domainLiteral(domain)
+        if literal is not None:
+            return [MailHost(literal, 0, (literal.decode("ascii"),))], recipients, sender
+        if not domain:
+            raise PermanentFailure(NO_HOST.format(name=""))
+        canon = await self.mx.canonical(domain)
+        if canon != domain:
+            recipients = [splitAddress(r)[0] + b"@" + canon for r in recipients]
+        slocal, sdomain = splitAddress(sender)
+        if sender and sdomain and routes.domainLiteral(sdomain) is None:
+            scanon = await self.mx.canonical(sdomain)
+            if scanon != sdomain:
+                sender = slocal + b"@" + scanon
+        hosts = await self.mx.mailHosts(canon)
+        return self._selfCheck(control, hosts), recipients, sender
+
+    def _selfCheck(self, control: Control, hosts: list[MailHost]) -> list[MailHost]:
+        mine = self._myAddresses()
+        me = control.me.lower().rstrip(b".")
+
+        def isSelf(h: MailHost) -> bool:
+            if me and h.name.lower().rstrip(b".") == me:
+                return True
+            return any(_isMine(ip, mine) for ip in h.addresses)
+
+        selfPrefs = [h.preference for h in hosts if isSelf(h)]
+        if not selfPrefs:
+            return hosts
+        best = min(selfPrefs)
+        left = [h for h in hosts if h.preference < best]
+        if not left:
+            raise PermanentFailure(SELF_MX)
+        return left
+
+    def _myAddresses(self) -> set[str]:
+        source = self.localAddresses
+        values = source() if callable(source) else source
+        return {str(v) for v in values}
+
+    async def _trySMTP(
+        self,
+        control: Control,
+        hosts: list[MailHost],
+        port: int,
+        sender: bytes,
+        recipients: list[bytes],
+        messPath: str,
+        policy: routes.TLSPolicy,
+    ) -> list[Report]:
+        n = len(recipients)
+        options: dict[bytes, Any] = {}
+
+        async def attempt(proto: Any, ip: str, host: MailHost, allowTLS: bool) -> list[Report]:
+            if policy.required:
+                if host.name not in options:
+                    try:
+                        options[host.name] = smtpclient.verifyingOptions(host.name, policy.cafile)
+                    except (OSError, ValueError) as e:
+                        proto.close()
+                        text = smtpclient.tlsFailureText(host.name, ip, str(e))
+                        return [Report.deferral(text)] * n
+                opts = options[host.name]
+            else:
+                if self._opportunistic is None:
+                    self._opportunistic = smtpclient.opportunisticOptions()
+                opts = self._opportunistic
+            tls = smtpclient.TLSSetting(allowTLS, policy.required, opts, host.name)
+            return await smtpclient.transact(
+                proto, ip, control.helohost, sender, recipients, messPath, tls
+            )
+
+        return await self._tryHosts(
+            control, hosts, port, n, attempt,
+            lambda: smtpclient.ReplyProtocol(self.reactor, control.timeoutremote),
+            tlsRetry=True,
+        )
+
+    async def _tryHosts(
+        self,
+        control: Control,
+        hosts: list[MailHost],
+        port: int,
+        n: int,
+        run: Callable[..., Any],
+        makeProto: Callable[[], Any],
+        tlsRetry: bool = False,
+    ) -> list[Report]:
+        """Connect to each address in turn (SPEC.md 11.3); the first connection decides."""
+        for host in hosts:
+            for ip in host.addresses:
+                if self.tcpto.skip(ip):
+                    continue
+                allowTLS = True
+                while True:
+                    proto = makeProto()
+                    try:
+                        await self._connect(ip, port, control.timeoutconnect, proto)
+                    except error.TimeoutError:
+                        self.tcpto.timedOut(ip)
+                        break
+                    except (error.ConnectError, OSError):
+                        self.tcpto.ok(ip)
+                        break
+                    self.tcpto.ok(ip)
+                    self._connections.add(proto)
+                    try:
+                        if tlsRetry:
+                            result = list(await run(proto, ip, host, allowTLS))
+                        else:
+                            result = list(await run(proto, ip, host))
+                    except smtpclient.TLSBroken as e:
+                        self.log.info("TLS to {ip} failed ({why}); retrying without STARTTLS",
+                                      ip=ip, why=str(e))
+                        if proto.transport is not None:
+                            proto.transport.abortConnection()
+                        await proto.whenClosed()
+                        allowTLS = False
+                        continue
+                    except BaseException:
+                        if proto.transport is not None:
+                            proto.transport.abortConnection()
+                        raise
+                    finally:
+                        self._connections.discard(proto)
+                    # hold the concurrency slot until the connection is really gone
+                    await proto.whenClosed()
+                    return result
+        return [Report.deferral(NO_CONNECTION)] * n
+
+    def _connect(self, ip: str, port: int, timeout: int, proto: Any) -> defer.Deferred[Any]:
+        if ":" in ip:
+            endpoint: Any = endpoints.TCP6ClientEndpoint(self.reactor, ip, port, timeout=timeout)
+        else:
+            endpoint = endpoints.TCP4ClientEndpoint(self.reactor, ip, port, timeout=timeout)
+        return endpoints.connectProtocol(endpoint, proto)
+
+
+def _observe(d: defer.Deferred[Any]) -> defer.Deferred[Any]:
+    """A Deferred that fires when C{d} does, without taking its result away."""
+    out: defer.Deferred[Any] = defer.Deferred()
+
+    def both(result: Any) -> Any:
+        out.callback(None)
+        return result
+
+    d.addBoth(both)
+    return out
+
+
+def _isMine(ip: str, mine: set[str]) -> bool:
+    if ip in mine:
+        return True
+    try:
+        addr = ipaddress.ip_address(ip)
+    except ValueError:
+        return False
+    if "0.0.0.0" in mine and addr.version == 4 and addr.is_loopback:
+        return True
+    if "::" in mine and addr.is_loopback:
+        return True
+    return False

@@ -1,0 +1,144 @@
+"""
+A real DNS server on loopback for tests: twisted.names with an in-memory zone.
+
+Usage (inside a Twisted test)::
+
+    dns = LoopbackDNS()
+    dns.mx(b"movie.edu", [(10, b"mailhost.movie.edu")])
+    dns.a(b"mailhost.movie.edu", "127.0.0.2")
+    servers = dns.start()          # [("127.0.0.1", port)], UDP and TCP on the same port
+    ...
+    yield dns.stop()
+
+Names under a zone given to L{LoopbackDNS.silence} get no answer at all (the client times out);
+names under L{LoopbackDNS.servfail} get SERVFAIL; a name with no records gets NXDOMAIN; a name
+with records but none of the asked type gets an empty answer (NODATA). Records can be changed
+while the server runs (e.g. un-silence a zone to show that a deferred delivery then succeeds).
+A pytest fixture C{loopbackDNS} is provided for tests that want one started and stopped for them.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from twisted.internet import defer, error
+from twisted.names import authority, common, dns, server
+from twisted.python import failure
+
+
+class _Zone(authority.FileAuthority):
+    """FileAuthority for the root, fed from a dict, with silent and failing subtrees."""
+
+    def __init__(self, owner: LoopbackDNS) -> None:
+        common.ResolverBase.__init__(self)
+        soa = dns.Record_SOA(
+            mname=b"ns.test", rname=b"root.ns.test", serial=1, refresh=60, minimum=60, expire=60
+        )
+        self.soa = (b"", soa)
+        self.records = owner.records
+        self._owner = owner
+
+    def _lookup(self, name: bytes, cls: int, type: int, timeout: Any = None) -> defer.Deferred:
+        self._owner.queries.append((name.lower(), type))
+        if self._owner._under(name, self._owner.silent):
+            return defer.Deferred()  # never fires: the server never answers
+        if self._owner._under(name, self._owner.failing):
+            return defer.fail(failure.Failure(RuntimeError("servfail zone")))
+        return super()._lookup(name, cls, type, timeout)
+
+
+class LoopbackDNS:
+    """
+    A twisted.names authoritative server on 127.0.0.1 (UDP and TCP, one port).
+
+    @ivar records: lowercased name -> list of C{dns.Record_*}; edit freely.
+    @ivar queries: C{(name, type)} of every query received, for assertions.
+    """
+
+    def __init__(self, reactor: Any = None) -> None:
+        if reactor is None:
+            from twisted.internet import reactor as _reactor
+
+            reactor = _reactor
+        self.reactor = reactor
+        self.records: dict[bytes, list[Any]] = {}
+        self.silent: set[bytes] = set()
+        self.failing: set[bytes] = set()
+        self.queries: list[tuple[bytes, int]] = []
+        self._ports: list[Any] = []
+        self.port = 0
+
+    # -- zone editing ---------------------------------------------------------------------
+    def add(self, name: bytes, record: Any) -> None:
+        """Add one record (a C{dns.Record_*}) at C{name}."""
+        self.records.setdefault(name.lower(), []).append(record)
+
+    def mx(self, name: bytes, exchanges: list[tuple[int, bytes]]) -> None:
+        """MX records C{[(preference, host), ...]}; a host C{b""} is a null MX."""
+        for pref, host in exchanges:
+            self.add(name, dns.Record_MX(pref, host, ttl=0))
+
+    def a(self, name: bytes, *addresses: str) -> None:
+        for ip in addresses:
+            self.add(name, dns.Record_A(ip, ttl=0))
+
+    def aaaa(self, name: bytes, *addresses: str) -> None:
+        for ip in addresses:
+            self.add(name, dns.Record_AAAA(ip, ttl=0))
+
+    def cname(self, name: bytes, target: bytes) -> None:
+        self.add(name, dns.Record_CNAME(target, ttl=0))
+
+    def silence(self, zone: bytes) -> None:
+        """Never answer for C{zone} and names under it."""
+        self.silent.add(zone.lower())
+
+    def unsilence(self, zone: bytes) -> None:
+        self.silent.discard(zone.lower())
+
+    def servfail(self, zone: bytes) -> None:
+        """Answer SERVFAIL for C{zone} and names under it."""
+        self.failing.add(zone.lower())
+
+    @staticmethod
+    def _under(name: bytes, zones: set[bytes]) -> bool:
+        name = name.lower().rstrip(b".")
+        return any(name == z or name.endswith(b"." + z) for z in zones)
+
+    # -- running --------------------------------------------------------------------------
+    def start(self) -> list[tuple[str, int]]:
+        """Listen on 127.0.0.1, UDP and TCP on the same free port; return the server list."""
+        factory = server.DNSServerFactory(authorities=[_Zone(self)], verbose=0)
+        protocol = dns.DNSDatagramProtocol(factory)
+        for _ in range(20):
+            udp = self.reactor.listenUDP(0, protocol, interface="127.0.0.1")
+            port = udp.getHost().port
+            try:
+                tcp = self.reactor.listenTCP(port, factory, interface="127.0.0.1")
+            except error.CannotListenError:
+                udp.stopListening()
+                continue
+            self._ports = [udp, tcp]
+            self.port = port
+            return self.servers
+        raise RuntimeError("no free UDP+TCP port pair on 127.0.0.1")
+
+    @property
+    def servers(self) -> list[tuple[str, int]]:
+        return [("127.0.0.1", self.port)]
+
+    def stop(self) -> defer.Deferred:
+        ports, self._ports = self._ports, []
+        return defer.gatherResults([defer.maybeDeferred(p.stopListening) for p in ports])
+
+
+@pytest.fixture
+def loopbackDNS():
+    """A started L{LoopbackDNS}; stopped after the test."""
+    import pytest_twisted
+
+    d = LoopbackDNS()
+    d.start()
+    yield d
+    pytest_twisted.blockon(d.stop())
