@@ -1,5 +1,8 @@
 """
 The SMTP listener: qmail-smtpd under tcpserver, as one twistd service (SPEC.md 7, 8).
+
+Besides the listener, this logs C{warning: control/rcpthosts missing; accepting only local and
+virtual domains} (SPEC.md 7.5) when the service is built and on every SIGHUP.
 """
 
 from __future__ import annotations
@@ -7,9 +10,19 @@ from __future__ import annotations
 from typing import Any
 
 from twisted.application.service import IService
+from twisted.logger import Logger
 
+from qmtwist.rcpthosts import MISSING_WARNING
 from qmtwist.smtp.server import SMTPFactory
 from qmtwist.tcpserver import LookupHost, makeListener
+
+log = Logger(namespace="qmtwist.smtp")
+
+
+def warnIfNoRcpthosts(ctx: Any) -> None:
+    """Log SPEC.md 7.5's warning when C{control/rcpthosts} is missing."""
+    if ctx.controls.current().rcpthosts is None:
+        log.warn("{line}", line=MISSING_WARNING)
 
 
 def makeSMTPService(ctx: Any, endpoint: str, rulesPath: str | None, concurrency: int,
@@ -21,6 +34,10 @@ def makeSMTPService(ctx: Any, endpoint: str, rulesPath: str | None, concurrency:
     @param endpoint: e.g. C{tcp:2525:interface=127.0.0.1}, or C{ssl:465:privateKey=...} (SMTPS).
     @param rulesPath: the tcprules text file (C{HOME/rules/smtp} by default); missing = allow all.
     @param concurrency: C{--smtp-concurrency}.
+    @param lookupHost: PTR lookup for C{=host} rules (default: twisted.names).
     """
-    return makeListener(ctx, "smtp", endpoint, rulesPath, concurrency, SMTPFactory(ctx),
-                        lookupHost)
+    service = makeListener(ctx, "smtp", endpoint, rulesPath, concurrency, SMTPFactory(ctx),
+                           lookupHost)
+    warnIfNoRcpthosts(ctx)
+    ctx.reloaders.append(lambda: warnIfNoRcpthosts(ctx))
+    return service

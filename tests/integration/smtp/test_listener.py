@@ -241,3 +241,24 @@ def test_bind_failure_logs_alert(startSMTP, logEvents):
     assert alerts[0].startswith("alert: cannot start: unable to listen on tcp:%d:interface="
                                 "127.0.0.1: " % srv.port)
     assert "Address already in use" in alerts[0]
+
+
+@pytest_twisted.inlineCallbacks
+def test_missing_rcpthosts_accepts_only_locals(home, startSMTP, logEvents):
+    import os
+    os.unlink(os.path.join(home.control, "rcpthosts"))
+    with open(os.path.join(home.control, "virtualdomains"), "wb") as f:
+        f.write(b"virt.example:bob\n")
+    srv = startSMTP()
+    assert ("warning: control/rcpthosts missing; accepting only local and virtual domains"
+            in logLines(logEvents))
+
+    def talk():
+        c = Client(srv.port)
+        c.send(b"MAIL FROM:<a@b>\r\nRCPT TO:<x@test.example>\r\nRCPT TO:<x@virt.example>\r\n"
+               b"RCPT TO:<x@example.com>\r\nQUIT\r\n")
+        return c.readAll()
+
+    out = yield deferToThread(talk)
+    assert out == (b"220 test.example ESMTP\r\n250 ok\r\n250 ok\r\n250 ok\r\n553 sorry, that "
+                   b"domain isn't in my list of allowed rcpthosts (#5.7.1)\r\n221 test.example\r\n")
