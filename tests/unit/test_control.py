@@ -50,7 +50,6 @@ def test_parseIntLeadingDigits():
     assert parseInt(b"abc\n") is None
     assert parseInt(b"\n7\n") is None
     assert parseInt(b"") is None
-    assert parseInt(b"-5\n") == -5
 
 
 def test_parseListSkipsBlankAndCommentLines():
@@ -189,11 +188,26 @@ def test_intValues(cdir):
     assert warnings == []
 
 
-@pytest.mark.parametrize("data", [b"0\n", b"-5\n"])
-def test_timeoutsmtpdNotPositiveMeansOne(cdir, data):
-    write(cdir, "timeoutsmtpd", data)
+def test_timeoutsmtpdZeroMeansOne(cdir):
+    write(cdir, "timeoutsmtpd", b"0\n")
     c, _ = load(str(cdir))
     assert c.timeoutsmtpd == 1
+
+
+@pytest.mark.xfail(strict=True, reason=(
+    "BUG: control.py parseInt accepts a leading '-'; SPEC 2.1 INT is the leading decimal "
+    "digits, so '-1' has none and means 'not set' (qmail's scan_ulong); today "
+    "concurrencylocal -1 and queuelifetime -5 are taken literally"))
+def test_negativeIntIsNotANumber(cdir):
+    write(cdir, "concurrencylocal", b"-1\n")
+    write(cdir, "queuelifetime", b"-5\n")
+    c, warnings = load(str(cdir))
+    assert c.concurrencylocal == 10
+    assert c.queuelifetime == 604800
+    assert warnings == [
+        "warning: control/concurrencylocal line 1: not a number; using default 10",
+        "warning: control/queuelifetime line 1: not a number; using default 604800",
+    ]
 
 
 def test_defaultdeliveryWholeText(cdir):
@@ -326,14 +340,41 @@ def test_cacheCurrentRereadsAfterMtimeChange(home: Home):
     assert cache.current().databytes == 200
 
 
-def test_cacheCurrentUnchangedWithoutMtimeChange(home: Home):
+def test_cacheCurrentUnchangedWithoutChange(home: Home):
     cache = ControlCache(home)
-    path = os.path.join(home.control, "rcpthosts")
-    st = os.stat(path)
     first = cache.current()
-    write(home.control, "rcpthosts", b"zzz.example\n")
-    os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns))
+    assert first is cache.snapshot
     assert cache.current() is first
+
+
+def test_cacheCurrentSeesNewFile(home: Home):
+    cache = ControlCache(home)
+    assert cache.current().smtproutes == {}
+    write(home.control, "smtproutes", b":relay.example\n")
+    assert cache.current().smtproutes == {b"": b"relay.example"}
+
+
+@pytest.mark.xfail(strict=True, reason=(
+    "BUG: control.py load() raises ControlError on reload when me and locals are both gone "
+    "(the check meant for start-up is not limited to previous is None); SIGHUP then raises "
+    "out of the signal handler instead of keeping the previous values (SPEC 2.1)"))
+def test_cacheReloadWithoutMeAndLocalsKeepsPrevious(home: Home):
+    cache = ControlCache(home)
+    os.unlink(os.path.join(home.control, "me"))
+    os.unlink(os.path.join(home.control, "locals"))
+    cache.reload()
+    assert cache.snapshot.locals == frozenset([b"test.example", b"localhost"])
+
+
+@pytest.mark.xfail(strict=True, reason=(
+    "BUG: control.py load() reads control/recipientmap with _readFile outside the OSError "
+    "handler, so an unreadable recipientmap (ignored file) raises IsADirectoryError/"
+    "PermissionError out of a reload instead of a warning"))
+def test_unreadableRecipientmapOnReloadIsNotFatal(cdir):
+    first, _ = load(str(cdir))
+    unreadable(cdir, "recipientmap")
+    second, _ = load(str(cdir), first)
+    assert second == first
 
 
 def test_cacheReloadUnreadableKeepsAndLogs(home: Home, logEvents):
