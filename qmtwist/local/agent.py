@@ -20,10 +20,11 @@ from __future__ import annotations
 
 import json
 import os
+import pwd
 import sys
 from typing import Any
 
-from twisted.internet.defer import Deferred, DeferredList, ensureDeferred, succeed
+from twisted.internet.defer import Deferred, DeferredList, ensureDeferred
 from twisted.internet.protocol import ProcessProtocol
 from twisted.logger import Logger
 from zope.interface import implementer
@@ -256,17 +257,20 @@ class LocalAgent:
             self.retiring.add(helper)
             helper.ended.addBoth(lambda _: self.retiring.discard(helper))
 
-    def _lookup(self, local: bytes) -> User:
+    def _lookup(self, local: bytes, messPath: str) -> tuple[User, bytes | None]:
+        """On a thread: the user and, as root, the message (the helper cannot read the queue)."""
         user = self.users.find(local)
-        if self.root:
-            import pwd
-
-            try:
-                pwd.getpwuid(user.uid)
-            except KeyError:
-                raise TemporaryFailure(
-                    f"No account for uid {user.uid} in the password file. (#4.3.0)")
-        return user
+        if not self.root:
+            return user, None
+        try:
+            pwd.getpwuid(user.uid)
+        except KeyError:
+            raise TemporaryFailure(
+                f"No account for uid {user.uid} in the password file. (#4.3.0)")
+        try:
+            return user, _readFile(messPath)
+        except OSError as e:
+            raise TemporaryFailure(f"Unable to read message: {e.strerror}. (#4.3.0)")
 
     def _helper(self, user: User) -> _Helper:
         key = (user.uid, user.gid)
@@ -284,7 +288,7 @@ class LocalAgent:
         if self.stopping:
             return Report.deferral(CRASHED)
         try:
-            user: User = await self.ctx.runInThread(lambda: self._lookup(local))
+            user, message = await self.ctx.runInThread(lambda: self._lookup(local, req.messPath))
         except MailError as e:
             return Report(Outcome.FAILURE if e.permanent else Outcome.DEFERRAL,
                           capReport(e.text.encode() + b"\n"))
@@ -292,11 +296,7 @@ class LocalAgent:
         job = Job(user.name, user.home, user.dash, user.ext, local, host, req.sender,
                   req.messPath, req.uniqueKey, req.mayBeRepeat, controls.defaultdelivery,
                   self.ctx.home.bin, self.reactor.seconds())
-        if self.root:
-            try:
-                message = await self.ctx.runInThread(lambda: _readFile(req.messPath))
-            except OSError as e:
-                return Report.deferral(f"Unable to read message: {e.strerror}. (#4.3.0)")
+        if message is not None:
             result = await self._helper(user).run(job, message)
             uid = user.uid
         else:

@@ -20,7 +20,6 @@ import json
 import os
 import signal
 import sys
-import tempfile
 from typing import Any
 
 from twisted.internet import stdio
@@ -32,24 +31,6 @@ from zope.interface import implementer
 
 from qmtwist.delivery import Outcome
 from qmtwist.local.deliver import Job, JobResult, runJob
-
-
-def _writeTemp(data: bytes) -> str:
-    fd, path = tempfile.mkstemp(prefix="qmtwist-msg.")
-    try:
-        view = memoryview(data)
-        while view:
-            view = view[os.write(fd, view):]
-    finally:
-        os.close(fd)
-    return path
-
-
-def _unlink(path: str) -> None:
-    try:
-        os.unlink(path)
-    except OSError:
-        pass
 
 
 @implementer(IHalfCloseableProtocol)
@@ -74,21 +55,15 @@ class HelperProtocol(Protocol):
     async def handle(self, line: bytes) -> None:
         req = json.loads(line)
         rid = req["id"]
-        path = None
         try:
             message = base64.b64decode(req["message"])
-            path = await deferToThread(_writeTemp, message)
-            d = dict(req["job"])
-            d["messPath"] = path
-            job = Job.fromJSON(d)
-            result = await runJob(job, self.reactor, deferToThread, self.baseEnv)
+            job = Job.fromJSON(dict(req["job"], messPath=""))
+            result = await runJob(job, self.reactor, deferToThread, self.baseEnv,
+                                  message=message)
         except Exception as e:  # anything unexpected: a deferral, never a lost answer
             result = JobResult(Outcome.DEFERRAL,
                                b"Temporary failure in qmail-local: %s. (#4.3.0)\n"
                                % repr(e).encode("utf-8", "replace"))
-        finally:
-            if path is not None:
-                _unlink(path)
         self.transport.write(json.dumps({"id": rid, "result": result.toJSON()}).encode() + b"\n")
 
     def _finished(self, r: Any) -> None:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import base64
 import os
+import tempfile
 from typing import Any, Callable
 
 from attrs import asdict, field, frozen
@@ -127,19 +128,39 @@ def headerHasLine(message: bytes, line: bytes) -> bool:
     return want in header.split(b"\n")
 
 
-def _prepare(job: Job, dt: bytes) -> _Plan:
+def _prepare(job: Job, dt: bytes, message: bytes | None) -> _Plan:
     dotqmail.checkHome(job.home)
     dq = dotqmail.locate(job.home, job.dash, job.ext, job.defaultDelivery)
-    try:
-        with open(job.messPath, "rb") as f:
-            message = f.read()
-    except OSError as e:
-        raise MailError(f"Unable to read message: {e.strerror}. (#4.3.0)")
+    if message is None:
+        try:
+            with open(job.messPath, "rb") as f:
+                message = f.read()
+        except OSError as e:
+            raise MailError(f"Unable to read message: {e.strerror}. (#4.3.0)")
     if headerHasLine(message, dt):
         raise PermanentFailure(LOOPING)
     owner, ownerDefault = dotqmail.ownerFiles(job.home, job.dash, job.ext)
     ns = newSender(job.sender, job.local, job.host, owner, ownerDefault)
     return _Plan(dq, message, ns)
+
+
+def writeTemp(data: bytes) -> str:
+    """The message in a private temporary file (mode 0600), for a program's standard input."""
+    fd, path = tempfile.mkstemp(prefix="qmtwist-msg.")
+    try:
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view):]
+    finally:
+        os.close(fd)
+    return path
+
+
+def _unlink(path: str) -> None:
+    try:
+        os.unlink(path)
+    except OSError:
+        pass
 
 
 def _resolve(home: str, path: bytes) -> bytes:
@@ -152,16 +173,30 @@ async def runJob(
     runInThread: Callable[[Callable[[], Any]], Any],
     baseEnv: dict[bytes, bytes],
     running: set[Any] | None = None,
+    message: bytes | None = None,
 ) -> JobResult:
     """
     Deliver one recipient as qmail-local does; never raises.
 
     @param baseEnv: the environment programs start from (the daemon's).
     @param running: program transports in flight are kept here (so they can be stopped).
+    @param message: the message as queued, when C{job.messPath} cannot be read (the helper
+        child); programs then read it from a private temporary copy made on first need.
     """
+    tempPath: list[str] = []
+    try:
+        return await _runJob(job, reactor, runInThread, baseEnv, running, message, tempPath)
+    finally:
+        if tempPath:
+            await runInThread(lambda: _unlink(tempPath[0]))
+
+
+async def _runJob(job: Job, reactor: Any, runInThread: Callable[[Callable[[], Any]], Any],
+                  baseEnv: dict[bytes, bytes], running: set[Any] | None,
+                  message: bytes | None, tempPath: list[str]) -> JobResult:
     dt = dtline(job.local, job.host)
     try:
-        plan: _Plan = await runInThread(lambda: _prepare(job, dt))
+        plan: _Plan = await runInThread(lambda: _prepare(job, dt, message))
     except MailError as e:
         outcome = Outcome.FAILURE if e.permanent else Outcome.DEFERRAL
         return JobResult(outcome, _nl(e.text), dtline=dt)
@@ -201,8 +236,10 @@ async def runJob(
                 baseEnv, sender=job.sender, newsender=plan.newsender, local=job.local,
                 host=job.host, user=job.user, home=job.home, ext=job.ext,
                 default=plan.dq.default, dt=dt, rp=rp, uf=uf, binDir=job.binDir)
-        r = await program.run(reactor, ins.value, job.messPath, env, job.home, runInThread,
-                              running)
+        if message is not None and not tempPath:
+            tempPath.append(await runInThread(lambda: writeTemp(plan.message)))
+        stdinPath = tempPath[0] if tempPath else job.messPath
+        r = await program.run(reactor, ins.value, stdinPath, env, job.home, runInThread, running)
         programs += 1
         output += r.output
         if r.outcome is not Outcome.SUCCESS:
