@@ -7,7 +7,7 @@ more whose last timeout is younger than 3840 s plus a random 0-1983 s is skipped
 connection or a refusal resets the counter.
 
 The file is text, one line C{⟨ip⟩ ⟨counter⟩ ⟨unix time of last timeout⟩} per address [qmtwist];
-it is re-read when its mtime changes, so C{qmail-tcpok} (another process) takes effect at once.
+it is re-read when it changes, so C{qmail-tcpok} (another process) takes effect at once.
 The file is tiny, so reads and writes happen in the reactor thread, as qmail-remote reads it.
 """
 
@@ -87,25 +87,30 @@ class TimeoutTable:
         self.clock = clock
         self.rng = rng or random.Random()
         self._table: dict[str, Entry] = {}
-        self._mtime: int | None = None
+        self._stamp: tuple[int, int, int] | None = None
+
+    def _fileStamp(self) -> tuple[int, int, int] | None:
+        # the inode changes on every write (os.replace), even within one mtime tick
+        try:
+            st = os.stat(self.path)
+        except OSError:
+            return None
+        return (st.st_mtime_ns, st.st_ino, st.st_size)
 
     def _load(self) -> dict[str, Entry]:
-        try:
-            mtime = os.stat(self.path).st_mtime_ns
-        except OSError:
-            mtime = None
-        if mtime != self._mtime:
+        stamp = self._fileStamp()
+        if stamp is None or stamp != self._stamp:
             try:
                 self._table = read(self.path)
             except OSError:
                 self._table = {}
-            self._mtime = mtime
+            self._stamp = stamp
         return self._table
 
     def _save(self) -> None:
         try:
             write(self.path, self._table)
-            self._mtime = os.stat(self.path).st_mtime_ns
+            self._stamp = self._fileStamp()
         except OSError:
             pass  # the table is advisory; qmail-remote ignores its write errors too
 

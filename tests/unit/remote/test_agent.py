@@ -1,0 +1,137 @@
+"""RemoteAgent on a MemoryReactorClock: connect timeouts, tcpto skipping, stop, limits."""
+
+from __future__ import annotations
+
+import os
+
+from twisted.internet import defer, error
+from twisted.internet.testing import MemoryReactorClock, StringTransport
+from twisted.python.failure import Failure
+from zope.interface.verify import verifyObject
+
+from qmtwist.context import Context, ControlCache
+from qmtwist.delivery import DeliveryRequest, Report
+from qmtwist.interfaces import IDeliveryAgent
+from qmtwist.remote import tcpto
+from qmtwist.remote.agent import NO_CONNECTION, Limiter, RemoteAgent, descriptorWarning
+
+BODY = b"Received: (qmail 1 invoked by uid 0); 25 Nov 2026 09:00:00 -0000\n\nhi\n"
+
+
+class AbortingTransport(StringTransport):
+    def __init__(self, protocol) -> None:
+        super().__init__()
+        self.protocol = protocol
+
+    def abortConnection(self) -> None:
+        super().abortConnection()
+        self.protocol.connectionLost(Failure(error.ConnectionAborted()))
+
+
+def setUp(home, tmp_path, routes: bytes = b":10.0.0.1\n"):
+    with open(os.path.join(home.control, "smtproutes"), "wb") as f:
+        f.write(routes)
+    reactor = MemoryReactorClock()
+    reactor.advance(1_000_000)
+    ctx = Context(home, reactor, None, ControlCache(home), defer.maybeDeferred)
+    agent = RemoteAgent(ctx, resolver=object())
+    path = tmp_path / "mess"
+    path.write_bytes(BODY)
+    req = DeliveryRequest(1, str(path), b"a@test.example", b"b@x.example", 0, "1.1")
+    return agent, reactor, req
+
+
+def results(ds: list) -> list:
+    out: list = []
+    for d in ds:
+        d.addBoth(out.append)
+    return out
+
+
+def test_interface(home, tmp_path) -> None:
+    agent, _r, _q = setUp(home, tmp_path)
+    assert verifyObject(IDeliveryAgent, agent)
+    assert agent.channel == "remote"
+
+
+def test_connectTimeoutsThenSkip(home, tmp_path) -> None:
+    agent, reactor, req = setUp(home, tmp_path)
+    for n in (1, 2):
+        got = results(agent.deliver([req]))
+        host, port, factory, timeout, _bind = reactor.tcpClients[-1]
+        assert (host, port, timeout) == ("10.0.0.1", 25, 60)
+        factory.clientConnectionFailed(reactor.connectors[-1], Failure(error.TimeoutError()))
+        assert got == [Report.deferral(NO_CONNECTION)]
+        assert tcpto.read(home.queue.tcpto)["10.0.0.1"].count == n
+        reactor.advance(121)
+    attempts = len(reactor.tcpClients)
+    got = results(agent.deliver([req]))
+    assert got == [Report.deferral(NO_CONNECTION)]
+    assert len(reactor.tcpClients) == attempts  # skipped, no connection tried
+    reactor.advance(3840 + 1984)
+    got = results(agent.deliver([req]))
+    assert len(reactor.tcpClients) == attempts + 1
+    _h, _p, factory, _t, _b = reactor.tcpClients[-1]
+    factory.clientConnectionFailed(reactor.connectors[-1], Failure(error.ConnectionRefusedError()))
+    assert got == [Report.deferral(NO_CONNECTION)]
+    assert tcpto.read(home.queue.tcpto) == {}  # a refusal resets the counter
+
+
+def test_timeoutconnectControl(home, tmp_path) -> None:
+    agent, reactor, req = setUp(home, tmp_path, b":[10.0.0.5]:2525\n")
+    with open(os.path.join(home.control, "timeoutconnect"), "wb") as f:
+        f.write(b"7\n")
+    agent.deliver([req])
+    host, port, _f, timeout, _b = reactor.tcpClients[-1]
+    assert (host, port, timeout) == ("10.0.0.5", 2525, 7)
+
+
+def test_replyTimeoutAndStop(home, tmp_path) -> None:
+    agent, reactor, req = setUp(home, tmp_path)
+    got = results(agent.deliver([req, DeliveryRequest(1, req.messPath, req.sender,
+                                                      b"c@x.example", 1, "1.1")]))
+    _h, _p, factory, _t, _b = reactor.tcpClients[-1]
+    wrapped = factory.buildProtocol(None)
+    wrapped.makeConnection(AbortingTransport(wrapped))
+    reactor.advance(1199)
+    assert got == []
+    reactor.advance(1)  # timeoutremote
+    died = Report.deferral("Connected to 10.0.0.1 but connection died. (#4.4.2)")
+    assert got == [died, died]
+
+    got = results(agent.deliver([req]))
+    _h, _p, factory, _t, _b = reactor.tcpClients[-1]
+    wrapped = factory.buildProtocol(None)
+    wrapped.makeConnection(AbortingTransport(wrapped))
+    wrapped.dataReceived(b"220 hi\r\n")
+    stopped = results([agent.stop()])
+    assert got == [died]
+    assert stopped == [None]
+
+
+def test_limiter() -> None:
+    lim = Limiter(2)
+    fired = results([lim.acquire(), lim.acquire(), lim.acquire()])
+    assert fired == [None, None]
+    lim.release()
+    assert fired == [None, None, None]
+    lim.setLimit(1)
+    more = results([lim.acquire()])
+    assert more == []
+    lim.release()
+    assert more == []
+    lim.release()
+    assert more == [None]
+    assert lim.highest == 2
+
+
+def test_descriptorWarning() -> None:
+    assert descriptorWarning(20, limit=45) is None
+    assert descriptorWarning(20, limit=44) == (
+        "warning: descriptor limit 44 is below 2*concurrencyremote+5 = 45; expect deferrals"
+    )
+    assert descriptorWarning(500, limit=None) in (
+        None,
+        *[f"warning: descriptor limit {n} is below 2*concurrencyremote+5 = 1005; "
+          "expect deferrals" for n in range(1005)],
+    )

@@ -1,0 +1,92 @@
+"""The remote host timeout table and qmail-tcpto / qmail-tcpok (SPEC.md 11.6)."""
+
+from __future__ import annotations
+
+import io
+import random
+import time
+
+from twisted.internet.task import Clock
+
+from qmtwist.remote import tcpto
+from qmtwist.remote.tcpto import Entry, TimeoutTable
+from qmtwist.tools import tcpok as tcpokTool
+from qmtwist.tools import tcpto as tcptoTool
+from qmtwist.tools.base import ProgramEnv
+
+
+def table(tmp_path) -> tuple[TimeoutTable, Clock]:
+    clock = Clock()
+    clock.advance(1_000_000)
+    return TimeoutTable(str(tmp_path / "tcpto"), clock, random.Random(1)), clock
+
+
+def test_twoSpacedTimeoutsSkip(tmp_path) -> None:
+    t, clock = table(tmp_path)
+    t.timedOut("10.0.0.1")
+    assert not t.skip("10.0.0.1")
+    clock.advance(119)
+    t.timedOut("10.0.0.1")  # under 120 s after the last: not counted
+    assert tcpto.read(t.path)["10.0.0.1"].count == 1
+    clock.advance(2)
+    t.timedOut("10.0.0.1")
+    assert tcpto.read(t.path)["10.0.0.1"] == Entry("10.0.0.1", 2, 1_000_121)
+    assert t.skip("10.0.0.1")
+    assert not t.skip("10.0.0.2")
+    clock.advance(3839)
+    assert t.skip("10.0.0.1")
+    clock.advance(1985)
+    assert not t.skip("10.0.0.1")
+
+
+def test_counterStopsAtTenAndOkResets(tmp_path) -> None:
+    t, clock = table(tmp_path)
+    for _ in range(15):
+        t.timedOut("10.0.0.1")
+        clock.advance(200)
+    assert tcpto.read(t.path)["10.0.0.1"].count == 10
+    t.ok("10.0.0.1")
+    assert tcpto.read(t.path) == {}
+    assert not t.skip("10.0.0.1")
+
+
+def test_survivesRestartAndSeesTcpok(tmp_path, home) -> None:
+    t = TimeoutTable(home.queue.tcpto, Clock())
+    t.clock.advance(time.time() - 300)
+    t.timedOut("10.0.0.1")
+    t.clock.advance(200)
+    t.timedOut("10.0.0.1")
+    fresh = TimeoutTable(home.queue.tcpto, t.clock, random.Random(2))
+    assert fresh.skip("10.0.0.1")
+
+    out, err = io.BytesIO(), io.BytesIO()
+    env = ProgramEnv(home, {}, io.BytesIO(), out, err)
+    assert tcptoTool.main(["qmail-tcpto"], env) == 0
+    line = out.getvalue().decode()
+    assert line.startswith("10.0.0.1 timed out ")
+    assert line.endswith(" seconds ago; # recent timeouts: 2\n")
+    ago = int(line.split()[3])
+    assert 90 <= ago <= 110
+
+    assert tcpokTool.main(["qmail-tcpok"], env) == 0
+    assert not fresh.skip("10.0.0.1")
+    out.truncate(0)
+    out.seek(0)
+    assert tcptoTool.main(["qmail-tcpto"], env) == 0
+    assert out.getvalue() == b""
+
+
+def test_toolsFatal(tmp_path, home) -> None:
+    import os
+
+    os.rename(home.queue.sub("lock"), str(tmp_path / "moved"))
+    err = io.BytesIO()
+    env = ProgramEnv(home, {}, io.BytesIO(), io.BytesIO(), err)
+    assert tcpokTool.main(["qmail-tcpok"], env) == 111
+    assert err.getvalue().startswith(b"qmail-tcpok: fatal: unable to write ")
+
+
+def test_malformedLinesIgnored() -> None:
+    assert tcpto.parse(b"junk\n10.0.0.1 3 5\n10.0.0.2 x 5\n10.0.0.3 0 5\n") == {
+        "10.0.0.1": Entry("10.0.0.1", 3, 5.0)
+    }
