@@ -208,11 +208,6 @@ def test_unprefixIgnoresWholeAddressKey():
     assert unprefix(c, b"jv-joe@v.example") == b"jv-joe@v.example"
 
 
-def test_unprefixLocalsUnchanged():
-    c = ctl(locals_=[b"me.example"], virtual={b"": b"all"})
-    assert unprefix(c, b"all-joe@me.example") == b"all-joe@me.example"
-
-
 def test_unprefixDomainCaseInsensitive():
     c = ctl(virtual={b"nowhere.mil": b"bob"})
     assert unprefix(c, b"bob-Info@NOWHERE.mil") == b"Info@NOWHERE.mil"

@@ -274,3 +274,12 @@ def test_injectPokesTrigger(layout):
 
 def test_pokeTriggerWithoutReaderDoesNotBlock(layout):
     pokeTrigger(layout)  # ENXIO: nobody listens; silently ignored
+
+
+def test_unreadableQueueextraIs55AndLeavesNothing(layout, home):
+    os.mkdir(os.path.join(home.control, "queueextra"))
+    with pytest.raises(QueueError) as e:
+        inject(layout, b"s", [b"r"], b"m\n", b"by uid 0", uid=0, qp=1, controlDir=home.control)
+    assert e.value.code == 55
+    assert e.value.text == "qq unable to read configuration (#4.3.0)"
+    assert queueFiles(layout) == []
