@@ -308,6 +308,10 @@ class LocalAgent:
     async def _finish(self, req: DeliveryRequest, user: User, uid: int,
                       result: JobResult) -> Report:
         if result.outcome is not Outcome.SUCCESS:
+            if result.failedLine:
+                log.info("delivery to {rcpt}: line {line} of {file} failed: {outcome}",
+                         rcpt=req.recipient, line=result.failedLine, file=result.failedFile,
+                         outcome=result.outcome.value, text=result.text)
             return Report(result.outcome, capReport(result.text))
         text = result.text
         qpLine = b""

@@ -17,15 +17,12 @@ import tempfile
 from typing import Any, Callable
 
 from attrs import asdict, field, frozen
-from twisted.logger import Logger
 
 from qmtwist.delivery import Outcome
 from qmtwist.errors import MailError, PermanentFailure
 from qmtwist.local import dotqmail, maildir, mbox, program
 from qmtwist.local.dotqmail import Kind
 from qmtwist.local.env import dtline, newSender, programEnv, rpline, ufline
-
-log = Logger(namespace="qmail-local")
 
 LOOPING = "This message is looping: it already has my Delivered-To line. (#5.4.6)"
 
@@ -88,20 +85,21 @@ class JobResult:
     newsender: bytes = b""
     dtline: bytes = b""
     failedLine: int = field(default=0)
+    failedFile: str = ""
 
     def toJSON(self) -> dict[str, Any]:
         return {
             "outcome": self.outcome.value, "text": _b64(self.text), "files": self.files,
             "programs": self.programs, "forwards": [_b64(f) for f in self.forwards],
             "newsender": _b64(self.newsender), "dtline": _b64(self.dtline),
-            "failedLine": self.failedLine}
+            "failedLine": self.failedLine, "failedFile": self.failedFile}
 
     @classmethod
     def fromJSON(cls, d: dict[str, Any]) -> JobResult:
         return cls(Outcome(d["outcome"]), base64.b64decode(d["text"]), int(d["files"]),
                    int(d["programs"]), tuple(base64.b64decode(f) for f in d["forwards"]),
                    base64.b64decode(d["newsender"]), base64.b64decode(d["dtline"]),
-                   int(d.get("failedLine", 0)))
+                   int(d.get("failedLine", 0)), str(d.get("failedFile", "")))
 
 
 def _b64(b: bytes) -> str:
@@ -206,6 +204,7 @@ async def _runJob(job: Job, reactor: Any, runInThread: Callable[[Callable[[], An
     files = programs = 0
     forwards: list[bytes] = []
     env: dict[bytes, bytes] | None = None
+    source = plan.dq.path or "control/defaultdelivery"
     for ins in plan.dq.instructions:
         if ins.kind is Kind.FORWARD:
             forwards.append(ins.value)
@@ -224,12 +223,9 @@ async def _runJob(job: Job, reactor: Any, runInThread: Callable[[Callable[[], An
                 files += 1
                 continue
         except MailError as e:
-            log.info("delivery to {rcpt}: line {line} of {file} failed: {text}",
-                     rcpt=job.local + b"@" + job.host, line=ins.lineno,
-                     file=plan.dq.path or "defaultdelivery", text=e.text)
             outcome = Outcome.FAILURE if e.permanent else Outcome.DEFERRAL
             return JobResult(outcome, output + _nl(e.text), files, programs, (),
-                             plan.newsender, dt, ins.lineno)
+                             plan.newsender, dt, ins.lineno, source)
         # program
         if env is None:
             env = programEnv(
@@ -243,11 +239,8 @@ async def _runJob(job: Job, reactor: Any, runInThread: Callable[[Callable[[], An
         programs += 1
         output += r.output
         if r.outcome is not Outcome.SUCCESS:
-            log.info("delivery to {rcpt}: line {line} of {file} failed: program {outcome}",
-                     rcpt=job.local + b"@" + job.host, line=ins.lineno,
-                     file=plan.dq.path or "defaultdelivery", outcome=r.outcome.value)
             return JobResult(r.outcome, _nl(output), files, programs, (), plan.newsender, dt,
-                             ins.lineno)
+                             ins.lineno, source)
         if r.stop:
             break
     return JobResult(Outcome.SUCCESS, output, files, programs, tuple(forwards),

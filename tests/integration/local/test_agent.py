@@ -166,10 +166,8 @@ async def test_faq44PrelineProcmail(world):
     if not os.path.exists(os.path.join(world.home.bin, "preline")):
         pytest.skip("qmtwist.tools.preline not installed")
     h = world.userHome("pm")
-    rc = os.path.join(h, "rc")
-    with open(rc, "wb") as f:
-        f.write(b"DEFAULT=%s/procmail.mbox\n" % os.fsencode(h))
-    world.dotqmail(h, ".qmail", b"| preline procmail -m ./rc\n")
+    # FAQ 4.4's line; procmail's SYSTEM_MBOX is given as DEFAULT instead of patching config.h
+    world.dotqmail(h, ".qmail", b'| preline procmail DEFAULT="$HOME/procmail.mbox"\n')
     agent = world.agent()
     r = await deliverOne(agent, world.request(b"pm@test.example"))
     assert r == Report(Outcome.SUCCESS, b"did 0+0+1\n")
@@ -394,3 +392,15 @@ async def test_concurrentDeliveries(world):
     assert len(maildirFiles(os.path.join(h, "Maildir"))) == 20
     with open(os.path.join(h, "mbox"), "rb") as f:
         assert f.read().count(b"\nDelivered-To: many@test.example\n") == 20
+
+
+@pytest_twisted.ensureDeferred
+async def test_logNamesFailingLine(world, logEvents):
+    h = world.userHome("lg")
+    world.dotqmail(h, ".qmail", b"# c\n./ok.mbox\n|echo nope; exit 100\n")
+    agent = world.agent()
+    r = await deliverOne(agent, world.request(b"lg@test.example"))
+    assert r == Report(Outcome.FAILURE, b"nope\n")
+    [e] = [e for e in logEvents if e.get("line") == 3]
+    assert e["file"] == os.path.join(h, ".qmail") and e["outcome"] == "failure"
+    assert e["rcpt"] == b"lg@test.example" and e["text"] == b"nope\n"
