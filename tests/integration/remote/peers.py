@@ -224,3 +224,58 @@ def makeCertificates(names: list[str]) -> tuple[bytes, Any]:
 
 def stopAll(ports: list[Any]) -> defer.Deferred:
     return defer.gatherResults([defer.maybeDeferred(p.stopListening) for p in ports])
+
+
+class PostfixSmtpSink:
+    """
+    Postfix's C{smtp-sink} (Debian package postfix) as a child on 127.0.0.1.
+
+    @param options: smtp-sink options, e.g. C{["-r", "rcpt"]} (4xx) or C{["-f", "data"]} (5xx).
+    """
+
+    BINARY = "/usr/sbin/smtp-sink"
+
+    def __init__(self, options: list[str] | None = None, backlog: int = 256) -> None:
+        self.options = options or []
+        self.backlog = backlog
+        self.proc: Any = None
+        self.port = 0
+
+    @classmethod
+    def available(cls) -> bool:
+        import os
+
+        return os.access(cls.BINARY, os.X_OK)
+
+    def start(self) -> int:
+        import os
+        import socket
+        import subprocess
+        import time
+
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            self.port = s.getsockname()[1]
+        user = ["-u", "nobody"] if os.getuid() == 0 else []
+        self.proc = subprocess.Popen(
+            [self.BINARY, *user, *self.options, f"127.0.0.1:{self.port}", str(self.backlog)],
+            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+        )
+        deadline = time.monotonic() + 10
+        while True:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"smtp-sink exited: {self.proc.stderr.read()!r}")
+            try:
+                socket.create_connection(("127.0.0.1", self.port), timeout=1).close()
+                return self.port
+            except OSError:
+                if time.monotonic() > deadline:
+                    raise RuntimeError("smtp-sink did not start listening")
+                time.sleep(0.02)
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            self.proc.wait(10)
+        if self.proc is not None and self.proc.stderr is not None:
+            self.proc.stderr.close()
