@@ -3,6 +3,9 @@ datemail: sendmail with a Date line in local time (SPEC.md 12.3, FAQ 6.1).
 
 Replaces qmail's datemail (predate + sendmail): C{Date: D Mon YYYY hh:mm:ss +hhmm} in the local
 time zone is put before the message, so qmail-inject keeps it instead of adding a GMT one.
+
+Difference [qmtwist]: when the header already has a C{Date:} (modern MUAs such as s-nail write
+one), nothing is added, so the message never carries two Dates.
 """
 
 from __future__ import annotations
@@ -34,5 +37,16 @@ def main(argv: list[str], env: ProgramEnv) -> int:
     if argv[1:] == ["--help"]:
         env.stdout.write(b"datemail: usage: datemail [ sendmail args ]\n")
         return 0
-    stdin = Prepended(b"Date: " + localDate(time.time()) + b"\n", env.stdin)
+    header = b""
+    hasDate = False
+    while True:
+        line = env.stdin.readline()
+        header += line
+        if not line or line in (b"\n", b"\r\n"):
+            break
+        if line[:5].lower() == b"date:" or (
+                line[:4].lower() == b"date" and line[4:].lstrip(b" \t")[:1] == b":"):
+            hasDate = True
+    dateLine = b"" if hasDate else b"Date: " + localDate(time.time()) + b"\n"
+    stdin = Prepended(dateLine + header, env.stdin)
     return sendmail.main(["sendmail", *argv[1:]], evolve(env, stdin=stdin))

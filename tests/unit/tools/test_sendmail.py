@@ -167,3 +167,14 @@ def test_localDate(monkeypatch, tz, when, text):
     finally:
         monkeypatch.delenv("TZ")
         time.tzset()
+
+
+def test_datemailKeepsAnExistingDate(home):
+    r = runMain(datemail.main, home, ["datemail", "a@x.y"],
+                b"date : Tue, 4 Nov 2025 10:00:00 +0200\nSubject: s\n\nb\n", USER="u")
+    assert r.code == 0
+    [(_, mess)] = queuedMessages(home)
+    assert stripReceived(mess) == (
+        b"Message-ID: <20251105070309.4242.qmail@test.example>\nFrom: u@test.example\n"
+        b"Cc: recipient list not shown: ;\n"
+        b"date : Tue, 4 Nov 2025 10:00:00 +0200\nSubject: s\n\nb\n")
