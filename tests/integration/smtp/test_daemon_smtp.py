@@ -1,0 +1,119 @@
+"""
+SMTP through the whole daemon (twistd qmtwist as a child) into a Maildir: the delivered bytes,
+Received and Return-Path lines (SPEC.md 7.9), and FAQ 5.5's fixup re-injection.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import smtplib
+import shutil
+import socket
+import sys
+import tempfile
+
+import pytest
+
+from qmtwist.home import Home, setup
+from tests.integration.daemon import Daemon, waitFor
+
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
+
+
+def freePort() -> int:
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+    s.close()
+    return port
+
+
+@pytest.fixture
+def home():
+    """A home other uids may traverse (deliveries run as the alias user when we are root)."""
+    base = tempfile.mkdtemp(prefix="qmtwist-smtp-")
+    os.chmod(base, 0o755)
+    h = Home(os.path.join(base, "home"))
+    setup(h, me="test.example")
+    yield h
+    shutil.rmtree(base, ignore_errors=True)
+
+
+@pytest.fixture
+def daemon(home, tmp_path, monkeypatch):
+    # children (twistd, pipe programs) import this checkout even if an older copy is installed
+    monkeypatch.setenv("PYTHONPATH", REPO)
+    port = freePort()
+    d = Daemon(str(tmp_path), ["--home", home.path, "--smtp", f"tcp:{port}:interface=127.0.0.1",
+                               "--qmtp", "none", "--pop3", "none"], str(tmp_path / "log"))
+    d.port = port
+    yield d
+    d.stop()
+
+
+def newFiles(maildir: str) -> list[bytes]:
+    d = os.path.join(maildir, "new")
+    out = []
+    for n in sorted(os.listdir(d)):
+        with open(os.path.join(d, n), "rb") as f:
+            out.append(f.read())
+    return out
+
+
+def test_smtplib_to_maildir(home, daemon):
+    daemon.start()
+    daemon.waitLine("tcpserver: status: 0/40")
+    with smtplib.SMTP("127.0.0.1", daemon.port, local_hostname="client.example") as s:
+        s.sendmail("alice@example.org", ["postmaster@test.example"], b"Subject: t\r\n\r\nbody\r\n")
+    maildir = os.path.join(home.alias, "Maildir")
+    [mess] = waitFor(lambda: newFiles(maildir), "a file in alias/Maildir/new")
+    assert re.fullmatch(
+        rb"Return-Path: <alice@example\.org>\n"
+        rb"Delivered-To: [^\n]*postmaster@test\.example\n"
+        rb"Received: \(qmail \d+ invoked from network\); \d+ \w\w\w \d{4} \d\d:\d\d:\d\d -0000\n"
+        rb"Received: from unknown \(HELO client\.example\) \(127\.0\.0\.1\)\n"
+        rb"  by test\.example with SMTP; \d+ \w\w\w \d{4} \d\d:\d\d:\d\d -0000\n"
+        rb"Subject: t\n\nbody\n", mess), mess
+    lines = daemon.lines()
+    assert any(re.fullmatch(r"tcpserver: ok 1 test\.example:127\.0\.0\.1:%d :127\.0\.0\.1::\d+"
+                            % daemon.port, line) for line in lines), lines
+    assert "tcpserver: end 1 status 0" in lines
+
+
+def _othersCanRun(path: str) -> bool:
+    """Whether a non-root delivery user can run C{path} (every ancestor searchable by others)."""
+    path = os.path.realpath(path)
+    parts = [path]
+    while os.path.dirname(parts[-1]) != parts[-1]:
+        parts.append(os.path.dirname(parts[-1]))
+    return all(os.stat(p).st_mode & 0o001 for p in parts)
+
+
+@pytest.mark.skipif(os.getuid() == 0 and not _othersCanRun(sys.executable),
+                    reason="as root, deliveries run as the alias user, who cannot run this Python "
+                    "(%s is not searchable by others), so bin/qmail-inject fails" % sys.executable)
+def test_faq55_fixup(home, daemon):
+    with open(os.path.join(home.rules, "smtp"), "w") as f:
+        f.write('127.:allow,RELAYCLIENT="@fixme"\n')
+    with open(os.path.join(home.control, "virtualdomains"), "w") as f:
+        f.write("fixme:fixup\n")
+    with open(os.path.join(home.alias, ".qmail-fixup-default"), "w") as f:
+        f.write('| [ "@$HOST" = "@fixme" ] || ( echo Permission denied; exit 100 )\n'
+                '| qmail-inject -f "$SENDER" -- "$EXT2"\n')
+    daemon.start()
+    daemon.waitLine("tcpserver: status: 0/40")
+    with smtplib.SMTP("127.0.0.1", daemon.port, local_hostname="broken.example") as s:
+        s.sendmail("alice@example.org", ["postmaster@test.example"],
+                   b"Subject: fix me\r\n\r\nbody\r\n")
+    maildir = os.path.join(home.alias, "Maildir")
+    [mess] = waitFor(lambda: newFiles(maildir), "the fixed-up message in alias/Maildir/new",
+                     deadline=60)
+    header, _, body = mess.partition(b"\n\n")
+    assert body == b"body\n"
+    assert header.startswith(b"Return-Path: <alice@example.org>\n")
+    names = [line.split(b":", 1)[0].lower() for line in header.split(b"\n")
+             if line and not line[:1].isspace()]
+    assert b"subject" in names and b"message-id" in names and b"date" in names
+    assert b"Delivered-To: alias-fixup-postmaster@test.example@fixme\n" in header or any(
+        b"fixup-postmaster@test.example@fixme" in line for line in header.split(b"\n"))
