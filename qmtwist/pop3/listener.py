@@ -16,7 +16,7 @@ from qmtwist.tcpserver import LookupHost, makeListener
 from qmtwist.tls import ServerCertificate
 
 
-def makeLogin(ctx: Any, checkpassword: str | None) -> ILogin:
+def makeLogin(ctx: Any, checkpassword: str | None, root: bool | None = None) -> ILogin:
     """
     The login strategy: C{PROG HOME/bin/qmail-pop3d Maildir} for an external checkpassword
     program (SPEC.md 10.2), else the built-in checker against C{users/passwd}.
@@ -24,12 +24,12 @@ def makeLogin(ctx: Any, checkpassword: str | None) -> ILogin:
     if checkpassword:
         return CheckpasswordLogin(ctx.reactor,
                                   [checkpassword, ctx.home.sub("bin", "qmail-pop3d"), "Maildir"])
-    return BuiltinLogin(BuiltinChecker(ctx.home, ctx.runInThread), ctx.home, ctx.reactor)
+    return BuiltinLogin(BuiltinChecker(ctx.home, ctx.runInThread), ctx.home, ctx.reactor, root)
 
 
 def makePOP3Service(ctx: Any, endpoint: str, rulesPath: str | None, concurrency: int,
                     checkpassword: str | None = None,
-                    lookupHost: LookupHost | None = None) -> IService:
+                    lookupHost: LookupHost | None = None, root: bool | None = None) -> IService:
     """
     The POP3 listening service.
 
@@ -39,7 +39,9 @@ def makePOP3Service(ctx: Any, endpoint: str, rulesPath: str | None, concurrency:
     @param concurrency: C{--pop3-concurrency}.
     @param checkpassword: C{--checkpassword PROG}, or L{None} for the built-in checker.
     @param lookupHost: PTR lookup for C{=host} rules (default: twisted.names).
+    @param root: whether the built-in checker serves each session from a child running as the
+        user (default: when we run as root; tests choose).
     """
     certificate = ServerCertificate(os.path.join(ctx.home.control, "servercert.pem"))
-    factory = POP3Factory(ctx, makeLogin(ctx, checkpassword), certificate.options)
+    factory = POP3Factory(ctx, makeLogin(ctx, checkpassword, root), certificate.options)
     return makeListener(ctx, "pop3", endpoint, rulesPath, concurrency, factory, lookupHost)

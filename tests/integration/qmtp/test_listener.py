@@ -10,6 +10,7 @@ import subprocess
 import time
 
 import pytest
+import qmtwist
 import pytest_twisted
 from twisted.internet import reactor
 from twisted.internet.defer import Deferred
@@ -25,6 +26,7 @@ from qmtwist.queue.commit import Injector
 from qmtwist.queue.envelope import decodeTodo
 from tests.conftest import logLines
 
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(qmtwist.__file__)))
 RCPTHOSTS = b"66:Dsorry, that domain isn't in my list of allowed rcpthosts (#5.7.1),"
 DATABYTES = b"61:Dsorry, that message size exceeds my databytes limit (#5.3.4),"
 
@@ -184,7 +186,8 @@ def test_bin_qmail_qmtpd_under_tcpserver(home):
     port = _freePort()
     child = subprocess.Popen(
         ["tcpserver", "-H", "-R", "-l", "test.example", "127.0.0.1", str(port),
-         home.sub("bin", "qmail-qmtpd")], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+         home.sub("bin", "qmail-qmtpd")], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+        env=dict(os.environ, PYTHONPATH=REPO))  # the launcher imports this tree
     try:
         responses = _talk(port, THREE, 3, time.monotonic() + 20)
     finally:
