@@ -235,3 +235,21 @@ def test_random_garbage_keeps_serving():
     proto.dataReceived(b"RSET\r\nNOOP\r\n")
     assert t.value() == b"250 flushed\r\n250 ok\r\n"
     assert not t.disconnecting and inj.committed == []
+
+
+def test_cr_dot_cr_does_not_end_data():
+    proto, t, inj, _ = makeSession()
+    t.clear()
+    proto.dataReceived(ENVELOPE + b"a\r.\rb\r\n\r.\r\r\n.\r\n")
+    assert t.value() == OK3 + b"250 ok 1700000000 qp 100\r\n"
+    assert body(inj.writers[0]) == b"a\r.\rb\n\r.\r\n"
+
+
+def test_pipelined_data_after_sync_commit_in_order():
+    """Two whole transactions and QUIT in one packet: replies in order, both queued."""
+    proto, t, inj, _ = makeSession()
+    t.clear()
+    proto.dataReceived(ENVELOPE + b"one\r\n.\r\n" + ENVELOPE + b"two\r\n.\r\nQUIT\r\n")
+    assert t.value() == (OK3 + b"250 ok 1700000000 qp 100\r\n" + OK3 +
+                         b"250 ok 1700000000 qp 101\r\n221 test.example\r\n")
+    assert [body(w) for w in inj.committed] == [b"one\n", b"two\n"]
