@@ -11,8 +11,8 @@ plain L{Protocol}:
   - one byte buffer; command lines are taken from it one at a time and answered in order; while
     the end of a message waits for the queue's commit, input stays buffered (and the transport is
     paused), so pipelined commands after DATA are answered after the C{250 ok};
-  - DATA is converted as it arrives (CRLF -> LF, dot-unstuffing, hop count, databytes) and streamed
-    into an L{IMessageWriter}; a message is never held whole in memory;
+  - DATA is converted as it arrives by L{qmtwist.smtp.data.DataSection} and streamed into an
+    L{IMessageWriter}; a message is never held whole in memory;
   - STARTTLS discards everything buffered after the command and resets the session (RFC 3207).
 
 The session's environment (SPEC.md 7.1) comes from the attribute C{env: dict[str, bytes]}
@@ -32,12 +32,12 @@ from twisted.logger import Logger
 from qmtwist.control import Control
 from qmtwist.errors import MailError, QueueError
 from qmtwist.rcpthosts import relayDecision
+from qmtwist.smtp.data import BARE_LF, MORE, DataSection
 from qmtwist.smtp.parse import MAX_ADDRESS, badMailFrom, parseAddress, sizeParameter, splitCommand
 from qmtwist.smtp.received import smtpReceived
 from qmtwist.tls import ServerCertificate
 
 MAX_LINE = 4096
-_FLUSH = 65536
 HELP_URL = b"https://cr.yp.to/qmail.html"
 
 R_BADLF = b"451 See http://pobox.com/~djb/docs/smtplf.html."
@@ -101,6 +101,7 @@ class SMTPServer(Protocol):
         self.sender: bytes | None = None
         self.recipients: list[bytes] = []
         self._writer: Any = None
+        self._data: DataSection | None = None
         self._barf = False
         self.pendingCommit: Any = None
 
@@ -317,94 +318,28 @@ class SMTPServer(Protocol):
             self._reply(R_QQT)
             return
         self._inData = True
-        self._midLine = False
-        self._inHeader = True
-        self._hops = 0
-        self._size = 0
-        self._tooBig = False
-        self._writeError: MailError | None = None
+        self._data = DataSection(self._writer, self.databytes)
         self._reply(b"354 go ahead")
         env = self.env
         received = smtpReceived(
             env.get("TCPREMOTEHOST"), self.helo, env.get("TCPREMOTEIP", b"unknown"),
             env.get("TCPLOCALHOST") or env.get("TCPLOCALIP") or b"unknown",
             self.clock.seconds(), self._tls, env.get("TCPREMOTEINFO"))
-        self._store([received], count=False)
+        self._data.store([received], count=False)
 
     # -- DATA ----------------------------------------------------------------------------------
 
-    def _store(self, parts: list[bytes], count: bool = True) -> None:
-        if self._writeError is not None or self._writer is None:
-            return
-        data = b"".join(parts)
-        if count and self.databytes > 0:
-            if self._tooBig:
-                return
-            if self._size + len(data) > self.databytes:
-                self._tooBig = True
-                return
-        if count:
-            self._size += len(data)
-        try:
-            self._writer.write(data)
-        except MailError as e:
-            self._writeError = e
-
     def _dataStep(self) -> bool:
         """Convert the complete lines in the buffer; return whether to go on processing."""
-        buf = self._buf
-        out: list[bytes] = []
-        pending = 0
-        while True:
-            i = buf.find(b"\n", self._pos)
-            if i < 0:
-                rest = len(buf) - self._pos
-                if rest > _FLUSH:
-                    keep = 1 if buf[-1] == 0x0D else 0
-                    part = bytes(buf[self._pos:len(buf) - keep])
-                    if not self._midLine:
-                        part = self._lineStart(part)
-                    self._midLine = True
-                    out.append(part)
-                    self._pos = len(buf) - keep
-                self._storeLines(out)
-                return False
-            if i == self._pos or buf[i - 1] != 0x0D:
-                self._storeLines(out)
-                self._badLF()
-                return False
-            seg = bytes(buf[self._pos:i - 1])
-            self._pos = i + 1
-            if not self._midLine:
-                if seg == b".":
-                    self._storeLines(out)
-                    self._endData()
-                    return True
-                seg = self._lineStart(seg)
-            self._midLine = False
-            out.append(seg)
-            out.append(b"\n")
-            pending += len(seg) + 1
-            if pending > _FLUSH:
-                self._storeLines(out)
-                out, pending = [], 0
-
-    def _storeLines(self, out: list[bytes]) -> None:
-        if out:
-            self._store(out)
-            out.clear()
-
-    def _lineStart(self, seg: bytes) -> bytes:
-        if seg.startswith(b"."):
-            seg = seg[1:]
-        if self._inHeader:
-            if not seg:
-                self._inHeader = False
-            else:
-                head = seg[:9].lower()
-                if head.startswith(b"received") or head.startswith(b"delivered"):
-                    self._hops += 1
-        return seg
+        assert self._data is not None
+        self._pos, outcome = self._data.consume(self._buf, self._pos)
+        if outcome == MORE:
+            return False
+        if outcome == BARE_LF:
+            self._badLF()
+            return False
+        self._endData()
+        return True
 
     def _badLF(self) -> None:
         self._inData = False
@@ -420,17 +355,19 @@ class SMTPServer(Protocol):
         writer, self._writer = self._writer, None
         sender, recipients = self.sender, self.recipients
         self._resetTransaction()
-        if self._hops >= 100:
+        data, self._data = self._data, None
+        assert data is not None
+        if data.hops >= 100:
             writer.abort()
             self._reply(R_HOPS)
             return
-        if self._tooBig:
+        if data.tooBig:
             writer.abort()
             self._reply(R_TOOBIG)
             return
-        if self._writeError is not None:
+        if data.writeError is not None:
             writer.abort()
-            self._reply(queueErrorReply(self._writeError))
+            self._reply(queueErrorReply(data.writeError))
             return
         assert sender is not None
         try:
@@ -441,8 +378,8 @@ class SMTPServer(Protocol):
             return
         self._waiting = True
         self.transport.pauseProducing()
-        d.addCallbacks(self._committed, self._commitFailed)
         self.pendingCommit = d
+        d.addCallbacks(self._committed, self._commitFailed)
 
     def _committed(self, queued: Any) -> None:
         self._reply(b"250 ok %d qp %d" % (int(queued.time), queued.qp))
