@@ -17,6 +17,7 @@ session and exited 0), C{FAILED} or C{CRASHED}.
 from __future__ import annotations
 
 import os
+import sys
 from enum import Enum
 from typing import Any, Callable, Protocol as TypingProtocol
 
@@ -30,9 +31,12 @@ from zope.interface import Interface, implementer
 
 from qmtwist.home import Home
 from qmtwist.interfaces import IPasswordChecker
+from qmtwist.local.agent import interpreterReachable
 from qmtwist.users import checkPassword, parseAssign, readPasswd
 
 log = Logger(namespace="qmtwist.pop3")
+
+_PKG_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 #: djb's checkpassword reads at most this much from descriptor 3.
 CHECKPW_MAX = 512
@@ -209,12 +213,13 @@ class CheckpasswordLogin:
 class BuiltinLogin:
     """
     The built-in checker (SPEC.md 10.2, 10.5). Not root: the session serves the Maildir itself.
-    Root: C{HOME/bin/qmail-pop3d Maildir} runs as the user in the user's home, relayed
+    Root: L{qmtwist.pop3.child} (qmail-pop3d) runs as the user in the user's home, relayed
     (SPEC.md 10.4); uid 0 is never served. APOP is refused (the hashes cannot check digests).
     """
 
     def __init__(self, checker: IPasswordChecker, home: Home, reactor: Any,
-                 root: bool | None = None) -> None:
+                 root: bool | None = None, python: str | None = None) -> None:
+        self.python = python or sys.executable
         self.checker = checker
         self.home = home
         self.reactor = reactor
@@ -232,13 +237,19 @@ class BuiltinLogin:
             if account.uid == 0:
                 return (Result.FAILED, None)
             relay = Relay(session.transport.write, None)
+            env = childEnv(session, {"USER": os.fsdecode(account.name), "HOME": account.home,
+                                     "SHELL": "/bin/sh"})
+            old = env.get(b"PYTHONPATH")
+            env[b"PYTHONPATH"] = os.fsencode(_PKG_ROOT) + (b":" + old if old else b"")
+            argv = [self.python, "-m", "qmtwist.pop3.child"]
+            if interpreterReachable(self.python):
+                ids = dict(uid=account.uid, gid=account.gid)
+            else:  # start as root; the child drops to the user before it reads anything
+                ids = {}
+                argv += ["--drop", str(account.uid), str(account.gid)]
             self.reactor.spawnProcess(
-                relay, self.home.sub("bin", "qmail-pop3d"),
-                [b"qmail-pop3d", b"Maildir"],
-                childEnv(session, {"USER": os.fsdecode(account.name), "HOME": account.home,
-                                   "SHELL": "/bin/sh"}),
-                path=account.home, uid=account.uid, gid=account.gid,
-                childFDs={0: "w", 1: "r", 2: "r"})
+                relay, self.python, argv + ["Maildir"], env, path=account.home,
+                childFDs={0: "w", 1: "r", 2: "r"}, **ids)
             session.startRelay(relay)
             return relay.ended.addCallback(lambda r: (r, None))
 

@@ -146,20 +146,29 @@ def test_builtin_login_not_root_serves_in_process(home):
                    (Result.FAILED, None), (Result.FAILED, None)]
 
 
-def test_builtin_login_as_root_runs_pop3d_as_the_user(home):
+@pytest.mark.parametrize("reachable", [True, False])
+def test_builtin_login_as_root_runs_pop3d_as_the_user(home, monkeypatch, reachable):
+    monkeypatch.setattr("qmtwist.pop3.checkpassword.interpreterReachable", lambda p: reachable)
     addUser(home, "joe", b"pw")
+    uid, gid = assigned(home, b"joe")
     reactor = FakeProcessReactor()
-    login = BuiltinLogin(BuiltinChecker(home, maybeDeferred), home, reactor, True)
+    login = BuiltinLogin(BuiltinChecker(home, maybeDeferred), home, reactor, True, "/py")
     session = Session()
     got = []
     login.start(session, b"joe", b"pw", b"<1@h>", False).addCallback(got.append)
     [spawn] = reactor.spawned
-    assert spawn["executable"] == home.sub("bin", "qmail-pop3d")
-    assert spawn["args"] == [b"qmail-pop3d", b"Maildir"]
-    assert (spawn["uid"], spawn["gid"], spawn["path"]) == (
-        *assigned(home, b"joe"), home.sub("homes", "joe"))
+    assert spawn["executable"] == "/py"
+    if reachable:
+        assert spawn["args"] == ["/py", "-m", "qmtwist.pop3.child", "Maildir"]
+        assert (spawn["uid"], spawn["gid"]) == (uid, gid)
+    else:  # started as root, drops before reading anything
+        assert spawn["args"] == ["/py", "-m", "qmtwist.pop3.child", "--drop", str(uid), str(gid),
+                                 "Maildir"]
+        assert (spawn["uid"], spawn["gid"]) == (None, None)
+    assert spawn["path"] == home.sub("homes", "joe")
     assert spawn["env"][b"USER"] == b"joe" and spawn["env"][b"HOME"] == os.fsencode(
         home.sub("homes", "joe"))
+    assert spawn["childFDs"] == {0: "w", 1: "r", 2: "r"}
     session.relays[0].processEnded(Failure(ProcessDone(0)))
     assert got == [(Result.DONE, None)]
 

@@ -1,0 +1,36 @@
+"""
+The per-session qmail-pop3d child the daemon starts for the built-in checker when it runs as root
+(SPEC.md 10.4): C{python -m qmtwist.pop3.child [--drop UID GID] MAILDIR}, in the user's home.
+
+Normally the reactor starts it with the user's uid and gid. When the interpreter or its
+libraries cannot be read by that uid (a Python under C{/root}), it starts as root with
+C{--drop}: everything the session needs is imported first, then the child becomes the user
+before it reads a byte from the client or touches the Maildir. uid 0 is never served.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+
+def main(argv: list[str] | None = None) -> int:
+    from twisted.internet import reactor, stdio, threads  # noqa: F401  (before any drop)
+
+    from qmtwist.home import Home
+    from qmtwist.local.child import dropPrivileges
+    from qmtwist.pop3.stdio import pop3d
+    from qmtwist.tools.base import ProgramEnv
+
+    argv = sys.argv[1:] if argv is None else argv
+    reactor.getThreadPool()  # import the pool's modules while they can still be read
+    if argv[:1] == ["--drop"] and len(argv) >= 3:
+        dropPrivileges(int(argv[1]), int(argv[2]))
+        argv = argv[3:]
+    if os.getuid() == 0 or os.geteuid() == 0:
+        return 1
+    return pop3d(["qmail-pop3d", *argv], ProgramEnv(Home(os.getcwd())))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
