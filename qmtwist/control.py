@@ -109,16 +109,13 @@ def parseLine(data: bytes) -> bytes:
 def parseInt(data: bytes) -> int | None:
     """INT: the leading decimal digits of the first line, or L{None} when there are none."""
     line = parseLine(data).lstrip(b" \t")
-    sign = 1
-    if line.startswith(b"-"):
-        sign, line = -1, line[1:]
     digits = b""
     for ch in line:
         if 48 <= ch <= 57:
             digits += bytes([ch])
         else:
             break
-    return sign * int(digits) if digits else None
+    return int(digits) if digits else None
 
 
 def parseList(data: bytes) -> list[tuple[int, bytes]]:
@@ -182,8 +179,13 @@ def load(
     me = values["me"]
     assert isinstance(me, bytes)
     if not me and raw["locals"] is None and "locals" not in values:
-        raise ControlError("alert: cannot start: unable to read controls")
-    if _readFile(os.path.join(controlDir, "recipientmap")) is not None:
+        if previous is None:
+            raise ControlError("alert: cannot start: unable to read controls")
+        return previous, warnings + ["alert: unable to reread control/me"]
+    try:
+        if _readFile(os.path.join(controlDir, "recipientmap")) is not None:
+            warnings.append("warning: control/recipientmap is obsolete (qmail 1.01); ignored")
+    except OSError:
         warnings.append("warning: control/recipientmap is obsolete (qmail 1.01); ignored")
 
     for name, (fmt, fromMe, literal) in _FILES.items():

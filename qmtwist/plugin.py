@@ -111,11 +111,29 @@ class SignalService(service.Service):
         super().startService()
         signal.signal(signal.SIGHUP, lambda *a: self.reactor.callFromThread(self.onHup))
         signal.signal(signal.SIGALRM, lambda *a: self.reactor.callFromThread(self.onAlrm))
+        # TERM and INT stop cleanly with exit 0 (twistd's own handler would re-raise the
+        # signal at exit); a second one while deliveries finish abandons them (SPEC.md 6.1).
+        # Installed once the reactor runs, after the reactor installed its own.
+        self.reactor.callLater(0, self._installTerm)
         if self.pidfile:
             tmp = self.pidfile + ".new"
             with open(tmp, "w") as f:
                 f.write(f"{os.getpid()}\n")
             os.replace(tmp, self.pidfile)
+
+    _terms = 0
+
+    def _installTerm(self) -> None:
+        signal.signal(signal.SIGTERM, self._term)
+        signal.signal(signal.SIGINT, self._term)
+
+    def _term(self, signum: int, frame: Any) -> None:
+        self._terms += 1
+        if self._terms == 1:
+            self.reactor.callFromThread(self.reactor.stop)
+            return
+        log.info("status: exiting")
+        os._exit(0)
 
     def stopService(self) -> None:
         super().stopService()

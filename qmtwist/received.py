@@ -53,8 +53,13 @@ def quoteLocal(address: bytes) -> bytes:
     needs = not local or local.startswith(b".") or local.endswith(b".") or b".." in local
     needs = needs or any(c in _ATOM_SPECIALS and c != ord(".") for c in local)
     needs = needs or any(c < 32 or c > 126 for c in local)
-    if needs and local:
-        local = b'"' + local.replace(b"\\", b"\\\\").replace(b'"', b'\\"') + b'"'
+    if needs:
+        escaped = bytearray()
+        for ch in local:
+            if ch in (0x5C, 0x22, 0x0D, 0x0A):
+                escaped.append(0x5C)
+            escaped.append(ch)
+        local = b'"' + bytes(escaped) + b'"'
     return local + host
 
 

@@ -37,3 +37,22 @@ def logLines(events: list[dict]) -> list[str]:
     from twisted.logger import formatEvent
 
     return [formatEvent(e) for e in events]
+
+
+@pytest.fixture(autouse=True)
+def _traversableTmp(tmp_path, tmp_path_factory):
+    """
+    As root, deliveries run as unprivileged users: make the test's directories searchable by
+    them, as /var/qmail is (pytest creates its temporary directories with mode 0700).
+    """
+    if os.getuid() == 0:
+        stop = os.path.dirname(str(tmp_path_factory.getbasetemp()))
+        path = str(tmp_path)
+        while path.startswith(stop) and len(path) >= len(stop):
+            mode = os.stat(path).st_mode & 0o7777
+            if mode & 0o011 != 0o011:
+                os.chmod(path, mode | 0o011)
+            if path == stop:
+                break
+            path = os.path.dirname(path)
+    yield

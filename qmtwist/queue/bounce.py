@@ -25,16 +25,12 @@ def paragraph(recipient: bytes, report: bytes) -> bytes:
 
 
 def _slashBlankLines(text: bytes) -> bytes:
-    # "a\n\nb\n" -> "a\n/b\n": an LF that directly follows an LF becomes "/".
-    out = bytearray()
-    prev = -1
-    for ch in text:
-        if ch == 10 and prev == 10:
-            out += b"/"
-            prev = ord("/")
-            continue
-        out.append(ch)
-        prev = ch
+    # qmail-send's addbounce: "a\n\nb\n" -> "a\n/b\n"; an LF that directly follows an LF
+    # becomes "/", except the report's final LF.
+    out = bytearray(text)
+    for i in range(1, len(text) - 1):
+        if text[i] == 10 and text[i - 1] == 10:
+            out[i] = ord("/")
     return bytes(out)
 
 
@@ -107,7 +103,7 @@ def makeBounce(
             b"This is a permanent error; I've given up. Sorry it didn't work out.\n\n"
         )
         brk = b"--- Below this line is a copy of the message.\n\n"
-    body = head + paragraphs + brk + returnPath(originalSender) + message
+    body = head + paragraphs + brk + returnPath(stripVerp(originalSender)) + message
     return Bounce(sender, recipient, body)
 
 

@@ -133,7 +133,11 @@ class PendingMessage:
             _unlink(pidPath)
             raise QueueError(QQ_MESS, str(e))
         _unlink(pidPath)
-        self.write(queueReceived(qp, how, now), count=False)
+        try:
+            self.write(queueReceived(qp, how, now), count=False)
+        except QueueError:
+            self.discard()
+            raise
 
     def write(self, data: bytes, count: bool = True) -> None:
         """@raise QueueError: 53 on a write error such as a full disk."""

@@ -194,10 +194,6 @@ def test_timeoutsmtpdZeroMeansOne(cdir):
     assert c.timeoutsmtpd == 1
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "BUG: control.py parseInt accepts a leading '-'; SPEC 2.1 INT is the leading decimal "
-    "digits, so '-1' has none and means 'not set' (qmail's scan_ulong); today "
-    "concurrencylocal -1 and queuelifetime -5 are taken literally"))
 def test_negativeIntIsNotANumber(cdir):
     write(cdir, "concurrencylocal", b"-1\n")
     write(cdir, "queuelifetime", b"-5\n")
@@ -354,10 +350,6 @@ def test_cacheCurrentSeesNewFile(home: Home):
     assert cache.current().smtproutes == {b"": b"relay.example"}
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "BUG: control.py load() raises ControlError on reload when me and locals are both gone "
-    "(the check meant for start-up is not limited to previous is None); SIGHUP then raises "
-    "out of the signal handler instead of keeping the previous values (SPEC 2.1)"))
 def test_cacheReloadWithoutMeAndLocalsKeepsPrevious(home: Home):
     cache = ControlCache(home)
     os.unlink(os.path.join(home.control, "me"))
@@ -366,10 +358,6 @@ def test_cacheReloadWithoutMeAndLocalsKeepsPrevious(home: Home):
     assert cache.snapshot.locals == frozenset([b"test.example", b"localhost"])
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "BUG: control.py load() reads control/recipientmap with _readFile outside the OSError "
-    "handler, so an unreadable recipientmap (ignored file) raises IsADirectoryError/"
-    "PermissionError out of a reload instead of a warning"))
 def test_unreadableRecipientmapOnReloadIsNotFatal(cdir):
     first, _ = load(str(cdir))
     unreadable(cdir, "recipientmap")

@@ -92,17 +92,11 @@ def test_returnPathQuotedAndNewlines():
     assert b"\n" not in returnPath(b"a\nb@x")[:-1]
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "BUG: received.py quoteLocal leaves an empty local part unquoted; qmail's quote_need "
-    "returns 1 for n == 0, so quote2(\"@host\") is '\"\"@host'"))
 def test_quoteEmptyLocalPart():
     assert quoteLocal(b"@host") == b'""@host'
     assert returnPath(b"@host") == b'Return-Path: <""@host>\n'
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "BUG: received.py quoteLocal does not backslash CR and LF inside quotes; qmail's quote.c "
-    "doit() escapes \\r, \\n, \\\" and \\\\ (Return-Path then shows the LF as '_')"))
 def test_quoteEscapesCrLf():
     assert quoteLocal(b"a\rb@x") == b'"a\\\rb"@x'
     assert returnPath(b"a\nb@x") == b'Return-Path: <"a\\_b"@x>\n'

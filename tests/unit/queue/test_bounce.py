@@ -44,17 +44,10 @@ def test_paragraphRecipientNewlinesBecomeUnderscores():
     assert paragraph(b"a\nb@x", b"t") == b"<a_b@x>:\nt\n\n"
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "BUG: bounce.py _slashBlankLines compares with the rewritten previous byte, so the 3rd LF "
-    "of a run is kept; SPEC 5.7 and qmail addbounce turn every LF following an LF into '/'"))
 def test_paragraphRunOfBlankLines():
     assert paragraph(b"r@x", b"a\n\n\nb\n") == b"<r@x>:\na\n//b\n\n"
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "BUG: bounce.py paragraph turns the report's own final LF into '/' when the report ends "
-    "in a blank line, so the paragraph loses its terminating blank line (QSBMF paragraphs must "
-    "be separated by an empty line); qmail addbounce never rewrites the last LF"))
 def test_paragraphReportEndingInBlankLine():
     para = paragraph(b"r@x", b"a\n\n")
     assert para.endswith(b"\n\n")

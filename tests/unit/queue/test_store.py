@@ -157,10 +157,6 @@ def test_messageBodyWriteErrorIs53AndLeavesNothing(layout, monkeypatch):
     assert queueFiles(layout) == []
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "BUG: store.py inject() builds PendingMessage outside its try/discard; when writing the "
-    "queue's own Received line in PendingMessage.__init__ fails (ENOSPC), the mess file is "
-    "left behind and its descriptor leaks"))
 def test_everyWriteFailsIs53AndLeavesNothing(layout, monkeypatch):
     monkeypatch.setattr(store, "os", _FakeOs(write=_enospc))
     with pytest.raises(QueueError) as e:
