@@ -29,12 +29,13 @@ makeListener appends it to C{ctx.reloaders}).
 Log lines (namespace C{qmtwist.NAME}): C{tcpserver: status: A/L}, C{tcpserver: pid N from IP},
 C{tcpserver: ok N ...}, C{tcpserver: deny N ...}, C{tcpserver: end N status S}, and
 C{alert: cannot start: unable to listen on ENDPOINT: REASON} when binding fails (startService
-then raises).
+then raises). An C{ssl:} endpoint without C{privateKey=} serves C{control/servercert.pem}.
 """
 
 from __future__ import annotations
 
 import itertools
+import os
 from collections import deque
 from typing import Any, Callable
 
@@ -181,9 +182,22 @@ class TCPServerService(Service):
         Service.startService(self)
         self._status()
 
+    def _endpointString(self) -> str:
+        # ssl: without a key serves control/servercert.pem (INTERFACE.md: ssl: gives SMTPS/POP3S)
+        desc = self.endpoint
+        home = getattr(self.ctx, "home", None)
+        if desc.startswith("ssl:") and "privateKey=" not in desc and home is not None:
+            pem = os.path.join(home.control, "servercert.pem")
+            desc += ":privateKey=" + pem.replace("\\", "\\\\").replace(":", "\\:")
+        return desc
+
     def _listen(self) -> None:
         result: list[Any] = []
-        ep = serverFromString(self.ctx.reactor, self.endpoint)
+        try:
+            ep = serverFromString(self.ctx.reactor, self._endpointString())
+        except Exception:
+            self._listened(Failure())
+            return
         d = ep.listen(_SessionFactory(self))
         d.addBoth(result.append)
         if not result:
@@ -252,9 +266,14 @@ class TCPServerService(Service):
         if ruleSet.needsHostname and ip:
             d = self.lookupHost(ip)
             d.addCallback(lambda host: self._decide(s, ruleSet, host))
-            d.addErrback(lambda f: self.log.failure("rules decision failed", f))
+            d.addErrback(self._decisionFailed, s)
         else:
             self._decide(s, ruleSet, None)
+
+    def _decisionFailed(self, f: Failure, s: _Session) -> None:
+        self.log.failure("rules decision failed", f)
+        if not s.closed:
+            s.transport.loseConnection()
 
     def _decide(self, s: _Session, ruleSet: Any, host: str | None) -> None:
         if s.closed:

@@ -262,3 +262,14 @@ def test_missing_rcpthosts_accepts_only_locals(home, startSMTP, logEvents):
     out = yield deferToThread(talk)
     assert out == (b"220 test.example ESMTP\r\n250 ok\r\n250 ok\r\n250 ok\r\n553 sorry, that "
                    b"domain isn't in my list of allowed rcpthosts (#5.7.1)\r\n221 test.example\r\n")
+
+
+def test_bad_endpoint_logs_alert(startSMTP, logEvents):
+    srv = startSMTP()
+    from qmtwist.smtp.listener import makeSMTPService
+    svc = makeSMTPService(srv.ctx, "tcp:notaport", None, 40)
+    with pytest.raises(Exception):
+        svc.startService()
+    alerts = [l for l in logLines(logEvents) if l.startswith("alert:")]
+    assert len(alerts) == 1 and alerts[0].startswith(
+        "alert: cannot start: unable to listen on tcp:notaport: ")

@@ -143,3 +143,14 @@ def test_swaks_tls(certHome, startSMTP):
     assert b"<-  220 ready for tls" in out and b"TLS started" in out
     [(env, mess)] = queuedMessages(srv.home)
     checkMessage(mess, b"ESMTPS")
+
+
+@pytest_twisted.inlineCallbacks
+def test_smtps_endpoint_defaults_to_servercert(certHome, startSMTP):
+    srv = startSMTP(endpoint="ssl:0:interface=127.0.0.1")
+
+    def talk():
+        with smtplib.SMTP_SSL("127.0.0.1", srv.port, context=noVerify()) as s:
+            return s.noop()
+
+    assert (yield deferToThread(talk)) == (250, b"ok")
