@@ -39,15 +39,23 @@ class HelperProtocol(Protocol):
 
     def __init__(self, reactor: Any) -> None:
         self.reactor = reactor
-        self.buffer = b""
+        self.chunks: list[bytes] = []
         self.pending = 0
         self.eof = False
         self.baseEnv = dict(os.environb)
 
     def dataReceived(self, data: bytes) -> None:
-        self.buffer += data
-        while b"\n" in self.buffer:
-            line, self.buffer = self.buffer.split(b"\n", 1)
+        # requests carry whole messages: collect chunks, join once per line (no quadratic copy)
+        while True:
+            i = data.find(b"\n")
+            if i < 0:
+                if data:
+                    self.chunks.append(data)
+                return
+            self.chunks.append(data[:i])
+            line = b"".join(self.chunks)
+            self.chunks = []
+            data = data[i + 1:]
             if line.strip():
                 self.pending += 1
                 ensureDeferred(self.handle(line)).addBoth(self._finished)

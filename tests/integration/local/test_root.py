@@ -124,3 +124,26 @@ async def test_hostileLocalPartAsRoot(world):
     assert not os.path.exists(marker)
     with open(os.path.join(world.home.alias, "seen"), "rb") as f:
         assert f.read().startswith(b"[../x][$(touch ")
+
+
+@pytest_twisted.ensureDeferred
+async def test_bigMessageThroughHelper(world):
+    """A 3 MB message crosses the pipe to the helper and reaches Maildir and a program intact."""
+    uid, gid = virtualAccount()
+    h = world.userHome("big", uid, gid)
+    world.dotqmail(h, ".qmail", b"./Maildir/\n|cat > ./copy\n")
+    body = b"".join(b"line %07d of a big message\n" % i for i in range(110000))
+    mess = world.mess(b"Subject: big\n\n" + body)
+    agent = world.agent(root=True)
+    try:
+        r = await deliverOne(agent, world.request(b"big@test.example", mess))
+    finally:
+        await agent.stop()
+    assert r == Report(Outcome.SUCCESS, b"did 1+0+1\n")
+    with open(mess, "rb") as f:
+        queued = f.read()
+    [stored] = maildirFiles(os.path.join(h, "Maildir"))
+    assert stored == (b"Return-Path: <sender@remote.example>\nDelivered-To: big@test.example\n"
+                      + queued)
+    with open(os.path.join(h, "copy"), "rb") as f:
+        assert f.read() == queued
