@@ -117,3 +117,31 @@ def test_faq55_fixup(home, daemon):
     assert b"subject" in names and b"message-id" in names and b"date" in names
     assert b"Delivered-To: alias-fixup-postmaster@test.example@fixme\n" in header or any(
         b"fixup-postmaster@test.example@fixme" in line for line in header.split(b"\n"))
+
+
+def test_faq51_smtp_concurrency_option(home, daemon):
+    """twistd qmtwist --smtp-concurrency 3: the fourth client gets no greeting until one leaves."""
+    from tests.integration.smtp.conftest import Client
+
+    daemon.args += ["--smtp-concurrency", "3"]
+    daemon.start()
+    daemon.waitLine("tcpserver: status: 0/3")
+    clients = [Client(daemon.port) for _ in range(3)]
+    assert [c.readUntil(b"\r\n") for c in clients] == [b"220 test.example ESMTP\r\n"] * 3
+    fourth = Client(daemon.port)
+    for c in clients:
+        c.send(b"NOOP\r\n")
+        assert c.readUntil(b"\r\n") == b"250 ok\r\n"
+    fourth.sock.setblocking(False)
+    with pytest.raises(BlockingIOError):
+        fourth.sock.recv(100)
+    fourth.sock.setblocking(True)
+    clients[0].send(b"QUIT\r\n")
+    assert clients[0].readAll() == b"221 test.example\r\n"
+    assert fourth.readUntil(b"\r\n") == b"220 test.example ESMTP\r\n"
+    for c in clients[1:] + [fourth]:
+        c.close()
+    daemon.waitLine("tcpserver: end 4 status 0")
+    lines = [line for line in daemon.lines() if line.startswith("tcpserver:")]
+    assert "tcpserver: status: 3/3" in lines
+    assert lines.index("tcpserver: end 1 status 0") < lines.index("tcpserver: pid 4 from 127.0.0.1")
