@@ -16,6 +16,7 @@ from __future__ import annotations
 import importlib
 import os
 import signal
+import sys
 
 from attrs import evolve
 
@@ -24,6 +25,7 @@ from qmtwist.tools.base import ProgramEnv
 USAGE = b"sendmail: usage: sendmail [ -t ] [ -fsender ] [ -Fname ] [ -bp ] [ -bs ] [ arg ... ]\n"
 _WITH_ARG = set("efpoBFbr")
 _NO_ARG = set("vimtx")
+_OTHER_NAMES = ("mailq", "newaliases")
 
 
 class _Usage(Exception):
@@ -88,6 +90,8 @@ def _alarm(env: ProgramEnv) -> int:
 
 def main(argv: list[str], env: ProgramEnv) -> int:
     name = os.path.basename(argv[0]) if argv else "sendmail"
+    if name == "sendmail" and sys.argv and os.path.basename(sys.argv[0]) in _OTHER_NAMES:
+        name = os.path.basename(sys.argv[0])  # a HOME/bin/mailq symlink to the launcher
     if argv[1:] == ["--help"]:
         env.stdout.write(USAGE)
         return 0

@@ -163,3 +163,26 @@ def test_muttSendsThroughSendmail(lhome, tmp_path):
     assert b"bcc@x.y" not in header
     assert b"\nSubject: from mutt\n" in header and b"\nMessage-ID: " in header
     assert mess.endswith(b"mutt body\n")
+
+
+def test_sendmailBsSpeaksSmtp(lhome):
+    if not os.path.exists(os.path.join(lhome.bin, "qmail-smtpd")):
+        pytest.skip("the stdio qmail-smtpd (SMTP component) is not in this tree")
+    r = run(lhome, "sendmail", ["-bs"],
+            b"HELO x\r\nMAIL FROM:<a@b.c>\r\nRCPT TO:<x@far.example>\r\nDATA\r\n"
+            b"Subject: bs\r\n\r\nhi\r\n.\r\nQUIT\r\n")
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.startswith(b"220 test.example") and b"\r\n221 " in r.stdout
+    [(todo, mess)] = queued(lhome)
+    assert envelopeTail(todo) == b"Fa@b.c\0Tx@far.example\0"  # RELAYCLIENT="" set by -bs
+    assert mess.endswith(b"Subject: bs\n\nhi\n")
+
+
+def test_mailqSymlink(lhome):
+    os.symlink("sendmail", os.path.join(lhome.bin, "mailq"))
+    r = run(lhome, "mailq", [])
+    assert (r.returncode, r.stdout, r.stderr) == (0, b"", b"")
+    assert queued(lhome) == []  # listed, not sent
+    os.symlink("sendmail", os.path.join(lhome.bin, "newaliases"))
+    r = run(lhome, "newaliases", [])
+    assert r.returncode == 100 and b"no aliases database" in r.stderr
