@@ -51,12 +51,9 @@ def mboxEntry(data: bytes, when: float) -> bytes:
             ufline = b"From " + first[14:-2].replace(b" ", b"-").replace(b"\t", b"-") + b" "
     out = [ufline + ctime(when) + b"\n"]
     if lines[-1] == b"":
-        lines.pop()
-        body = [line + b"\n" for line in lines]
-    else:
-        body = [line + b"\n" for line in lines]
-    for line in body:
-        out.append((b">" if _FROM.match(line) else b"") + line)
+        lines.pop()  # a last line without LF gets one, as qmail's reader does
+    for line in lines:
+        out.append((b">" if _FROM.match(line) else b"") + line + b"\n")
     out.append(b"\n")
     return b"".join(out)
 

@@ -81,8 +81,9 @@ def queueMessage(
     """
     Queue one message by the first way that applies (see the module docstring).
 
-    @raise QueueError: nothing was queued; C{.code} is the qmail-queue exit code (C{None}-like
-        crash of a QMAILQUEUE program is reported as code -1 with qmail's "qq crashed" text).
+    @raise QueueError: nothing was queued; C{.code} is the qmail-queue exit code, -1 when a
+        QMAILQUEUE program was killed (text C{qq crashed (#4.3.0)}); a QMAILQUEUE program that
+        cannot be started gives the text C{unable to run qmail-queue}, as qmail-inject says.
     """
     for address in [sender, *recipients]:
         checkAddress(address)
@@ -97,12 +98,14 @@ def queueMessage(
     return _viaSocket(home, sender, recipients, message)
 
 
-class _Crashed(QueueError):
-    def __init__(self) -> None:
+class _Temporary(QueueError):
+    """A temporary failure whose text is not one of the exit-code texts."""
+
+    def __init__(self, text: str, code: int = 81) -> None:
         super().__init__(81)
-        self.text = "qq crashed (#4.3.0)"
+        self.text = text
         self.isPermanent = False
-        self.code = -1
+        self.code = code
 
 
 def _runProgram(
@@ -118,7 +121,7 @@ def _runProgram(
     except OSError as e:
         os.close(envRead)
         os.close(envWrite)
-        raise QueueError(71, f"unable to run {program}: {e}")
+        raise _Temporary("unable to run qmail-queue")
     os.close(envRead)
 
     def writeEnvelope() -> None:
@@ -145,7 +148,7 @@ def _runProgram(
     code = child.wait()
     writer.join()
     if code < 0:
-        raise _Crashed()
+        raise _Temporary("qq crashed (#4.3.0)", -1)
     if code:
         raise QueueError(code)
     return Accepted(child.pid)

@@ -353,3 +353,8 @@ def test_viaDaemonSocket(home, monkeypatch):
 def test_help(home):
     r = run(home, ["--help"])
     assert (r.code, r.out) == (0, inject.USAGE.encode() + b"\n")
+
+
+def test_qmailqueueCannotRun(home, tmp_path):
+    r = run(home, ["a@x.y"], b"\n", USER="u", QMAILQUEUE=str(tmp_path / "missing"))
+    assert (r.code, r.err) == (111, b"qmail-inject: fatal: unable to run qmail-queue\n")
