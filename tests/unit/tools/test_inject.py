@@ -358,3 +358,39 @@ def test_help(home):
 def test_qmailqueueCannotRun(home, tmp_path):
     r = run(home, ["a@x.y"], b"\n", USER="u", QMAILQUEUE=str(tmp_path / "missing"))
     assert (r.code, r.err) == (111, b"qmail-inject: fatal: unable to run qmail-queue\n")
+
+
+@pytest.mark.parametrize("reply,code,text", [
+    (b"31\n", 100, b"mail server permanently rejected message (#5.3.0)"),
+    (b"53\n", 111, b"qq write error or disk full (#4.3.0)"),
+    (b"", 111, b"communication with mail server failed (#4.4.2)"),
+    (b"ok\n", 111, b"communication with mail server failed (#4.4.2)"),
+])
+def test_daemonSocketFailures(home, monkeypatch, reply, code, text):
+    import socket
+    import threading
+
+    monkeypatch.setattr(queueclient, "queueWritable", lambda home: False)
+    server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    server.bind(home.queueSocket)
+    server.listen(1)
+
+    def serve():
+        conn, _ = server.accept()
+        data = b""
+        while not data.endswith(b"\0\0,"):
+            chunk = conn.recv(65536)
+            if not chunk:
+                break
+            data += chunk
+        conn.sendall(reply)
+        conn.close()
+
+    t = threading.Thread(target=serve)
+    t.start()
+    try:
+        r = run(home, ["a@x.y"], b"\n", USER="u")
+    finally:
+        t.join(10)
+        server.close()
+    assert (r.code, r.err) == (code, b"qmail-inject: fatal: " + text + b"\n")
