@@ -87,9 +87,12 @@ class Injection:
         self.verpRecipient = "r" in letters
         self.verpMessage = "m" in letters
         self.mailhost = self._first("QMAILHOST", "MAILHOST")
-        self.mailrhost = self._first("QMAILSHOST") or self.mailhost
-        self.mailuser = self._first("QMAILUSER", "MAILUSER", "USER", "LOGNAME") or b"anonymous"
-        self.mailruser = self._first("QMAILSUSER") or self.mailuser
+        shost = self._first("QMAILSHOST")
+        self.mailrhost = self.mailhost if shost is None else shost
+        user = self._first("QMAILUSER", "MAILUSER", "USER", "LOGNAME")
+        self.mailuser = b"anonymous" if user is None else user
+        suser = self._first("QMAILSUSER")
+        self.mailruser = self.mailuser if suser is None else suser
         self.fullname = self._first("QMAILNAME", "MAILNAME", "NAME")
         self.sender: bytes | None = None
         self.seen: set[str] = set()
@@ -97,6 +100,7 @@ class Injection:
         self.resentRecipients: list[bytes] = []
         self.toCc: list[bytes] = []
         self.argRecipients: list[bytes] = []
+        self.resent = False
 
     def _first(self, *names: str) -> bytes | None:
         for name in names:
