@@ -3,8 +3,8 @@ splogger: send lines from stdin to syslog (SPEC.md 13, FAQ 5.1). Replaces qmail'
 
 C{splogger [tag [facility]]}: each line becomes C{tag: TIMESTAMP line} at priority ALERT for
 lines starting C{alert:}, WARNING for C{warning:}, else INFO; unprintable bytes become C{?};
-empty lines are skipped; lines over 800 characters are split, the continuation marked by C{+}
-after the timestamp. The facility is a number (default 2, LOG_MAIL). Uses the standard
+empty lines are skipped; lines over 799 characters are split, each continuation logged as
+C{TIMESTAMP+rest}. The facility is a number (default 2, LOG_MAIL). Uses the standard
 library's C{syslog}. Exit 0 at end of input.
 """
 
@@ -16,7 +16,7 @@ from typing import Callable
 
 from qmtwist.tools.base import ProgramEnv
 
-LIMIT = 800
+LIMIT = 799  # qmail's 800-byte buffer with its NUL
 
 
 def _clean(data: bytes) -> str:
@@ -38,14 +38,15 @@ def records(line: bytes, stamp: str) -> list[tuple[int, str]]:
     first = True
     while text:
         piece, text = text[:LIMIT], text[LIMIT:]
-        out.append((priority, f"{stamp} {'' if first else '+'}{piece}"))
+        out.append((priority, f"{stamp}{' ' if first else '+'}{piece}"))
         first = False
     return out
 
 
 def timestamp(now: float) -> str:
-    """qmail's splogger stamp: seconds and a fraction (here C{%.6f})."""
-    return "%.6f" % now
+    """qmail's splogger stamp: C{seconds.microseconds}, six digits after the dot."""
+    micro = int(round(now * 1000000))
+    return "%d.%06d" % divmod(micro, 1000000)
 
 
 def main(argv: list[str], env: ProgramEnv,

@@ -307,8 +307,9 @@ def test_spLoggerRecords():
     assert splogger.records(b"alert: oops\x01", "1.0") == [
         (syslog.LOG_ALERT, "1.0 alert: oops?")]
     assert splogger.records(b"warning: w", "1.0") == [(syslog.LOG_WARNING, "1.0 warning: w")]
-    long = splogger.records(b"a" * 801, "1.0")
-    assert long == [(syslog.LOG_INFO, "1.0 " + "a" * 800), (syslog.LOG_INFO, "1.0 +a")]
+    long = splogger.records(b"a" * 800, "1.0")
+    assert long == [(syslog.LOG_INFO, "1.0 " + "a" * 799), (syslog.LOG_INFO, "1.0+a")]
+    assert splogger.timestamp(1762326189.000042) == "1762326189.000042"
 
 
 def test_spLoggerMain(home):
