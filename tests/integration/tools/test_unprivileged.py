@@ -18,6 +18,7 @@ import tempfile
 import threading
 
 import pytest
+import pytest_twisted
 
 from qmtwist.home import Home, setup
 from tests.integration.tools.conftest import ROOT
@@ -120,3 +121,31 @@ def test_userWithoutDaemon(world):
     assert (r.returncode, r.stderr) == (
         111, b"qmail-inject: fatal: qq trouble creating files in queue (#4.3.0)\n")
     assert os.listdir(home.queue.sub("todo")) == []
+
+
+@pytest_twisted.ensureDeferred
+async def test_userThroughTheDaemonsQueueSocket(world):
+    """Client and the daemon's own socket server (qmtwist.queue.socketserver), no delivery."""
+    from twisted.internet import reactor
+    from twisted.internet.threads import deferToThread
+
+    from qmtwist.queue.commit import Injector
+    from qmtwist.queue.socketserver import QueueSocketFactory
+
+    home, pw, deps = world
+    injector = Injector(home.queue, home.control, reactor, deferToThread)
+    port = reactor.listenUNIX(home.queueSocket, QueueSocketFactory(injector), mode=0o666)
+    try:
+        r = await deferToThread(_send, home, pw, deps)
+    finally:
+        await port.stopListening()
+    assert (r.returncode, r.stderr) == (0, b"")
+    [name] = os.listdir(home.queue.sub("todo"))
+    with open(home.queue.todo(int(name)), "rb") as f:
+        todo = f.read()
+    assert todo.startswith(b"u%d\0p" % pw.pw_uid)
+    assert todo.split(b"\0", 2)[2] == f"F{USER}@test.example\0Tfriend@x.y\0".encode()
+    with open(home.queue.mess(int(name)), "rb") as f:
+        mess = f.read()
+    assert mess.startswith(b"Received: (qmail ") and b" invoked by uid %d); " % pw.pw_uid in mess
+    assert mess.endswith(b"\nSubject: from a user\n\nhello\n")
