@@ -20,10 +20,11 @@ import itertools
 from typing import Any, Callable
 
 from twisted.internet.defer import Deferred
-from twisted.internet.interfaces import IReactorTime, ISSLTransport
+from twisted.internet.interfaces import IHalfCloseableProtocol, IReactorTime, ISSLTransport
 from twisted.internet.protocol import Protocol, ServerFactory
 from twisted.logger import Logger
 from twisted.python.failure import Failure
+from zope.interface import implementer
 
 from qmtwist.pop3.checkpassword import ILogin, Relay, Result
 from qmtwist.pop3.transaction import OK, SYNTAX, UNIMPLEMENTED, RunInThread, Transaction
@@ -36,8 +37,13 @@ AUTH_FAILED = b"-ERR authorization failed\r\n"
 CRASHED = b"-ERR aack, child crashed\r\n"
 
 
+@implementer(IHalfCloseableProtocol)
 class LineSession(Protocol):
-    """Line splitting, one command at a time, the idle timeout."""
+    """
+    Line splitting, one command at a time, the idle timeout. At the end of the client's input
+    (a half-close, or EOF on stdin) the complete lines already received are still answered,
+    then the session ends as if dropped (no QUIT: nothing changes) [qmail].
+    """
 
     log = Logger(namespace="qmtwist.pop3")
 
@@ -50,6 +56,7 @@ class LineSession(Protocol):
         self._discarding = False
         self._busy = False
         self._closed = False
+        self._eof = False
         self._timer: Any = None
         self.env: dict[str, bytes] = {}
 
@@ -86,10 +93,21 @@ class LineSession(Protocol):
         self._buffer += data
         self._drain()
 
+    def readConnectionLost(self) -> None:
+        self._eof = True
+        self._drain()
+
+    def writeConnectionLost(self) -> None:
+        self._eof = True
+        self.end()
+
     def _drain(self) -> None:
         while not self._busy and not self._closed:
             nl = self._buffer.find(b"\n")
             if nl < 0:
+                if self._eof:
+                    self.end()
+                    return
                 if len(self._buffer) > MAX_LINE:
                     self._buffer = b""
                     self._discarding = True
@@ -162,6 +180,12 @@ class POP3Server(LineSession):
         super().connectionLost(reason)
         if self.relay is not None:
             self.relay.clientGone()
+
+    def readConnectionLost(self) -> None:
+        if self.relay is not None:
+            self.relay.clientGone()  # the child answers what it got, then exits
+            return
+        super().readConnectionLost()
 
     def dataReceived(self, data: bytes) -> None:
         if self.relay is not None:

@@ -260,3 +260,13 @@ def test_waiting_login_holds_later_commands():
     d.callback((Result.FAILED, None))
     clock.advance(1)
     assert tr.value().endswith(b"-ERR authorization failed\r\n")
+
+
+def test_end_of_input_answers_complete_lines_then_ends(maildir):
+    before = {d: sorted(os.listdir(os.path.join(maildir, d))) for d in ("new", "cur")}
+    proto, tr, _ = pop3d(maildir)
+    tr.clear()
+    proto.dataReceived(b"DELE 1\r\nSTAT\r\nLAST")
+    proto.readConnectionLost()
+    assert tr.value() == b"+OK \r\n+OK 2 42\r\n" and tr.disconnecting
+    assert {d: sorted(os.listdir(os.path.join(maildir, d))) for d in ("new", "cur")} == before
