@@ -16,7 +16,7 @@ from typing import BinaryIO, Iterator, Mapping
 from attrs import frozen
 
 from qmtwist.tools import token822
-from qmtwist.tools.token822 import AT, ATOM, COLON, DOT, LITERAL, QUOTE, Token
+from qmtwist.tools.token822 import AT, ATOM, COLON, DOT, LITERAL, Token
 
 # Known fields, by the lower-case name qmail's hfield table uses.
 KNOWN = (
@@ -234,7 +234,3 @@ def rewriteAddressText(text: bytes, completion: Completion) -> bytes:
     """
     tokens = token822.parse(quoteAddress(text))
     return token822.unquote(completion.rewrite(tokens))
-
-
-__all__ = ["QUOTE", "Completion", "Split", "fieldName", "isValidField", "quoteAddress",
-           "readCompletion", "rewriteAddressText", "splitHeader"]

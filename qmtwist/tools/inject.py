@@ -24,7 +24,7 @@ from qmtwist.received import date822
 from qmtwist.tools import token822
 from qmtwist.tools.base import ProgramEnv
 from qmtwist.tools.header import (
-    Completion, fieldName, quoteAddress, quoteNeeded, readCompletion, rewriteAddressText,
+    RESENT, Completion, fieldName, quoteAddress, quoteNeeded, readCompletion, rewriteAddressText,
     splitHeader)
 from qmtwist.tools.queueclient import queueMessage
 from qmtwist.tools.token822 import (
@@ -32,7 +32,6 @@ from qmtwist.tools.token822 import (
 
 USAGE = "qmail-inject: usage: qmail-inject [ -nNaAhH ] [ -f sender ] [ recip ... ]"
 
-_RECIPIENT_FIELDS = {"to", "cc", "bcc", "apparently-to"}
 _RESENT_RECIPIENT_FIELDS = {"resent-to", "resent-cc", "resent-bcc"}
 _SENDER_FIELDS = {
     "sender", "from", "reply-to", "return-receipt-to", "errors-to", "resent-sender",
@@ -229,9 +228,7 @@ class Injection:
 
     def finishHeader(self, flagQueue: bool) -> bytes:
         """The lines that go before the kept header fields."""
-        resent = bool(self.seen & {
-            "resent-sender", "resent-from", "resent-reply-to", "resent-to", "resent-cc",
-            "resent-bcc", "resent-date", "resent-message-id"})
+        resent = bool(self.seen & RESENT)
         self.resent = resent
         if self.sender is None:
             self.defaultReturnPath()

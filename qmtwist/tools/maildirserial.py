@@ -19,7 +19,7 @@ from __future__ import annotations
 import os
 import re
 import time
-from typing import Callable, Iterable, Protocol
+from typing import Callable, Protocol
 
 from attrs import frozen
 
@@ -172,7 +172,3 @@ def port(env: ProgramEnv, default: int) -> int:
         return int(env.environ.get("PORT", default))
     except ValueError:
         return default
-
-
-def latin(values: Iterable[bytes]) -> list[str]:
-    return [v.decode("latin-1") for v in values]

@@ -190,8 +190,3 @@ def _viaSocket(
     if code:
         raise QueueError(code)
     return Accepted(os.getpid())
-
-
-def failureText(error: QueueError) -> tuple[int, str]:
-    """C{(exit code, text)} for a program that reports a queue failure as qmail-inject does."""
-    return (100 if error.permanent else 111), error.text
