@@ -44,6 +44,13 @@ RECIPIENT_TEXT = b"Dsorry, I can't handle that recipient (#5.1.3)"
 SENDER_TEXT = b"Dunacceptable sender (#5.1.7)"
 DATABYTES_TEXT = b"Dsorry, that message size exceeds my databytes limit (#5.3.4)"
 
+#: Commits that may be outstanding before reading pauses. Packages that start meanwhile (within
+#: the input already received) are held in memory and get their queue file in turn, so a burst
+#: of tiny packages cannot open many queue files at once.
+MAX_OUTSTANDING = 32
+SLICE = 65536
+
+
 def receivedLine(environ: Mapping[str, bytes], when: float) -> bytes:
     """
     qmail-qmtpd's Received line (SPEC.md 9.2)::
@@ -80,6 +87,7 @@ class _Package:
 
     def __init__(self) -> None:
         self.writer: IMessageWriter | None = None
+        self.held: list[bytes] | None = None  # message bytes waiting for a queue file
         self.started = False
         self.crlf = False
         self.pendingCR = False
@@ -93,6 +101,7 @@ class _Package:
         self.verdicts: list[bytes | None] = []
 
     def abort(self) -> None:
+        self.held = None
         if self.writer is not None:
             self.writer.abort()
             self.writer = None
@@ -136,7 +145,15 @@ class QMTPServer(Protocol):
         self._tail: Deferred[None] = succeed(None)
         self._broken = False
         self._lost = False
+        self._eof = False
+        self._closing = False
         self._timer: Any = None
+        self._rcpt = b""
+        self._rcptLength = 0
+        self._input = b""
+        self._feeding = False
+        self._paused = False
+        self._outstanding = 0
 
     # -- connection
 
@@ -161,12 +178,9 @@ class QMTPServer(Protocol):
         self._timer = None
 
     def readConnectionLost(self) -> None:
-        """The client finished sending: answer what was complete, then close."""
-        if self._parser.pending() or self._field != 0:
-            self._package.abort()
-            self._package = _Package()
-        self._broken = True
-        self._tail.addBoth(lambda _: self.transport.loseConnection())
+        """The client finished sending: answer the complete packages, then close."""
+        self._eof = True
+        self._pump()
 
     def writeConnectionLost(self) -> None:
         self._broken = True
@@ -176,12 +190,39 @@ class QMTPServer(Protocol):
     def dataReceived(self, data: bytes) -> None:
         if self._broken:
             return
+        self._input += data
+        self._pump()
+
+    def _pump(self) -> None:
+        """Parse buffered input while few commits are outstanding; pause the client otherwise."""
+        if self._feeding:
+            return  # a commit fired inside feed(); the loop below goes on by itself
+        self._feeding = True
         try:
-            self._parser.feed(data)
-        except NetstringError as e:
-            self._protocolError(str(e))
-        except QueueError as e:  # pragma: no cover - writes report through the package
-            self._protocolError(str(e))
+            while self._input and not self._broken and self._outstanding < MAX_OUTSTANDING:
+                if self._package.held is not None:
+                    self._open(self._package)
+                piece, self._input = self._input[:SLICE], self._input[SLICE:]
+                try:
+                    self._parser.feed(piece)
+                except NetstringError as e:
+                    self._protocolError(str(e))
+        finally:
+            self._feeding = False
+        if self._broken:
+            self._input = b""
+        if self._eof and not self._input and not self._closing:
+            self._closing = True
+            self._broken = True
+            self._package.abort()  # an incomplete package is dropped
+            self._tail.addBoth(lambda _: self.transport.loseConnection())
+        wantPause = bool(self._input)
+        if wantPause != self._paused and not self._lost:
+            self._paused = wantPause
+            if wantPause:
+                self.transport.pauseProducing()
+            else:
+                self.transport.resumeProducing()
 
     def _protocolError(self, why: str) -> None:
         self.log.info("protocol error: {why}", why=why)
@@ -225,8 +266,6 @@ class QMTPServer(Protocol):
     def _startRecipients(self) -> None:
         self._rcptParser = NetstringParser(self._rcptEnd, onChunk=self._rcptChunk)
         self._rcptParser.setStreaming(True)
-        self._rcpt = b""
-        self._rcptLength = 0
 
     def _rcptChunk(self, piece: bytes) -> None:
         self._rcptLength += len(piece)
@@ -262,12 +301,9 @@ class QMTPServer(Protocol):
             else:
                 raise NetstringError("message starts with neither LF nor CR")
             p.started = True
-            try:
-                p.writer = self.injector.newMessage(b"from network")
-                p.writer.write(receivedLine(self.env, self.clock.seconds()))
-            except QueueError as e:
-                p.abort()
-                p.queueError = e
+            p.held = [receivedLine(self.env, self.clock.seconds())]
+            if self._outstanding < MAX_OUTSTANDING:
+                self._open(p)
         if p.crlf:
             if p.pendingCR:
                 p.pendingCR = False
@@ -280,12 +316,26 @@ class QMTPServer(Protocol):
         if piece:
             self._store(piece)
 
+    def _open(self, p: _Package) -> None:
+        """Give package C{p} its queue file and write what was held for it."""
+        held, p.held = p.held or [], None
+        try:
+            p.writer = self.injector.newMessage(b"from network")
+            for data in held:
+                p.writer.write(data)
+        except QueueError as e:
+            p.abort()
+            p.queueError = e
+
     def _store(self, data: bytes) -> None:
         p = self._package
         p.stored += len(data)
         if self.databytes and p.stored > self.databytes and not p.overflow:
             p.overflow = True
             p.abort()
+        if p.held is not None:
+            p.held.append(data)
+            return
         if p.writer is None:
             return
         try:
@@ -305,7 +355,10 @@ class QMTPServer(Protocol):
     # -- answering
 
     def _finish(self, p: _Package) -> None:
-        result = self._result(p)
+        if p.held is None:
+            result: Any = self._result(p)  # commit now: it joins the current commit round
+        else:
+            result = lambda _: self._result(p)  # noqa: E731  (its turn comes after the earlier)
         verdicts = p.verdicts
 
         def answer(text: bytes) -> None:
@@ -315,7 +368,11 @@ class QMTPServer(Protocol):
             if out:
                 self.transport.write(out)
 
-        self._tail.addCallback(lambda _: result).addCallback(answer)
+        if callable(result):
+            self._tail.addCallback(result)
+        else:
+            self._tail.addCallback(lambda _: result)
+        self._tail.addCallback(answer)
 
     def _result(self, p: _Package) -> Deferred[bytes]:
         """The answer for every acceptable recipient, once known (after the commit)."""
@@ -329,6 +386,10 @@ class QMTPServer(Protocol):
             if p.queueError is not None:
                 return succeed(_queueText(p.queueError))
             return succeed(b"")  # no acceptable recipient: every verdict is a refusal
+        if p.held is not None:
+            self._open(p)
+            if p.queueError is not None:
+                return succeed(_queueText(p.queueError))
         writer, p.writer = p.writer, None
         assert writer is not None
         try:
@@ -336,6 +397,14 @@ class QMTPServer(Protocol):
         except QueueError as e:
             writer.abort()
             return succeed(_queueText(e))
+        self._outstanding += 1
+
+        def committed(result: object) -> object:
+            self._outstanding -= 1
+            self._pump()
+            return result
+
+        d.addBoth(committed)
 
         def ok(queued: object) -> bytes:
             qp = getattr(queued, "qp", writer.qp)

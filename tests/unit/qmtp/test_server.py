@@ -13,7 +13,8 @@ from twisted.internet.testing import StringTransport
 from qmtwist.control import load
 from qmtwist.errors import QueueError
 from qmtwist.qmtp.netstring import encode, encodeList
-from qmtwist.qmtp.server import DATABYTES_TEXT, QMTPServer, receivedLine
+from qmtwist.qmtp.server import (
+    DATABYTES_TEXT, MAX_OUTSTANDING, QMTPServer, receivedLine)
 from qmtwist.queue.commit import Injector
 from qmtwist.queue.envelope import decodeTodo
 
@@ -254,3 +255,29 @@ def test_half_close_answers_then_closes(home):
     assert tr.value() == encode(b"Kok %d qp %s" % (NOW, mess.split(b" ")[2]))
     assert tr.disconnecting and proto.exitStatus is None
     assert len(messFiles(home)) == 1
+
+
+def test_many_pipelined_packages_wait_for_commits(home):
+    """A burst of packages cannot hold more than a few queue files open at once."""
+    clock = Clock()
+    clock.advance(NOW)
+    slow = _SlowInjector(Injector(home.queue, home.control, clock, maybeDeferred))
+    proto, tr, _ = session(home, injector=slow)
+    burst = b"".join(package(b"\n" + b"x" * 200 + b"\n%d" % i, b"", [b"a@localhost"])
+                     for i in range(400))
+    assert len(burst) > 65536
+    proto.dataReceived(burst)
+    assert len(slow.waiting) == MAX_OUTSTANDING and len(messFiles(home)) == MAX_OUTSTANDING
+    assert tr.producerState == "paused" and tr.value() == b""
+    fired = 0
+    while fired < len(slow.waiting):
+        assert len(messFiles(home)) - fired <= MAX_OUTSTANDING
+        real, d = slow.waiting[fired]
+        real.chainDeferred(d)
+        fired += 1
+    assert fired == 400 and tr.producerState == "producing"
+    answers = tr.value().split(b",")[:-1]
+    assert len(answers) == 400 and all(b":Kok %d qp " % NOW in a for a in answers)
+    assert [m[1] for m in queued(home)][:1] == [(b"a@localhost",)]
+    bodies = sorted(int(qhead(m).split(b"\n")[-1]) for _, _, m in queued(home))
+    assert bodies == list(range(400))
