@@ -234,6 +234,7 @@ class POP3Server(LineSession):
                 self.transport.startTLS(options)
                 self.tls = True
                 self.user = None
+                self.takeBuffer()  # plaintext sent after STLS is not to be trusted
         else:
             self.write(b"-ERR authorization first\r\n")
         return None

@@ -425,3 +425,21 @@ def test_bin_qmail_popup_under_tcpserver(pop3home):
     finally:
         child.terminate()
         child.wait(10)
+
+
+@pytest_twisted.ensureDeferred
+async def test_rules_deny_closes_without_greeting(pop3home, logEvents):
+    home = pop3home
+    with open(home.sub("rules", "pop3"), "w") as f:
+        f.write("127.0.0.1:deny\n")
+    s, port = service(home, root=False)
+    try:
+        def connect():
+            with socket.create_connection(("127.0.0.1", port), timeout=30) as sock:
+                return sock.recv(100)
+
+        assert await deferToThread(connect) == b""
+        await until(lambda: any(x.startswith("tcpserver: deny 1 ")
+                                for x in logLines(logEvents)), "deny line")
+    finally:
+        await s.stopService()

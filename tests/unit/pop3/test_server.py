@@ -237,7 +237,7 @@ def test_stls_with_certificate():
     tr = FakeTLSTransport()
     proto.makeConnection(tr)
     assert talk(proto, tr, b"CAPA\r\n") == b"+OK \r\nTOP\r\nUIDL\r\nUSER\r\nSTLS\r\n.\r\n"
-    assert talk(proto, tr, b"USER joe\r\nSTLS\r\n") == b"+OK \r\n+OK \r\n"
+    assert talk(proto, tr, b"USER joe\r\nSTLS\r\nPASS injected\r\n") == b"+OK \r\n+OK \r\n"
     assert tr.tlsStarted == "OPTIONS"
     assert talk(proto, tr, b"CAPA\r\n") == b"+OK \r\nTOP\r\nUIDL\r\nUSER\r\n.\r\n"
     assert talk(proto, tr, b"STLS\r\n") == b"-ERR unimplemented\r\n"
