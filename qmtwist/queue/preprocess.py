@@ -113,7 +113,8 @@ def _writeSynced(path: str, data: bytes, syncer: Syncer) -> None:
         view = memoryview(data)
         while view:
             view = view[os.write(fd, view):]
-        syncer.fsync(fd)
+        if not syncer.canGroup:
+            syncer.fsync(fd)
     finally:
         os.close(fd)
 
@@ -189,7 +190,10 @@ def preprocessBatch(
         done.append(p)
     if done:
         try:
-            syncer.syncDirs(dirs)
+            if syncer.canGroup:
+                syncer.syncFilesystem(layout.path)
+            else:
+                syncer.syncDirs(dirs)
         except OSError:
             return results + [
                 Problem(p.id, f"warning: trouble fsyncing info/{p.id}", True) for p in done]

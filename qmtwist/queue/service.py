@@ -150,6 +150,7 @@ class QueueService(service.Service):
         self.runInThread = runInThread
         self.messages: dict[int, _Message] = {}
         self._known: set[int] = set()
+        self._again: set[int] = set()
         self._toPreprocess: set[int] = set()
         self._preprocessing = False
         self._timers: list[tuple[float, int, str]] = []
@@ -286,6 +287,9 @@ class QueueService(service.Service):
         if self._stopping or not self.running:
             return
         fresh = [n for n in ids if n not in self._known]
+        # An id we still know may be a new message that reused the inode of one whose files
+        # are being removed right now: look at it again once that removal is done.
+        self._again.update(n for n in ids if n in self._known)
         self._known.update(fresh)
         self._toPreprocess.update(fresh)
         if self._toPreprocess and not self._preprocessing:
@@ -457,7 +461,9 @@ class QueueService(service.Service):
                 para = qbounce.paragraph(unprefix(self.controls.snapshot, e.address), report.text)
                 bouncePath = self.layout.bounce(m.id)
                 ops.append(lambda: qbounce.appendParagraph(bouncePath, para))
-            ops.append(lambda: clean.markDone(path, [e.offset]))
+            if len(ch.done) + 1 < len(ch.entries):
+                ops.append(lambda: clean.markDone(path, [e.offset]))
+            # else the channel is complete: removing its file is the record (_entryFinished).
 
             def run() -> None:
                 for op in ops:
@@ -539,6 +545,9 @@ class QueueService(service.Service):
             log.info("end msg {id}", id=m.id)
             self.messages.pop(m.id, None)
             self._known.discard(m.id)
+            if m.id in self._again:
+                self._again.discard(m.id)
+                self.preprocess([m.id])
             self._checkIdle()
 
         return self.ops.submit(lambda: clean.removeMessage(self.layout, m.id)).addCallback(removed)

@@ -63,18 +63,26 @@ class Syncer:
         os.fsync(fd)
         self.fileSyncs += 1
 
+    @property
+    def canGroup(self) -> bool:
+        """Whether one L{syncFilesystem} can stand for the fsyncs of many files."""
+        return self.useSyncfs and _SYNCFS is not None
+
+    def syncFilesystem(self, path: str) -> None:
+        """syncfs(2): file data and directory entries of the whole filesystem, in one call."""
+        fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            if _SYNCFS(fd) != 0:  # type: ignore[misc]
+                e = ctypes.get_errno()
+                raise OSError(e, os.strerror(e))
+            self.fsSyncs += 1
+        finally:
+            os.close(fd)
+
     def syncDirs(self, paths: Iterable[str]) -> None:
         paths = sorted(set(paths))
-        syncfs = _SYNCFS if self.useSyncfs else None
-        if syncfs is not None and len(paths) > 1:
-            fd = os.open(paths[0], os.O_RDONLY | os.O_DIRECTORY)
-            try:
-                if syncfs(fd) != 0:
-                    e = ctypes.get_errno()
-                    raise OSError(e, os.strerror(e))
-                self.fsSyncs += 1
-            finally:
-                os.close(fd)
+        if self.canGroup and len(paths) > 1:
+            self.syncFilesystem(paths[0])
             return
         for p in paths:
             fd = os.open(p, os.O_RDONLY | os.O_DIRECTORY)
@@ -165,8 +173,10 @@ class PendingMessage:
         if extra:
             env = Envelope(env.sender, tuple(extra) + env.recipients, env.uid, env.qp)
         data = encodeTodo(env)
+        group = syncer.canGroup
         try:
-            syncer.fsync(self._fd)
+            if not group:
+                syncer.fsync(self._fd)
             os.close(self._fd)
             self._fd = -1
         except OSError as e:
@@ -184,7 +194,8 @@ class PendingMessage:
             view = memoryview(data)
             while view:
                 view = view[os.write(fd, view):]
-            syncer.fsync(fd)
+            if not group:
+                syncer.fsync(fd)
         except OSError as e:
             raise QueueError(QQ_WRITE_ERROR, str(e))
         finally:
@@ -254,15 +265,30 @@ def commitRound(
             continue
         try:
             p.finishFiles(syncer, extra)
-            p.linkTodo()
         except QueueError as e:
             failed[p.id] = e
         except OSError as e:
             failed[p.id] = QueueError(QQ_WRITE_ERROR, str(e))
     ok = [p for p in batch if p.id not in failed]
+    if ok and syncer.canGroup:
+        # One syncfs makes every message and envelope of the round durable before any of
+        # them is committed; then only the todo directory needs a sync.
+        try:
+            syncer.syncFilesystem(ok[0].layout.path)
+        except OSError as e:
+            for p in ok:
+                failed[p.id] = QueueError(QQ_WRITE_ERROR, str(e))
+        ok = [p for p in ok if p.id not in failed]
+    for p in ok:
+        try:
+            p.linkTodo()
+        except QueueError as e:
+            failed[p.id] = e
+    ok = [p for p in ok if p.id not in failed]
     if ok:
-        dirs = {os.path.dirname(p.messPath) for p in ok}
-        dirs.add(ok[0].layout.sub("todo"))
+        dirs = {ok[0].layout.sub("todo")}
+        if not syncer.canGroup:
+            dirs.update(os.path.dirname(p.messPath) for p in ok)
         try:
             syncer.syncDirs(dirs)
         except OSError as e:

@@ -237,11 +237,20 @@ def test_syncerCountsPerDirectory(layout):
 
 
 @pytest.mark.skipif(store._SYNCFS is None, reason="no syncfs(2) in this libc")
-def test_syncerUsesOneSyncfsForSeveralDirectories(layout):
+def test_groupCommitIsOneSyncfsThenTodoDirectory(layout):
     syncer = Syncer()
+    if not syncer.canGroup:
+        pytest.skip("no syncfs(2) on this system")
     inject(layout, b"s", [b"r"], b"m\n", b"by uid 0", uid=0, qp=1, syncer=syncer)
-    assert (syncer.fileSyncs, syncer.dirSyncs, syncer.fsSyncs) == (2, 0, 1)
-    assert syncer.total == 3
+    assert (syncer.fileSyncs, syncer.dirSyncs, syncer.fsSyncs) == (0, 1, 1)
+    assert syncer.total == 2
+
+
+def test_withoutSyncfsEveryFileAndDirectoryIsFsynced(layout):
+    syncer = Syncer(useSyncfs=False)
+    inject(layout, b"s", [b"r"], b"m\n", b"by uid 0", uid=0, qp=1, syncer=syncer)
+    # mess and intd files; then the mess/N and todo directories
+    assert (syncer.fileSyncs, syncer.dirSyncs, syncer.fsSyncs) == (2, 2, 0)
 
 
 def test_syncerSingleDirectoryIsPlainFsync(tmp_path):
