@@ -142,3 +142,48 @@ def loopbackDNS():
     d.start()
     yield d
     pytest_twisted.blockon(d.stop())
+
+
+def main(argv: list[str] | None = None) -> None:
+    """
+    Run a L{LoopbackDNS} as a child process, for tests whose parent blocks (twistd children):
+
+        python -m tests.dnsserver --mx movie.edu=10:mailhost.movie.edu \\
+            --a mailhost.movie.edu=127.0.0.2 --cname www.movie.edu=movie.edu
+
+    Prints the port on one line once listening (UDP and TCP on 127.0.0.1), then serves until
+    killed.
+    """
+    import argparse
+    import sys
+
+    from twisted.internet import reactor
+
+    ap = argparse.ArgumentParser()
+    for kind in ("mx", "a", "aaaa", "cname", "silence"):
+        ap.add_argument(f"--{kind}", action="append", default=[])
+    args = ap.parse_args(argv)
+    server = LoopbackDNS(reactor)
+    for spec in args.mx:
+        name, _, value = spec.partition("=")
+        pref, _, host = value.partition(":")
+        server.mx(name.encode(), [(int(pref), host.encode())])
+    for spec in args.a:
+        name, _, value = spec.partition("=")
+        server.a(name.encode(), value)
+    for spec in args.aaaa:
+        name, _, value = spec.partition("=")
+        server.aaaa(name.encode(), value)
+    for spec in args.cname:
+        name, _, value = spec.partition("=")
+        server.cname(name.encode(), value.encode())
+    for zone in args.silence:
+        server.silence(zone.encode())
+    server.start()
+    sys.stdout.write(f"{server.port}\n")
+    sys.stdout.flush()
+    reactor.run()
+
+
+if __name__ == "__main__":
+    main()
