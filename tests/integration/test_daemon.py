@@ -194,10 +194,8 @@ def test_qmail_queue_bad_envelopes_leave_nothing(home, envelope, code):
     r = subprocess.run(
         [os.path.join(home.bin, "qmail-queue")],
         input=b"Subject: x\n\nbody\n",
-        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-        pass_fds=(), env=dict(os.environ),
-        # descriptor 1 carries the envelope
-        **_envelopeOnFd1(envelope))
+        stderr=subprocess.PIPE,
+        **_envelopeOnFd1(envelope))  # descriptor 1 carries the envelope
     assert r.returncode == code
     assert queueEmpty(home)
     assert os.listdir(home.queue.sub("pid")) == []
