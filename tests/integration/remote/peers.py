@@ -247,15 +247,18 @@ class PostfixSmtpSink:
 
         return os.access(cls.BINARY, os.X_OK)
 
-    def start(self) -> int:
+    def start(self, port: int | None = None) -> int:
+        """Listen on C{port} (a free one when L{None}); return it once connectable."""
         import os
         import socket
         import subprocess
         import time
 
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            self.port = s.getsockname()[1]
+        if port is None:
+            with socket.socket() as s:
+                s.bind(("127.0.0.1", 0))
+                port = s.getsockname()[1]
+        self.port = port
         user = ["-u", "nobody"] if os.getuid() == 0 else []
         self.proc = subprocess.Popen(
             [self.BINARY, *user, *self.options, f"127.0.0.1:{self.port}", str(self.backlog)],

@@ -69,3 +69,74 @@ async def test_injectedErrors(home, tmp_path, smtpSink, expected) -> None:
     control(home, "smtproutes", b":127.0.0.1:%d\n" % smtpSink.port)
     [r] = await deliverAll(agent(home, None), [request(message(tmp_path), b"a@x.example")])
     assert r == expected
+
+
+# -- through the whole daemon ----------------------------------------------------------------
+
+import os  # noqa: E402
+import signal  # noqa: E402
+import subprocess  # noqa: E402
+import sys  # noqa: E402
+
+from qmtwist.home import Home, setup  # noqa: E402
+from tests.integration.daemon import Daemon, waitFor  # noqa: E402
+
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
+
+
+def _daemon(tmp_path, monkeypatch, sinkPort: int) -> tuple[Daemon, Home]:
+    monkeypatch.setenv("PYTHONPATH", REPO + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    home = Home(str(tmp_path / "home"))
+    setup(home, me="sender.example")
+    control(home, "smtproutes", b":127.0.0.1:%d\n" % sinkPort)
+    r = subprocess.run([sys.executable, "-m", "qmtwist.cli", "--home", home.path, "user", "add",
+                        "joe"], capture_output=True, cwd=REPO)
+    assert r.returncode == 0, r.stderr
+    d = Daemon(str(tmp_path), ["--home", home.path, "--smtp", "none", "--qmtp", "none",
+                               "--pop3", "none"], str(tmp_path / "log"))
+    d.start()
+    d.waitLine("status: local 0/10 remote 0/20")
+    inj = subprocess.run(
+        [sys.executable, "-m", "qmtwist.cli", "--home", home.path, "inject", "-f",
+         "joe@sender.example", "friend@remote.example"],
+        input=b"Subject: hello\n\nhi there\n", capture_output=True, cwd=REPO)
+    assert inj.returncode == 0, inj.stderr
+    return d, home
+
+
+def test_daemonDeferralThenRetry(tmp_path, monkeypatch) -> None:
+    sink = PostfixSmtpSink(["-r", "rcpt"])
+    port = sink.start()
+    d, _home = _daemon(tmp_path, monkeypatch, port)
+    try:
+        d.waitLine("delivery 1: deferral: 127.0.0.1_does_not_like_recipient./"
+                   "Remote_host_said:_450_4.3.0_Error:_command_failed/Giving_up_on_127.0.0.1./")
+        sink.stop()
+        sink = PostfixSmtpSink()
+        sink.start(port)
+        d.send(signal.SIGALRM)  # retry the deferred deliveries now
+        d.waitLine("delivery 2: success: 127.0.0.1_accepted_message./"
+                   "Remote_host_said:_250_2.0.0_Ok/")
+        d.waitLine("end msg")
+    finally:
+        sink.stop()
+        assert d.stop() == 0
+
+
+def test_daemonBounceCarriesPeerText(tmp_path, monkeypatch) -> None:
+    sink = PostfixSmtpSink(["-f", "rcpt"])
+    port = sink.start()
+    d, home = _daemon(tmp_path, monkeypatch, port)
+    try:
+        d.waitLine("delivery 1: failure: 127.0.0.1_does_not_like_recipient./"
+                   "Remote_host_said:_500_5.3.0_Error:_command_failed/Giving_up_on_127.0.0.1./")
+        maildir = os.path.join(home.homes, "joe", "Maildir", "new")
+        [name] = waitFor(lambda: os.listdir(maildir), "the bounce in joe's Maildir")
+        with open(os.path.join(maildir, name), "rb") as f:
+            bounce = f.read()
+        assert (b"<friend@remote.example>:\n127.0.0.1 does not like recipient.\n"
+                b"Remote host said: 500 5.3.0 Error: command failed\n"
+                b"Giving up on 127.0.0.1.\n") in bounce
+    finally:
+        sink.stop()
+        assert d.stop() == 0
