@@ -125,7 +125,8 @@ def benchAgent(base: str, sink: Sink, count: int, concurrency: int, size: int) -
         start = time.monotonic()
         ds = []
         for i, p in enumerate(paths):
-            req = DeliveryRequest(i, p, b"bench@bench.example", b"r%d@remote.example" % i, 0, str(i))
+            rcpt = b"r%d@remote.example" % i
+            req = DeliveryRequest(i, p, b"bench@bench.example", rcpt, 0, str(i))
             ds.extend(agent.deliver([req]))
         reports = await defer.gatherResults(ds)
         result.append(time.monotonic() - start)

@@ -27,7 +27,7 @@ from zope.interface import implementer
 
 from qmtwist.context import Context
 from qmtwist.control import Control
-from qmtwist.delivery import DeliveryRequest, Outcome, Report
+from qmtwist.delivery import DeliveryRequest, Report
 from qmtwist.errors import MailError, PermanentFailure
 from qmtwist.interfaces import IDeliveryAgent
 from qmtwist.remote import qmtpclient, routes, smtpclient

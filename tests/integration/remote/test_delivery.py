@@ -17,11 +17,10 @@ from qmtwist.context import Context, ControlCache
 from qmtwist.delivery import DeliveryRequest, Outcome, Report
 from qmtwist.remote.agent import RemoteAgent
 from qmtwist.remote.mx import makeResolver
-from tests.dnsserver import LoopbackDNS, loopbackDNS  # noqa: F401
+from tests.dnsserver import LoopbackDNS
 from tests.integration.remote.peers import (
     QMTPSinkFactory,
     SMTPSinkFactory,
-    listen,
     makeCertificates,
     stopAll,
 )
@@ -283,7 +282,9 @@ async def test_bounceSenderAndQuoting(home, tmp_path, ports) -> None:
         agent(home, None), [request(message(tmp_path), b"a b@c.example", sender=b"")]
     )
     assert r.outcome is Outcome.SUCCESS
-    assert sink.commands[:3] == [b"EHLO helo.example", b"MAIL FROM:<>", b'RCPT TO:<"a b"@c.example>']
+    assert sink.commands[:3] == [
+        b"EHLO helo.example", b"MAIL FROM:<>", b'RCPT TO:<"a b"@c.example>'
+    ]
 
 
 @pytest_twisted.ensureDeferred

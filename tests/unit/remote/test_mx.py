@@ -71,7 +71,8 @@ def test_mxSortedShuffledIPv4First() -> None:
     }
     orders = set()
     for seed in range(12):
-        hosts = run(MXResolver(ScriptedResolver(table), rng=random.Random(seed)).mailHosts(b"d.example"))
+        resolver = MXResolver(ScriptedResolver(table), rng=random.Random(seed))
+        hosts = run(resolver.mailHosts(b"d.example"))
         orders.add(tuple(h.name for h in hosts))
         assert hosts[-1] == MailHost(b"c.example", 20, ("10.0.0.3",))
         assert MailHost(b"a.example", 10, ("10.0.0.1", "::1")) in hosts
