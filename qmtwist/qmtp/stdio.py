@@ -21,8 +21,7 @@ from twisted.python.failure import Failure
 from qmtwist.control import load
 from qmtwist.errors import ControlError
 from qmtwist.qmtp.server import QMTPServer
-from qmtwist.queue.commit import Injector
-from qmtwist.queue.store import pokeTrigger
+from qmtwist.queue.commit import standaloneInjector
 from qmtwist.tools.base import ProgramEnv
 
 
@@ -52,12 +51,7 @@ def main(argv: list[str], env: ProgramEnv) -> int:
         control, _warnings = load(home.control)
     except ControlError:
         return 111
-    layout = home.queue
-
-    def committed(ids: list[int]) -> None:
-        pokeTrigger(layout)
-
-    injector = Injector(layout, home.control, reactor, deferToThread, onCommitted=committed)
+    injector = standaloneInjector(home.queue, home.control, reactor, deferToThread)
     proto = _StdioQMTP(injector, control, reactor, sessionEnv(env.environ),
                        onLost=lambda: reactor.callLater(0, reactor.stop))
     StandardIO(proto, stdin=env.stdin.fileno(), stdout=env.stdout.fileno(), reactor=reactor)

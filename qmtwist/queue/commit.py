@@ -21,7 +21,7 @@ from zope.interface import implementer
 from qmtwist.errors import QQ_BUG, QueueError
 from qmtwist.interfaces import IInjector, IMessageWriter
 from qmtwist.queue.layout import QueueLayout
-from qmtwist.queue.store import PendingMessage, Queued, Syncer, commitRound
+from qmtwist.queue.store import PendingMessage, Queued, Syncer, commitRound, pokeTrigger
 
 RunInThread = Callable[[Callable[[], Any]], "Deferred[Any]"]
 
@@ -161,3 +161,13 @@ class Injector:
 
         d.addCallbacks(done, crashed)
         d.addBoth(lambda _: self._waiting and not self._running and self._startRound())
+
+
+def standaloneInjector(layout: QueueLayout, controlDir: str | None, reactor: IReactorTime,
+                       runInThread: RunInThread) -> Injector:
+    """
+    An injector for a process that runs no queue service (the stdio servers): each commit
+    wakes the daemon through C{lock/trigger}.
+    """
+    return Injector(layout, controlDir, reactor, runInThread,
+                    onCommitted=lambda ids: pokeTrigger(layout))

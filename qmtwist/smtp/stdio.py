@@ -22,8 +22,7 @@ from zope.interface import implementer
 
 from qmtwist.control import load
 from qmtwist.errors import ControlError
-from qmtwist.queue.commit import Injector
-from qmtwist.queue.store import pokeTrigger
+from qmtwist.queue.commit import standaloneInjector
 from qmtwist.smtp.server import SMTPServer
 from qmtwist.tools.base import ProgramEnv
 
@@ -79,12 +78,7 @@ def main(argv: list[str], env: ProgramEnv) -> int:
         control, _warnings = load(home.control)
     except ControlError:
         return 111
-    layout = home.queue
-
-    def committed(ids: list[int]) -> None:
-        pokeTrigger(layout)
-
-    injector = Injector(layout, home.control, reactor, deferToThread, onCommitted=committed)
+    injector = standaloneInjector(home.queue, home.control, reactor, deferToThread)
     proto = _StdioSMTP(injector, control, reactor, None,
                        onLost=lambda: reactor.callLater(0, reactor.stop))
     proto.env = sessionEnv(env.environ)
