@@ -43,9 +43,11 @@ from twisted.application.service import IService, Service
 from twisted.internet.defer import Deferred, succeed
 from twisted.internet.endpoints import serverFromString
 from twisted.internet.error import ConnectionDone
+from twisted.internet.interfaces import IHalfCloseableProtocol
 from twisted.internet.protocol import Factory, Protocol
 from twisted.logger import Logger
 from twisted.python.failure import Failure
+from zope.interface import implementer
 
 from qmtwist.tcprules import RulesFile
 
@@ -97,8 +99,14 @@ def makeHostLookup(reactor: Any, resolver: Any = None) -> LookupHost:
     return lookup
 
 
+@implementer(IHalfCloseableProtocol)
 class _Session(Protocol):
-    """The protocol the port sees: holds the connection, then feeds the wrapped protocol."""
+    """
+    The protocol the port sees: holds the connection, then feeds the wrapped protocol.
+
+    A client's half-close reaches a wrapped protocol that handles one (a QMTP client that shuts
+    down its sending side still gets the answers of its last packages); otherwise it closes.
+    """
 
     def __init__(self, server: TCPServerService, addr: Any) -> None:
         self.server = server
@@ -109,6 +117,7 @@ class _Session(Protocol):
         self.denied = False
         self.closed = False
         self._early: list[bytes] = []
+        self._readClosed = False
 
     def connectionMade(self) -> None:
         self.server._arrived(self)
@@ -125,6 +134,22 @@ class _Session(Protocol):
             self.inner.connectionLost(reason)
         self.server._left(self, reason)
 
+    def readConnectionLost(self) -> None:
+        if self.inner is None:
+            self._readClosed = not self.denied
+            return
+        self._forwardReadLost()
+
+    def writeConnectionLost(self) -> None:
+        if IHalfCloseableProtocol.providedBy(self.inner):
+            self.inner.writeConnectionLost()
+
+    def _forwardReadLost(self) -> None:
+        if IHalfCloseableProtocol.providedBy(self.inner):
+            self.inner.readConnectionLost()
+        elif self.transport is not None:
+            self.transport.loseConnection()
+
     def attach(self, inner: Protocol) -> None:
         self.inner = inner
         inner.makeConnection(self.transport)
@@ -133,6 +158,8 @@ class _Session(Protocol):
             if self.closed:
                 break
             inner.dataReceived(data)
+        if self._readClosed and not self.closed:
+            self._forwardReadLost()
 
 
 class _SessionFactory(Factory):
