@@ -199,4 +199,9 @@ def setup(home: Home, me: str | None = None) -> list[str]:
         if importlib.util.find_spec(modname) is None:
             continue
         write(home.sub("bin", program), launcherText(home, program), 0o755)
+    for alias in ("mailq", "newaliases"):
+        link = home.sub("bin", alias)
+        if os.path.exists(home.sub("bin", "sendmail")) and not os.path.lexists(link):
+            os.symlink("sendmail", link)
+            created.append(link)
     return created
