@@ -36,6 +36,7 @@ from qmtwist.remote.tcpto import TimeoutTable
 
 NO_CONNECTION = "Sorry, I wasn't able to establish an SMTP connection. (#4.4.1)"
 BUG = "Unexpected failure in remote delivery. (#4.3.0)"
+STOPPING = "Remote delivery interrupted by shutdown. (#4.3.0)"
 SELF_MX = (
     "Sorry. Although I'm listed as a best-preference MX or A for that host,\n"
     "it isn't in my control/locals file, so I don't treat it as local. (#5.4.6)"
@@ -143,7 +144,9 @@ class RemoteAgent:
         self.limiter = Limiter(max(1, ctx.controls.snapshot.concurrencyremote))
         self._inflight: set[defer.Deferred[Any]] = set()
         self._connections: set[Any] = set()
+        self._connecting: set[defer.Deferred[Any]] = set()
         self._opportunistic: Any = None
+        self._stopping = False
 
     # -- IDeliveryAgent ---------------------------------------------------------------------
     def deliver(self, requests: list[DeliveryRequest]) -> list[defer.Deferred[Report]]:
@@ -186,6 +189,10 @@ class RemoteAgent:
 
     def stop(self) -> defer.Deferred[None]:
         """Abort connections in flight (their recipients defer) and wait for the reports."""
+        self._stopping = True
+        self.limiter.setLimit(1 << 30)  # let waiting groups run into the stop check
+        for pending in list(self._connecting):
+            pending.cancel()
         for proto in list(self._connections):
             if proto.transport is not None:
                 proto.transport.abortConnection()
@@ -219,6 +226,8 @@ class RemoteAgent:
         port = route.port if route.relay is not None else self.mxPort
         await self.limiter.acquire()
         try:
+            if self._stopping:
+                return [Report.deferral(STOPPING)] * n
             if route.protocol == routes.QMTP:
                 return await self._tryHosts(
                     control, hosts, port, n,
@@ -324,19 +333,27 @@ class RemoteAgent:
         """Connect to each address in turn (SPEC.md 11.3); the first connection decides."""
         for host in hosts:
             for ip in host.addresses:
+                if self._stopping:
+                    return [Report.deferral(STOPPING)] * n
                 if self.tcpto.skip(ip):
                     continue
                 allowTLS = True
                 while True:
                     proto = makeProto()
+                    connecting = self._connect(ip, port, control.timeoutconnect, proto)
+                    self._connecting.add(connecting)
                     try:
-                        await self._connect(ip, port, control.timeoutconnect, proto)
+                        await connecting
+                    except (defer.CancelledError, error.ConnectingCancelledError):
+                        return [Report.deferral(STOPPING)] * n
                     except error.TimeoutError:
                         self.tcpto.timedOut(ip)
                         break
                     except (error.ConnectError, OSError):
                         self.tcpto.ok(ip)
                         break
+                    finally:
+                        self._connecting.discard(connecting)
                     self.tcpto.ok(ip)
                     self._connections.add(proto)
                     try:

@@ -135,3 +135,21 @@ def test_descriptorWarning() -> None:
         *[f"warning: descriptor limit {n} is below 2*concurrencyremote+5 = 1005; "
           "expect deferrals" for n in range(1005)],
     )
+
+
+def test_stopDefersWaitingGroups(home, tmp_path) -> None:
+    agent, reactor, req = setUp(home, tmp_path)
+    with open(os.path.join(home.control, "concurrencyremote"), "wb") as f:
+        f.write(b"1\n")
+    agent.ctx.controls.reload()
+    agent.reload()
+    first = results(agent.deliver([req]))
+    second = results(agent.deliver([DeliveryRequest(2, req.messPath, req.sender,
+                                                    b"z@y.example", 0, "2.2")]))
+    assert len(reactor.tcpClients) == 1  # the second waits for the only slot
+    stopped = results([agent.stop()])
+    interrupted = Report.deferral("Remote delivery interrupted by shutdown. (#4.3.0)")
+    assert second == [interrupted]
+    assert first == [interrupted]  # its pending connect was cancelled
+    assert stopped == [None]
+    assert len(reactor.tcpClients) == 1
