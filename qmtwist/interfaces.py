@@ -7,7 +7,14 @@ reports -> done marks or bounces. Only L{qmtwist.plugin} builds concrete provide
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from zope.interface import Attribute, Interface
+
+if TYPE_CHECKING:
+    from twisted.internet.defer import Deferred
+
+    from qmtwist.queue.store import Queued
 
 
 class IMessageWriter(Interface):

@@ -15,7 +15,6 @@ import os
 from collections import deque
 from typing import Any, Callable
 
-from attrs import define, field
 from twisted.application import service
 from twisted.internet.defer import Deferred, succeed
 from twisted.internet.task import LoopingCall
@@ -25,6 +24,10 @@ from qmtwist.context import ControlCache
 from qmtwist.delivery import DeliveryRequest, Outcome, Report
 from qmtwist.interfaces import IDeliveryAgent, IInjector
 from qmtwist.queue import bounce as qbounce
+from qmtwist.queue.finish import FileOps, finishMessage
+from qmtwist.queue.state import Channel as _Channel
+from qmtwist.queue.state import Message as _Message
+from qmtwist.queue.state import logSafe
 from qmtwist.queue import clean
 from qmtwist.queue.envelope import ChannelEntry
 from qmtwist.queue.layout import QueueLayout
@@ -36,90 +39,6 @@ log = Logger(namespace="qmail-send")
 RunInThread = Callable[[Callable[[], Any]], "Deferred[Any]"]
 TODO_SCAN_INTERVAL = 25 * 60
 RETRY_SOON = 10
-
-
-def logSafe(text: bytes) -> str:
-    """qmail-send's log quoting: LF becomes C{/}; bytes outside 33-126 and C{%} become C{_}."""
-    out = []
-    for ch in text:
-        if ch == 10:
-            out.append("/")
-        elif ch < 33 or ch > 126 or ch == 37:
-            out.append("_")
-        else:
-            out.append(chr(ch))
-    return "".join(out)
-
-
-class FileOps:
-    """Runs queued blocking file operations in batches, one thread hop per batch, in order."""
-
-    def __init__(self, runInThread: RunInThread) -> None:
-        self.runInThread = runInThread
-        self._waiting: list[tuple[Callable[[], Any], Deferred[Any]]] = []
-        self._running = False
-
-    def submit(self, op: Callable[[], Any]) -> Deferred[Any]:
-        d: Deferred[Any] = Deferred()
-        self._waiting.append((op, d))
-        if not self._running:
-            self._run()
-        return d
-
-    def _run(self) -> None:
-        batch, self._waiting = self._waiting, []
-        self._running = True
-
-        def work() -> list[tuple[bool, Any]]:
-            results = []
-            for op, _ in batch:
-                try:
-                    results.append((True, op()))
-                except Exception as e:
-                    results.append((False, e))
-            return results
-
-        def done(results: list[tuple[bool, Any]]) -> None:
-            self._running = False
-            for (ok, value), (_, d) in zip(results, batch):
-                if ok:
-                    d.callback(value)
-                else:
-                    d.errback(value)
-            if self._waiting and not self._running:
-                self._run()
-
-        self.runInThread(work).addCallback(done)
-
-
-@define(eq=False)
-class _Channel:
-    name: str
-    entries: list[ChannelEntry]
-    scheduled: float
-    recovered: bool = False
-    done: set[int] = field(factory=set)
-    inFlight: set[int] = field(factory=set)
-    attempted: set[int] = field(factory=set)
-    inPass: bool = False
-    passStart: float = 0.0
-    lastPass: bool = False
-    outstanding: int = 0
-    deferred: bool = False
-
-    def undone(self) -> list[ChannelEntry]:
-        return [e for e in self.entries if e.position not in self.done]
-
-
-@define(eq=False)
-class _Message:
-    id: int
-    sender: bytes
-    birth: float
-    stamp: str
-    size: int
-    channels: dict[str, _Channel]
-    finishing: bool = False
 
 
 class QueueService(service.Service):
@@ -510,47 +429,18 @@ class QueueService(service.Service):
         if m.finishing:
             return
         m.finishing = True
-        d = self.ops.submit(lambda: self._readBounce(m.id))
-        d.addCallback(self._bounceAndRemove, m)
-        d.addErrback(self._finishFailed, m)
+        d = finishMessage(self.layout, self.ops, self.controls.snapshot, self.clock.seconds(),
+                          self.injector, m.id, m.sender)
+        d.addCallbacks(lambda _: self._removed(m), self._finishFailed, errbackArgs=(m,))
 
-    def _readBounce(self, n: int) -> tuple[bytes, bytes] | None:
-        try:
-            with open(self.layout.bounce(n), "rb") as f:
-                paragraphs = f.read()
-        except FileNotFoundError:
-            return None
-        with open(self.layout.mess(n), "rb") as f:
-            return paragraphs, f.read()
-
-    def _bounceAndRemove(self, found: tuple[bytes, bytes] | None, m: _Message) -> Deferred[Any]:
-        if found is None:
-            return self._remove(m)
-        paragraphs, message = found
-        b = qbounce.makeBounce(
-            self.controls.snapshot, m.sender, paragraphs, message, self.clock.seconds())
-        if b is None:
-            log.info("triple bounce: discarding bounce/{id}", id=m.id)
-            return self._remove(m)
-        d = self.injector.inject(b.sender, [b.recipient], b.message, b"for bounce")
-
-        def queued(q: Any) -> Deferred[Any]:
-            log.info("bounce msg {id} qp {qp}", id=m.id, qp=q.qp)
-            return self._remove(m)
-
-        return d.addCallback(queued)
-
-    def _remove(self, m: _Message) -> Deferred[Any]:
-        def removed(_: Any) -> None:
-            log.info("end msg {id}", id=m.id)
-            self.messages.pop(m.id, None)
-            self._known.discard(m.id)
-            if m.id in self._again:
-                self._again.discard(m.id)
-                self.preprocess([m.id])
-            self._checkIdle()
-
-        return self.ops.submit(lambda: clean.removeMessage(self.layout, m.id)).addCallback(removed)
+    def _removed(self, m: _Message) -> None:
+        log.info("end msg {id}", id=m.id)
+        self.messages.pop(m.id, None)
+        self._known.discard(m.id)
+        if m.id in self._again:
+            self._again.discard(m.id)
+            self.preprocess([m.id])
+        self._checkIdle()
 
     def _finishFailed(self, f: Any, m: _Message) -> None:
         log.warn("warning: trouble injecting bounce message, will try later ({why})",

@@ -1,0 +1,107 @@
+"""
+The end of a message (qmail-send's cleanup and bounce step, SPEC.md 5.7): the one bounce for
+every permanent failure recorded in C{bounce/N}, then removal of the message's files; and the
+batched file operations the queue service runs on a thread.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+from twisted.internet.defer import Deferred
+from twisted.logger import Logger
+
+from qmtwist.control import Control
+from qmtwist.interfaces import IInjector
+from qmtwist.queue import bounce as qbounce
+from qmtwist.queue import clean
+from qmtwist.queue.layout import QueueLayout
+
+log = Logger(namespace="qmail-send")
+RunInThread = Callable[[Callable[[], Any]], "Deferred[Any]"]
+
+
+class FileOps:
+    """Runs queued blocking file operations in batches, one thread hop per batch, in order."""
+
+    def __init__(self, runInThread: RunInThread) -> None:
+        self.runInThread = runInThread
+        self._waiting: list[tuple[Callable[[], Any], Deferred[Any]]] = []
+        self._running = False
+
+    def submit(self, op: Callable[[], Any]) -> Deferred[Any]:
+        d: Deferred[Any] = Deferred()
+        self._waiting.append((op, d))
+        if not self._running:
+            self._run()
+        return d
+
+    def _run(self) -> None:
+        batch, self._waiting = self._waiting, []
+        self._running = True
+
+        def work() -> list[tuple[bool, Any]]:
+            results = []
+            for op, _ in batch:
+                try:
+                    results.append((True, op()))
+                except Exception as e:
+                    results.append((False, e))
+            return results
+
+        def done(results: list[tuple[bool, Any]]) -> None:
+            self._running = False
+            for (ok, value), (_, d) in zip(results, batch):
+                if ok:
+                    d.callback(value)
+                else:
+                    d.errback(value)
+            if self._waiting and not self._running:
+                self._run()
+
+        self.runInThread(work).addCallback(done)
+
+
+
+def _readBounce(layout: QueueLayout, n: int) -> tuple[bytes, bytes] | None:
+    try:
+        with open(layout.bounce(n), "rb") as f:
+            paragraphs = f.read()
+    except FileNotFoundError:
+        return None
+    with open(layout.mess(n), "rb") as f:
+        return paragraphs, f.read()
+
+
+def finishMessage(
+    layout: QueueLayout, ops: FileOps, control: Control, now: float, injector: IInjector,
+    n: int, sender: bytes,
+) -> Deferred[None]:
+    """
+    Queue the bounce of message C{n} if it has one (or drop a triple bounce), then remove its
+    files. Fails, leaving every file in place, when the bounce cannot be queued.
+    """
+
+    def bounceThenRemove(found: tuple[bytes, bytes] | None) -> Deferred[Any] | None:
+        if found is None:
+            return remove()
+        paragraphs, message = found
+        b = qbounce.makeBounce(control, sender, paragraphs, message, now)
+        if b is None:
+            log.info("triple bounce: discarding bounce/{id}", id=n)
+            return remove()
+        d = injector.inject(b.sender, [b.recipient], b.message, b"for bounce")
+
+        def queued(q: Any) -> Deferred[Any]:
+            log.info("bounce msg {id} qp {qp}", id=n, qp=q.qp)
+            return remove()
+
+        return d.addCallback(queued)
+
+    def remove() -> Deferred[Any]:
+        return ops.submit(lambda: clean.removeMessage(layout, n))
+
+    d = ops.submit(lambda: _readBounce(layout, n))
+    d.addCallback(bounceThenRemove)
+    d.addCallback(lambda _: None)
+    return d

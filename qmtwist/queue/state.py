@@ -1,0 +1,53 @@
+"""
+The queue service's in-memory view of a message (qmail-send's job and delivery records) and
+qmail-send's log quoting.
+"""
+
+from __future__ import annotations
+
+from attrs import define, field
+
+from qmtwist.queue.envelope import ChannelEntry
+
+
+def logSafe(text: bytes) -> str:
+    """qmail-send's log quoting: LF becomes C{/}; bytes outside 33-126 and C{%} become C{_}."""
+    out = []
+    for ch in text:
+        if ch == 10:
+            out.append("/")
+        elif ch < 33 or ch > 126 or ch == 37:
+            out.append("_")
+        else:
+            out.append(chr(ch))
+    return "".join(out)
+
+
+@define(eq=False)
+class Channel:
+    name: str
+    entries: list[ChannelEntry]
+    scheduled: float
+    recovered: bool = False
+    done: set[int] = field(factory=set)
+    inFlight: set[int] = field(factory=set)
+    attempted: set[int] = field(factory=set)
+    inPass: bool = False
+    passStart: float = 0.0
+    lastPass: bool = False
+    outstanding: int = 0
+    deferred: bool = False
+
+    def undone(self) -> list[ChannelEntry]:
+        return [e for e in self.entries if e.position not in self.done]
+
+
+@define(eq=False)
+class Message:
+    id: int
+    sender: bytes
+    birth: float
+    stamp: str
+    size: int
+    channels: dict[str, Channel]
+    finishing: bool = False
