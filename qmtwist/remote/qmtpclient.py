@@ -14,12 +14,11 @@ from typing import Any
 
 from twisted.internet import defer
 from twisted.internet.protocol import Protocol
-from twisted.protocols.basic import FileSender
 from twisted.python.failure import Failure
 
 from qmtwist.delivery import Outcome, Report
 from qmtwist.qmtp.netstring import NetstringError, NetstringParser, encode, encodeList
-from qmtwist.remote.smtpclient import UNREADABLE, report, said
+from qmtwist.remote.smtpclient import UNREADABLE, report, said, sendFile
 
 MAX_RESPONSE = 5000
 
@@ -136,14 +135,14 @@ async def transact(
         except OSError:
             proto.transport.loseConnection()
             return [Report.deferral(UNREADABLE) for _ in recipients]
-        waiting = proto.responses(len(recipients))
         try:
             proto.transport.write(b"%d:\n" % (size + 1))
-            await FileSender().beginFileTransfer(f, proto.transport)
+            await sendFile(f, proto.transport, proto.clock, proto.timeout)
         finally:
             f.close()
         proto.transport.write(b"," + encode(sender) + encodeList(recipients))
         sent = True
+        waiting = proto.responses(len(recipients))
         answers = await waiting
     except Exception:
         if waiting is not None:

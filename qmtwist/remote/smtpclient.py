@@ -243,6 +243,38 @@ class DataEncoder:
         return b"".join(out)
 
 
+async def sendFile(
+    f: Any, transport: Any, clock: Any, timeout: float, transform: Any = None
+) -> None:
+    """
+    Stream an open file to C{transport}, each chunk through C{transform}; the connection is
+    aborted when the peer takes no data for C{timeout} seconds (qmail's write timeout).
+
+    @raise ConnectionDied: the connection ended or stalled before the file was sent.
+    """
+    timer: list[Any] = [None]
+
+    def cancel() -> None:
+        if timer[0] is not None and timer[0].active():
+            timer[0].cancel()
+
+    def arm() -> None:
+        cancel()
+        timer[0] = clock.callLater(timeout, transport.abortConnection)
+
+    def step(chunk: bytes) -> bytes:
+        arm()
+        return transform(chunk) if transform is not None else chunk
+
+    arm()
+    try:
+        await FileSender().beginFileTransfer(f, transport, step)
+    except Exception as e:
+        raise ConnectionDied(f"lost while sending: {e}") from e
+    finally:
+        cancel()
+
+
 def hasPartialFinalLine(path: str) -> bool:
     """Whether the message file's last byte is not LF. @raise OSError: unreadable."""
     with open(path, "rb") as f:
@@ -398,10 +430,7 @@ async def transact(
             proto.close()
             return rest(Report.deferral(UNREADABLE))
         try:
-            await FileSender().beginFileTransfer(f, proto.transport, DataEncoder())
-        except Exception:
-            # the consumer stopped: the connection is gone
-            raise ConnectionDied("lost while sending")
+            await sendFile(f, proto.transport, proto.clock, proto.timeout, DataEncoder())
         finally:
             f.close()
         proto.send(b".")

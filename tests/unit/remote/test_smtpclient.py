@@ -126,3 +126,34 @@ def test_partialFinalLine(tmp_path) -> None:
     assert hasPartialFinalLine(str(p))
     p.write_bytes(b"a\nb\n")
     assert not hasPartialFinalLine(str(p))
+
+
+def test_sendFileStallAborts(tmp_path) -> None:
+    """A peer that stops reading is given up after the timeout (qmail's write timeout)."""
+    from twisted.internet import defer
+
+    from qmtwist.remote.smtpclient import sendFile
+
+    class Stalling(StringTransport):
+        def registerProducer(self, producer, streaming) -> None:
+            super().registerProducer(producer, streaming)
+            self.aborted = False
+
+        def abortConnection(self) -> None:
+            self.aborted = True
+            self.producer.stopProducing()
+
+    path = tmp_path / "m"
+    path.write_bytes(b"x\n" * 100000)
+    clock = Clock()
+    transport = Stalling()
+    errors: list = []
+    with open(path, "rb") as f:
+        d = defer.ensureDeferred(sendFile(f, transport, clock, 30))
+        d.addErrback(errors.append)
+        transport.producer.resumeProducing()  # one chunk, then the peer stalls
+        clock.advance(29)
+        assert errors == []
+        clock.advance(1)
+    assert transport.aborted
+    assert errors[0].check(ConnectionDied)
