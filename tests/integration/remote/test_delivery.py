@@ -461,3 +461,33 @@ async def test_tlsverifyNotOffered(home, tmp_path, loopbackDNS, ports) -> None:
     assert r == Report.deferral(
         "TLS required but not verified for tls.example at 127.0.0.2: STARTTLS not offered. (#4.7.1)"
     )
+
+
+@pytest_twisted.ensureDeferred
+async def test_selfCheck(home, tmp_path, loopbackDNS, ports) -> None:
+    """Only MXes better than the best one that is this host are used (SPEC.md 11.2)."""
+    sink = SMTPSinkFactory()
+    port = sinkOn(ports, sink, "127.0.0.2")
+    loopbackDNS.mx(b"self.example", [(10, b"test.example"), (20, b"other.example")])
+    loopbackDNS.a(b"test.example", "127.0.0.5")
+    loopbackDNS.a(b"other.example", "127.0.0.2")
+    loopbackDNS.mx(b"mixed.example", [(5, b"lower.example"), (10, b"mine.example")])
+    loopbackDNS.a(b"lower.example", "127.0.0.2")
+    loopbackDNS.a(b"mine.example", "127.0.0.7")
+    loopbackDNS.mx(b"onlyme.example", [(10, b"mine.example")])
+    a = agent(home, loopbackDNS, mxPort=port, localAddresses=lambda: ["127.0.0.7"])
+    path = message(tmp_path)
+    reports = await deliverAll(a, [
+        request(path, b"a@self.example"),
+        request(path, b"b@mixed.example", pos=1),
+        request(path, b"c@onlyme.example", pos=2),
+    ])
+    selfText = (
+        "Sorry. Although I'm listed as a best-preference MX or A for that host,\n"
+        "it isn't in my control/locals file, so I don't treat it as local. (#5.4.6)"
+    )
+    assert reports == [
+        Report.failure(selfText),
+        Report.success(b"127.0.0.2 accepted message.\n" + OK),
+        Report.failure(selfText),
+    ]
