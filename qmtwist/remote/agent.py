@@ -37,6 +37,8 @@ from qmtwist.remote.tcpto import TimeoutTable
 NO_CONNECTION = "Sorry, I wasn't able to establish an SMTP connection. (#4.4.1)"
 BUG = "Unexpected failure in remote delivery. (#4.3.0)"
 STOPPING = "Remote delivery interrupted by shutdown. (#4.3.0)"
+BAD_SENDER = "Sorry, the envelope sender contains a line break or NUL. (#5.1.7)"
+BAD_RECIPIENT = "Sorry, the recipient address contains a line break or NUL. (#5.1.3)"
 SELF_MX = (
     "Sorry. Although I'm listed as a best-preference MX or A for that host,\n"
     "it isn't in my control/locals file, so I don't treat it as local. (#5.4.6)"
@@ -103,6 +105,11 @@ def splitAddress(address: bytes) -> tuple[bytes, bytes]:
     return address, b""
 
 
+def _unsafe(address: bytes, text: str) -> str | None:
+    """C{text} when C{address} could break the SMTP command it goes into [qmtwist]."""
+    return text if any(c in address for c in (b"\r", b"\n", b"\0")) else None
+
+
 def _reportFor(e: MailError) -> Report:
     return Report.failure(e.text) if e.permanent else Report.deferral(e.text)
 
@@ -155,6 +162,10 @@ class RemoteAgent:
             control = self.ctx.controls.current()
             groups: dict[tuple[Any, ...], list[int]] = {}
             for i, req in enumerate(requests):
+                bad = _unsafe(req.sender, BAD_SENDER) or _unsafe(req.recipient, BAD_RECIPIENT)
+                if bad is not None:
+                    results[i].callback(Report.failure(bad))
+                    continue
                 _local, domain = splitAddress(req.recipient)
                 route = routes.selectRoute(control, domain)
                 key = (route, domain.lower() if route.relay is None else b"", req.sender)

@@ -153,3 +153,15 @@ def test_stopDefersWaitingGroups(home, tmp_path) -> None:
     assert first == [interrupted]  # its pending connect was cancelled
     assert stopped == [None]
     assert len(reactor.tcpClients) == 1
+
+
+def test_lineBreaksNeverReachTheWire(home, tmp_path) -> None:
+    agent, reactor, req = setUp(home, tmp_path)
+    evil = DeliveryRequest(1, req.messPath, req.sender, b"x@y.example>\r\nDATA", 1, "1.1")
+    evilSender = DeliveryRequest(1, req.messPath, b"a\n@b", b"ok@y.example", 2, "1.1")
+    got = results(agent.deliver([evil, evilSender]))
+    assert got == [
+        Report.failure("Sorry, the recipient address contains a line break or NUL. (#5.1.3)"),
+        Report.failure("Sorry, the envelope sender contains a line break or NUL. (#5.1.7)"),
+    ]
+    assert reactor.tcpClients == []
