@@ -326,8 +326,10 @@ def test_faq82_queueextraLogsEverything(qm):
     [bounce] = waitFiles(d, os.path.join(snd, "Maildir"), 1)
     assert b"\n<nosuch@test.example>:\n" in bounce
     log = os.path.join(home.alias, "msg-log")
-    logged = wait(d, lambda: os.path.exists(log) and len(_mboxMessages(log)) == 2
-                  and _mboxMessages(log), "two messages in ~alias/msg-log")
+    # both messages finished (the original, then its bounce): the mbox is complete
+    wait(d, lambda: sum(x.startswith("end msg ") for x in d.lines()) == 2, "two end msg lines")
+    logged = _mboxMessages(log)
+    assert len(logged) == 2
     original, bounced = logged if b"Subject: logged" in header(logged[0]) else logged[::-1]
     assert re.match(rb"From snd@test\.example .*\nReturn-Path: <snd@test\.example>\n"
                     rb"Delivered-To: log@test\.example\n", original)
