@@ -18,19 +18,22 @@ from __future__ import annotations
 
 import ipaddress
 import random
-from collections import deque
 from typing import Any, Callable, Iterable
 
 from twisted.internet import defer, endpoints, error
 from twisted.logger import Logger
 from zope.interface import implementer
 
+from qmtwist import tls as tlsOptions
 from qmtwist.context import Context
 from qmtwist.control import Control
 from qmtwist.delivery import DeliveryRequest, Report
 from qmtwist.errors import MailError, PermanentFailure
 from qmtwist.interfaces import IDeliveryAgent
 from qmtwist.remote import qmtpclient, routes, smtpclient
+from qmtwist.remote.concurrency import Limiter, descriptorWarning
+
+__all__ = ["RemoteAgent", "descriptorWarning", "makeResolver"]
 from qmtwist.remote.mx import DNS_TIMEOUT, NO_HOST, MailHost, MXResolver, makeResolver
 from qmtwist.remote.tcpto import TimeoutTable
 
@@ -43,58 +46,6 @@ SELF_MX = (
     "Sorry. Although I'm listed as a best-preference MX or A for that host,\n"
     "it isn't in my control/locals file, so I don't treat it as local. (#5.4.6)"
 )
-
-
-def descriptorWarning(concurrencyremote: int, limit: int | None = None) -> str | None:
-    """
-    SPEC.md 2.3: the warning line when the descriptor limit is below C{2*c+5}, else L{None}.
-
-    @param limit: the soft C{RLIMIT_NOFILE} (read from the process when L{None}).
-    """
-    if limit is None:
-        import resource
-
-        soft, _hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-        if soft == resource.RLIM_INFINITY:
-            return None
-        limit = soft
-    need = 2 * concurrencyremote + 5
-    if limit < need:
-        return (
-            f"warning: descriptor limit {limit} is below 2*concurrencyremote+5 = {need}; "
-            "expect deferrals"
-        )
-    return None
-
-
-class Limiter:
-    """At most C{limit} holders at once; the limit can change (SIGHUP)."""
-
-    def __init__(self, limit: int) -> None:
-        self.limit = limit
-        self.active = 0
-        self.highest = 0
-        self._waiting: deque[defer.Deferred[None]] = deque()
-
-    def acquire(self) -> defer.Deferred[None]:
-        d: defer.Deferred[None] = defer.Deferred()
-        self._waiting.append(d)
-        self._pump()
-        return d
-
-    def release(self) -> None:
-        self.active -= 1
-        self._pump()
-
-    def setLimit(self, limit: int) -> None:
-        self.limit = limit
-        self._pump()
-
-    def _pump(self) -> None:
-        while self._waiting and self.active < self.limit:
-            self.active += 1
-            self.highest = max(self.highest, self.active)
-            self._waiting.popleft().callback(None)
 
 
 def splitAddress(address: bytes) -> tuple[bytes, bytes]:
@@ -310,15 +261,16 @@ class RemoteAgent:
             if policy.required:
                 if host.name not in options:
                     try:
-                        options[host.name] = smtpclient.verifyingOptions(host.name, policy.cafile)
-                    except (OSError, ValueError) as e:
+                        options[host.name] = tlsOptions.clientOptions(
+                            host.name.decode("ascii", "replace"), policy.cafile)
+                    except Exception as e:  # unreadable or bad CA file: no plaintext fallback
                         proto.close()
                         text = smtpclient.tlsFailureText(host.name, ip, str(e))
                         return [Report.deferral(text)] * n
                 opts = options[host.name]
             else:
                 if self._opportunistic is None:
-                    self._opportunistic = smtpclient.opportunisticOptions()
+                    self._opportunistic = tlsOptions.unverifiedClientOptions()
                 opts = self._opportunistic
             tls = smtpclient.TLSSetting(allowTLS, policy.required, opts, host.name)
             return await smtpclient.transact(

@@ -18,7 +18,7 @@ from collections import deque
 from typing import Any
 
 from attrs import define
-from twisted.internet import defer, ssl
+from twisted.internet import defer
 from twisted.internet.protocol import Protocol
 from twisted.protocols.basic import FileSender
 from twisted.python.failure import Failure
@@ -300,33 +300,6 @@ class TLSSetting:
     required: bool = False
     options: Any = None
     name: bytes = b""
-
-
-def opportunisticOptions() -> Any:
-    """Client TLS without any certificate check."""
-    return ssl.CertificateOptions(verify=False)
-
-
-def verifyingOptions(name: bytes, cafile: str | None) -> Any:
-    """
-    Client TLS that verifies the chain and that the certificate matches C{name}
-    (service-identity). @raise OSError, ValueError: the CA file cannot be used.
-    """
-    if cafile:
-        with open(cafile, "rb") as f:
-            pem = f.read()
-        marker = b"-----END CERTIFICATE-----"
-        certs = [
-            ssl.Certificate.loadPEM(block + marker)
-            for block in pem.split(marker)
-            if b"-----BEGIN CERTIFICATE-----" in block
-        ]
-        if not certs:
-            raise ValueError(f"no certificate in {cafile}")
-        trust = ssl.trustRootFromCertificates(certs)
-    else:
-        trust = ssl.platformTrust()
-    return ssl.optionsForClientTLS(name.decode("ascii", "replace"), trustRoot=trust)
 
 
 def tlsFailureText(name: bytes, ip: str, reason: str) -> str:

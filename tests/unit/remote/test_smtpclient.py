@@ -67,8 +67,8 @@ def test_deadlineCancelledByReply() -> None:
 
 
 def test_lossFailsWaiter() -> None:
-    from twisted.python.failure import Failure
     from twisted.internet.error import ConnectionDone
+    from twisted.python.failure import Failure
 
     proto, _t, _c = connected()
     errors: list = []
