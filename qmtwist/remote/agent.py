@@ -32,10 +32,10 @@ from qmtwist.errors import MailError, PermanentFailure
 from qmtwist.interfaces import IDeliveryAgent
 from qmtwist.remote import qmtpclient, routes, smtpclient
 from qmtwist.remote.concurrency import Limiter, descriptorWarning
-
-__all__ = ["RemoteAgent", "descriptorWarning", "makeResolver"]
 from qmtwist.remote.mx import DNS_TIMEOUT, NO_HOST, MailHost, MXResolver, makeResolver
 from qmtwist.remote.tcpto import TimeoutTable
+
+__all__ = ["RemoteAgent", "descriptorWarning", "makeResolver"]
 
 NO_CONNECTION = "Sorry, I wasn't able to establish an SMTP connection. (#4.4.1)"
 BUG = "Unexpected failure in remote delivery. (#4.3.0)"
