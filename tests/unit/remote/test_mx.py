@@ -148,3 +148,20 @@ def test_safeName() -> None:
     assert not safeName(b"a b")
     assert not safeName(b"")
     assert not safeName(b"a/../b\x00")
+
+
+def test_makeResolver() -> None:
+    from twisted.internet.interfaces import IResolver
+    from twisted.internet.task import Clock
+    from twisted.names import client
+    from zope.interface.verify import verifyObject
+
+    from qmtwist.remote.mx import makeResolver
+
+    given = makeResolver(Clock(), [("127.0.0.1", 5353), ("::1", 53)])
+    assert isinstance(given, client.Resolver)
+    assert given.servers == [("127.0.0.1", 5353), ("::1", 53)]
+    assert verifyObject(IResolver, given)
+    system = makeResolver(Clock(), None)
+    assert isinstance(system, client.Resolver)
+    assert system.resolv == "/etc/resolv.conf"
