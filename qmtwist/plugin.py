@@ -281,8 +281,26 @@ def _makeAgent(ctx: Context, modname: str, clsname: str, channel: str,
     if channel == "remote":
         makeResolver = _optional("qmtwist.remote.mx", "makeResolver")
         resolver = makeResolver(ctx.reactor, options.get("dns") or None) if makeResolver else None
-        return cls(ctx, resolver)
+        return cls(ctx, resolver, localAddresses=listenerAddresses(options))
     return cls(ctx)
+
+
+def listenerAddresses(options: dict[str, Any]) -> tuple[str, ...]:
+    """
+    The addresses this host accepts mail on (from the SMTP and QMTP endpoints), so remote
+    delivery recognises an MX that points back at us; C{0.0.0.0} when an endpoint names none.
+    """
+    out = []
+    for name in ("smtp", "qmtp"):
+        endpoint = options.get(name) or "none"
+        if endpoint == "none":
+            continue
+        interface = "0.0.0.0"
+        for part in endpoint.split(":")[1:]:
+            if part.startswith("interface="):
+                interface = part.split("=", 1)[1].strip("[]")
+        out.append(interface)
+    return tuple(dict.fromkeys(out))
 
 
 def makeService(options: Options) -> service.IService:
