@@ -52,6 +52,8 @@ def test_twistd_with_no_argument_creates_home_and_logs(tmp_path):
     d.start()
     try:
         d.waitLine("status: local 0/10 remote 0/20")
+        waitFor(lambda: sum("tcpserver: status: 0/40" in x for x in d.lines()) == 3,
+                "the three listeners' status lines")
         assert (env_home / "control" / "me").exists()
         assert (env_home / "queue" / "todo").is_dir()
         lines = d.lines()
