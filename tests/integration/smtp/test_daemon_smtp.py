@@ -10,6 +10,7 @@ import re
 import smtplib
 import shutil
 import socket
+import subprocess
 import sys
 import tempfile
 
@@ -151,3 +152,63 @@ def test_faq51_smtp_concurrency_option(home, daemon):
     lines = [line for line in daemon.lines() if line.startswith("tcpserver:")]
     assert "tcpserver: status: 3/3" in lines
     assert lines.index("tcpserver: end 1 status 0") < lines.index("tcpserver: pid 4 from 127.0.0.1")
+
+
+def test_swaks_delivers_to_maildir(home, daemon):
+    """Debian's swaks as the client, through the whole daemon into ~alias/Maildir."""
+    swaks = shutil.which("swaks")
+    if swaks is None:
+        if os.environ.get("CI"):
+            pytest.fail("swaks is missing in CI (.ci/run installs it)")
+        pytest.skip("swaks (Debian package) is not installed")
+    daemon.start()
+    daemon.waitLine("tcpserver: status: 0/40")
+    r = subprocess.run(
+        [swaks, "--server", "127.0.0.1", "--port", str(daemon.port), "--helo", "client.example",
+         "--from", "carol@example.org", "--to", "postmaster@test.example",
+         "--header", "Subject: via swaks", "--body", "swaks body"],
+        capture_output=True, timeout=60)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert re.search(rb"<-  250 ok \d+ qp \d+", r.stdout), r.stdout
+    [mess] = waitFor(lambda: newFiles(os.path.join(home.alias, "Maildir")),
+                     "the swaks message in alias/Maildir/new")
+    header, _, body = mess.partition(b"\n\n")
+    lines = header.split(b"\n")
+    assert lines[0] == b"Return-Path: <carol@example.org>"
+    assert lines[1] == b"Delivered-To: postmaster@test.example"
+    assert re.match(rb"Received: \(qmail \d+ invoked from network\); \d+ \w+ \d{4} "
+                    rb"\d\d:\d\d:\d\d -0000$", lines[2])
+    assert re.match(rb"Received: from unknown \(HELO client\.example\) \(127\.0\.0\.1\)$",
+                    lines[3])
+    assert re.match(rb"  by test\.example with SMTP; \d+ \w+ \d{4} \d\d:\d\d:\d\d -0000$",
+                    lines[4])
+    assert b"Subject: via swaks" in lines
+    assert body.rstrip(b"\n").endswith(b"swaks body")
+
+
+def test_faq31_receiving_for_another_host_name(home, daemon):
+    """FAQ 3.1: af.mil added to locals and rcpthosts; HUP; x@af.mil accepted and delivered."""
+    daemon.start()
+    daemon.waitLine("tcpserver: status: 0/40")
+    with smtplib.SMTP("127.0.0.1", daemon.port) as s:
+        code, _ = s.docmd("MAIL FROM:<a@example.org>")
+        assert code == 250
+        code, text = s.docmd("RCPT TO:<x@af.mil>")
+        assert (code, text) == (553, b"sorry, that domain isn't in my list of allowed rcpthosts "
+                                     b"(#5.7.1)")
+    with open(os.path.join(home.control, "locals"), "a") as f:
+        f.write("af.mil\n")
+    with open(os.path.join(home.control, "rcpthosts"), "a") as f:
+        f.write("af.mil\n")
+    with open(os.path.join(home.alias, ".qmail-x"), "w") as f:
+        f.write("./Maildir/\n")
+    os.chown(os.path.join(home.alias, ".qmail-x"), os.stat(home.alias).st_uid,
+             os.stat(home.alias).st_gid)
+    daemon.send(__import__("signal").SIGHUP)
+    daemon.waitLine("hup: reread control files, users and rules")
+    with smtplib.SMTP("127.0.0.1", daemon.port) as s:
+        s.sendmail("a@example.org", ["x@af.mil"], b"Subject: 3.1\r\n\r\nfor af.mil\r\n")
+    [mess] = waitFor(lambda: newFiles(os.path.join(home.alias, "Maildir")),
+                     "the af.mil message in alias/Maildir/new")
+    assert mess.split(b"\n")[1] == b"Delivered-To: x@af.mil"
+    assert any("to local x@af.mil" in line for line in daemon.lines())
