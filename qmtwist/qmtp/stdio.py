@@ -18,7 +18,6 @@ from typing import Any
 from twisted.internet.stdio import StandardIO
 from twisted.python.failure import Failure
 
-from qmtwist.control import load
 from qmtwist.errors import ControlError
 from qmtwist.qmtp.server import QMTPServer
 from qmtwist.queue.commit import standaloneInjector
@@ -46,12 +45,10 @@ def main(argv: list[str], env: ProgramEnv) -> int:
     from twisted.internet import reactor
     from twisted.internet.threads import deferToThread
 
-    home = env.home
     try:
-        control, _warnings = load(home.control)
+        control, injector = standaloneInjector(env.home, reactor, deferToThread)
     except ControlError:
         return 111
-    injector = standaloneInjector(home.queue, home.control, reactor, deferToThread)
     proto = _StdioQMTP(injector, control, reactor, sessionEnv(env.environ),
                        onLost=lambda: reactor.callLater(0, reactor.stop))
     StandardIO(proto, stdin=env.stdin.fileno(), stdout=env.stdout.fileno(), reactor=reactor)

@@ -163,11 +163,17 @@ class Injector:
         d.addBoth(lambda _: self._waiting and not self._running and self._startRound())
 
 
-def standaloneInjector(layout: QueueLayout, controlDir: str | None, reactor: IReactorTime,
-                       runInThread: RunInThread) -> Injector:
+def standaloneInjector(home: Any, reactor: IReactorTime,
+                       runInThread: RunInThread) -> tuple[Any, Injector]:
     """
-    An injector for a process that runs no queue service (the stdio servers): each commit
-    wakes the daemon through C{lock/trigger}.
+    Controls and an injector for a process that runs no queue service (the stdio servers):
+    each commit wakes the daemon through C{lock/trigger}.
+
+    @raise qmtwist.errors.ControlError: the control files cannot be read.
     """
-    return Injector(layout, controlDir, reactor, runInThread,
-                    onCommitted=lambda ids: pokeTrigger(layout))
+    from qmtwist.control import load
+
+    control, _warnings = load(home.control)
+    layout = home.queue
+    return control, Injector(layout, home.control, reactor, runInThread,
+                             onCommitted=lambda ids: pokeTrigger(layout))

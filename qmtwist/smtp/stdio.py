@@ -20,7 +20,6 @@ from twisted.internet.stdio import StandardIO
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from qmtwist.control import load
 from qmtwist.errors import ControlError
 from qmtwist.queue.commit import standaloneInjector
 from qmtwist.smtp.server import SMTPServer
@@ -73,12 +72,10 @@ def main(argv: list[str], env: ProgramEnv) -> int:
     from twisted.internet import reactor
     from twisted.internet.threads import deferToThread
 
-    home = env.home
     try:
-        control, _warnings = load(home.control)
+        control, injector = standaloneInjector(env.home, reactor, deferToThread)
     except ControlError:
         return 111
-    injector = standaloneInjector(home.queue, home.control, reactor, deferToThread)
     proto = _StdioSMTP(injector, control, reactor, None,
                        onLost=lambda: reactor.callLater(0, reactor.stop))
     proto.env = sessionEnv(env.environ)
