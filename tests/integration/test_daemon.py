@@ -13,7 +13,7 @@ import time
 
 import pytest
 
-from qmtwist.home import Home
+from qmtwist.home import Home, setup
 from qmtwist.users import userCommand
 from tests.integration.daemon import Daemon, waitFor
 
@@ -102,6 +102,9 @@ def test_inject_to_local_user_ends_in_maildir(tmp_path):
 def test_sighup_rereads_locals_and_bad_control_keeps_last_value(tmp_path):
     home = Home(str(tmp_path / "home"))
     d = Daemon(str(tmp_path), ["--home", home.path, *NO_LISTENERS], str(tmp_path / "log"))
+    setup(home, me="test.example")
+    with open(os.path.join(home.control, "smtproutes"), "wb") as f:
+        f.write(b"af.mil:127.0.0.1:1\n")  # a port that refuses: an immediate deferral
     d.start()
     try:
         d.waitLine("status: local 0/10 remote 0/20")
@@ -113,15 +116,26 @@ def test_sighup_rereads_locals_and_bad_control_keeps_last_value(tmp_path):
             f.write(b"af.mil\n")
         with open(os.path.join(home.control, "concurrencylocal"), "wb") as f:
             f.write(b"many\n")
-        d.send(signal.SIGHUP)
+        assert qmtwist(home, "ctl", "hup").returncode == 0  # FAQ's kill -HUP, via run/qmtwist.pid
         d.waitLine("warning: control/concurrencylocal line 1: not a number; keeping previous"
                    " value 10")
         r = qmtwist(home, "inject", "-f", "joe@example.org", "boss@af.mil",
                     stdin=b"Subject: 2\n\n2\n")
         assert r.returncode == 0
         d.waitLine("to local boss@af.mil")
+        waitFor(lambda: any("deferral" in x for x in d.lines()),
+                "the remote attempt to end in a deferral (port 1 refuses)")
+        assert len([x for x in d.lines() if "to remote boss@af.mil" in x]) == 1
+        # FAQ 7.2: ALRM retries the deferred remote delivery now
+        assert qmtwist(home, "ctl", "alrm").returncode == 0
+        waitFor(lambda: len([x for x in d.lines() if "to remote boss@af.mil" in x]) == 2,
+                "a second remote attempt after qmtwist ctl alrm")
+        # FAQ 7.1: qmtwist ctl term stops cleanly
+        assert qmtwist(home, "ctl", "term").returncode == 0
+        assert d.proc.wait(30) == 0
     finally:
         assert d.stop() == 0
+    assert not os.path.exists(home.pidfile)
     lines = d.lines()
     assert lines.index([x for x in lines if "status: exiting" in x][0]) > \
         lines.index([x for x in lines if "to local boss@af.mil" in x][0])
@@ -129,7 +143,7 @@ def test_sighup_rereads_locals_and_bad_control_keeps_last_value(tmp_path):
 
 INJECTOR = r"""
 import sys
-from qmtwist.home import Home
+from qmtwist.home import Home, setup
 from qmtwist.queue import store
 home = Home(sys.argv[1])
 tag, count, rcpt = sys.argv[2], int(sys.argv[3]), sys.argv[4].encode()
