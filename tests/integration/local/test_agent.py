@@ -201,10 +201,16 @@ async def test_faq45PrelineFilter(world):
 @pytest_twisted.ensureDeferred
 async def test_faq46DotsAndCase(world):
     world.dotqmail(world.home.alias, ".qmail-p:d:q:bach", b"./bach.mbox\n")
+    world.dotqmail(world.home.alias, ".qmail-P.D.Q.Bach", b"./wrong.mbox\n")
     agent = world.agent()
     r = await deliverOne(agent, world.request(b"P.D.Q.Bach@test.example"))
     assert r == Report(Outcome.SUCCESS, b"did 1+0+0\n")
     assert os.path.exists(os.path.join(world.home.alias, "bach.mbox"))
+    r = await deliverOne(agent, world.request(b"p.d.q.BACH@test.example"))
+    assert r == Report(Outcome.SUCCESS, b"did 1+0+0\n")
+    with open(os.path.join(world.home.alias, "bach.mbox"), "rb") as f:
+        assert f.read().count(b"\nDelivered-To: ") == 2
+    assert not os.path.exists(os.path.join(world.home.alias, "wrong.mbox"))
 
 
 @pytest_twisted.ensureDeferred
