@@ -7,9 +7,12 @@ For each request: split the recipient at its last C{@}, find the controlling use
  - daemon not root: in this process, file writes and fsyncs on C{ctx.runInThread}, programs
    with C{reactor.spawnProcess}, all as the daemon's user;
  - daemon root: in a long-lived helper child per (uid, gid) (L{qmtwist.local.child}), started
-   on demand with C{spawnProcess(uid=, gid=)}, fed jobs over its stdin and ended when idle for
-   L{IDLE_TIMEOUT} seconds, on L{LocalAgent.reload} or L{LocalAgent.stop}. Nothing a user
-   controls runs as root, no delivery runs as uid 0, and nothing calls seteuid in the reactor.
+   on demand (C{python -m qmtwist.local.child --drop UID GID}: the child sets its groups and
+   uid right after exec, before reading any request), fed jobs over its stdin and ended when
+   idle for L{IDLE_TIMEOUT} seconds, on L{LocalAgent.reload} or L{LocalAgent.stop}. A helper
+   that dies fails its jobs with a deferral naming its exit status and stderr tail, and the
+   next job starts a new one. Nothing a user controls runs as root, no delivery runs as uid 0,
+   and nothing calls seteuid in the reactor.
 
 Forwards are queued here, after qmail-local succeeded, as one message (DTLINE + the message as
 queued) through C{ctx.injector} with sender NEWSENDER (SPEC.md 4.6); the report is qmail-local's
@@ -42,6 +45,7 @@ from qmtwist.users import User, UserTable
 log = Logger(namespace="qmail-lspawn")
 
 IDLE_TIMEOUT = 60.0
+ERR_TAIL = 1000
 
 
 def splitAddress(recipient: bytes) -> tuple[bytes, bytes]:
@@ -92,6 +96,7 @@ class _Helper(ProcessProtocol):
         self.nextId = 0
         self.buffer = b""
         self.errBuffer = b""
+        self.errTail = b""
         self.closed = False
         self.idleCall: Any = None
         self.ended: Deferred[None] = Deferred()
@@ -102,18 +107,18 @@ class _Helper(ProcessProtocol):
         old = env.get(b"PYTHONPATH")
         env[b"PYTHONPATH"] = os.fsencode(pkgRoot) + (b":" + old if old else b"")
         exe = self.agent.python
-        if interpreterReachable(exe):
-            self.agent.reactor.spawnProcess(
-                self, exe, [exe, "-m", "qmtwist.local.child"], env=env, path="/",
-                uid=self.uid, gid=self.gid, childFDs={0: "w", 1: "r", 2: "r"})
-        else:
-            # The interpreter or its libraries live where this uid cannot read (e.g. a pyenv
-            # under /root): start as root and let the child drop to uid/gid before it reads
-            # any request (qmail-local's own way). Nothing of the user's runs before the drop.
-            self.agent.reactor.spawnProcess(
-                self, exe, [exe, "-m", "qmtwist.local.child", "--drop", str(self.uid),
-                            str(self.gid)],
-                env=env, path="/", childFDs={0: "w", 1: "r", 2: "r"})
+        # Always exec first and let the new, single-threaded child become uid/gid itself
+        # before it reads any request (qmail-lspawn's way), never spawnProcess(uid=, gid=):
+        # Twisted then calls initgroups() -> getpwuid() between fork and exec, and in this
+        # multithreaded daemon an NSS lookup running on a pool thread at the moment of the
+        # fork (another delivery's _lookup) leaves the forked copy of libc inconsistent; the
+        # child died there with SIGSEGV ("Aack, child crashed") when several deliveries for
+        # a new (uid, gid) started at once. Without uid/gid nothing but chdir and exec runs
+        # in the forked copy. Nothing of the user's runs before the drop.
+        self.agent.reactor.spawnProcess(
+            self, exe, [exe, "-m", "qmtwist.local.child", "--drop", str(self.uid),
+                        str(self.gid)],
+            env=env, path="/", childFDs={0: "w", 1: "r", 2: "r"})
 
     def run(self, job: Job, message: bytes) -> Deferred[JobResult]:
         import base64
@@ -141,15 +146,22 @@ class _Helper(ProcessProtocol):
                 log.failure("bad line from local helper uid {uid}", uid=self.uid)
                 continue
             d.callback(result)
-        if not self.pending and not self.closed:
+        if not self.pending and not self.closed and self.idleCall is None:
             self.idleCall = self.agent.reactor.callLater(self.agent.idleTimeout, self.retire)
 
     def errReceived(self, data: bytes) -> None:
+        self.errTail = (self.errTail + data)[-ERR_TAIL:]
         self.errBuffer += data
         while b"\n" in self.errBuffer:
             line, self.errBuffer = self.errBuffer.split(b"\n", 1)
             log.warn("local helper uid {uid}: {line}", uid=self.uid,
                      line=line.decode("utf-8", "replace"))
+
+    def childConnectionLost(self, childFD: int) -> None:
+        """The child closed (or lost) a pipe: it takes no new job; the next one starts a new helper."""
+        if childFD in (0, 1) and not self.closed:
+            self.closed = True
+            self.agent._forget(self)
 
     def retire(self) -> None:
         """Let the child finish what it has and exit; new jobs go to a new helper."""
@@ -164,14 +176,28 @@ class _Helper(ProcessProtocol):
             except Exception:
                 pass
 
+    def describeEnd(self, reason: Any) -> bytes:
+        """What the child's end looked like: exit status or signal, and its stderr tail."""
+        v = reason.value
+        status = (b"signal %d" % v.signal if getattr(v, "signal", None) is not None
+                  else b"status %d" % (getattr(v, "exitCode", None) or 0))
+        text = b"local helper for uid %d exited with %s" % (self.uid, status)
+        tail = self.errTail.strip()
+        if tail:
+            text += b"; its stderr:\n" + tail
+        return text + b"\n"
+
     def processEnded(self, reason: Any) -> None:
         self.closed = True
         self.agent._forget(self)
         if self.idleCall is not None and self.idleCall.active():
             self.idleCall.cancel()
         pending, self.pending = self.pending, {}
+        if pending:
+            why = self.describeEnd(reason)
+            log.warn("{why}", why=why.decode("utf-8", "replace").rstrip("\n"))
         for d in pending.values():
-            d.callback(JobResult(Outcome.DEFERRAL, CRASHED))
+            d.callback(JobResult(Outcome.DEFERRAL, why + CRASHED))
         self.ended.callback(None)
 
 

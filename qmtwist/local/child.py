@@ -1,7 +1,9 @@
 """
 The per-user helper process (qmail-local's privileged half in qmail-lspawn terms): started by
-L{qmtwist.local.agent.LocalAgent} with C{spawnProcess(uid=, gid=)} when the daemon runs as root,
-one per (uid, gid), alive while it has work and a short idle time after.
+L{qmtwist.local.agent.LocalAgent} as root with C{--drop UID GID} when the daemon runs as root, one
+per (uid, gid), alive while it has work and a short idle time after. It drops to UID/GID (groups,
+gid, uid) first thing in L{main}, in this freshly exec'd single-threaded process: never between
+fork and exec in the multithreaded daemon, where the user and group lookups are unsafe.
 
 Protocol: one JSON object per line on stdin, C{{"id": N, "job": Job, "message": BASE64}}; one
 line per finished delivery on stdout, C{{"id": N, "result": JobResult}}, in completion order.
