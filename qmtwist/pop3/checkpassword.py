@@ -31,7 +31,6 @@ from zope.interface import Interface, implementer
 
 from qmtwist.home import Home
 from qmtwist.interfaces import IPasswordChecker
-from qmtwist.local.agent import interpreterReachable
 from qmtwist.users import checkPassword, parseAssign, readPasswd
 
 log = Logger(namespace="qmtwist.pop3")
@@ -241,15 +240,14 @@ class BuiltinLogin:
                                      "SHELL": "/bin/sh"})
             old = env.get(b"PYTHONPATH")
             env[b"PYTHONPATH"] = os.fsencode(_PKG_ROOT) + (b":" + old if old else b"")
-            argv = [self.python, "-m", "qmtwist.pop3.child"]
-            if interpreterReachable(self.python):
-                ids = dict(uid=account.uid, gid=account.gid)
-            else:  # start as root; the child drops to the user before it reads anything
-                ids = {}
-                argv += ["--drop", str(account.uid), str(account.gid)]
+            # The fresh single-threaded child drops to the user before it reads anything:
+            # spawnProcess(uid=, gid=) would look the user up in the fork of this multithreaded
+            # daemon, which can crash when a pool thread is inside getpwuid at that moment.
+            argv = [self.python, "-m", "qmtwist.pop3.child",
+                    "--drop", str(account.uid), str(account.gid)]
             self.reactor.spawnProcess(
                 relay, self.python, argv + ["Maildir"], env, path=account.home,
-                childFDs={0: "w", 1: "r", 2: "r"}, **ids)
+                childFDs={0: "w", 1: "r", 2: "r"})
             session.startRelay(relay)
             return relay.ended.addCallback(lambda r: (r, None))
 
