@@ -238,6 +238,11 @@ def buildServices(options: dict[str, Any], reactor: Any = None) -> Built:
         prepareSocketPath(home.queueSocket)
         sock = strports.service(f"unix:{home.queueSocket}:mode=666", QueueSocketFactory(injector))
         sock.setServiceParent(top)
+        reachable = _optional("qmtwist.local.agent", "interpreterReachable")
+        if os.getuid() == 0 and reachable is not None and not reachable(sys.executable):
+            log.warn("warning: {python} is not reachable by other users: HOME/bin programs in "
+                     ".qmail pipes (preline, forward, qmail-inject) will fail when run as the "
+                     "mail user", python=sys.executable)
         descriptorWarning = _optional("qmtwist.remote.agent", "descriptorWarning")
         if descriptorWarning is not None:
             warning = descriptorWarning(controls.snapshot.concurrencyremote)
