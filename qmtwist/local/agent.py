@@ -40,6 +40,7 @@ from qmtwist.interfaces import IDeliveryAgent
 from qmtwist.local.deliver import Job, JobResult, runJob
 from qmtwist.local.env import daemonEnv
 from qmtwist.local.program import CRASHED
+from qmtwist.queue.state import logSafe
 from qmtwist.users import User, UserTable
 
 log = Logger(namespace="qmail-lspawn")
@@ -272,7 +273,7 @@ class LocalAgent:
         return result
 
     def _unexpected(self, f: Any, r: DeliveryRequest) -> Report:
-        log.failure("local delivery to {rcpt} crashed", f, rcpt=r.recipient)
+        log.failure("local delivery to {rcpt} crashed", f, rcpt=logSafe(r.recipient))
         return Report.deferral(b"Temporary failure in qmail-local. (#4.3.0)\n")
 
     def _forget(self, helper: _Helper) -> None:
@@ -336,7 +337,9 @@ class LocalAgent:
         if result.outcome is not Outcome.SUCCESS:
             if result.failedLine:
                 log.info("delivery to {rcpt}: line {line} of {file} failed: {outcome}",
-                         rcpt=req.recipient, line=result.failedLine, file=result.failedFile,
+                         rcpt=logSafe(req.recipient), line=result.failedLine,
+                         file=os.fsdecode(result.failedFile) if isinstance(
+                             result.failedFile, bytes) else result.failedFile,
                          outcome=result.outcome.value, text=result.text)
             return Report(result.outcome, capReport(result.text))
         text = result.text

@@ -409,4 +409,4 @@ async def test_logNamesFailingLine(world, logEvents):
     assert r == Report(Outcome.FAILURE, b"nope\n")
     [e] = [e for e in logEvents if e.get("line") == 3]
     assert e["file"] == os.path.join(h, ".qmail") and e["outcome"] == "failure"
-    assert e["rcpt"] == b"lg@test.example" and e["text"] == b"nope\n"
+    assert e["rcpt"] == "lg@test.example" and e["text"] == b"nope\n"
