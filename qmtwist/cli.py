@@ -78,10 +78,28 @@ def _ctl(home: Home, argv: list[str]) -> int:
     return 0
 
 
+def _popHome(argv: list[str]) -> tuple[str | None, list[str]]:
+    """Take C{--home DIR} or C{--home=DIR} from anywhere in C{argv}."""
+    rest: list[str] = []
+    found = None
+    i = 0
+    while i < len(argv):
+        if argv[i] == "--home" and i + 1 < len(argv):
+            found, i = argv[i + 1], i + 2
+            continue
+        if argv[i].startswith("--home="):
+            found = argv[i].split("=", 1)[1]
+        else:
+            rest.append(argv[i])
+        i += 1
+    return found, rest
+
+
 def _user(home: Home, argv: list[str]) -> int:
     from qmtwist.users import userCommand
 
-    return userCommand(home, argv)
+    homeOpt, argv = _popHome(argv)
+    return userCommand(chooseHome(homeOpt) if homeOpt else home, argv)
 
 
 _COMMANDS = {"setup": _setup, "ctl": _ctl, "user": _user}
