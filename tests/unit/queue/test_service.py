@@ -411,3 +411,18 @@ def test_status_line_shows_raised_concurrencyremote_after_hup(home, logEvents):
     h.inject(b"joe@test.example", [b"r%d@elsewhere.example" % i for i in range(130)])
     assert len(h.remote.requests) == 130  # no ceiling of 120
     assert "status: local 0/10 remote 130/150" in logLines(logEvents)
+
+
+def test_local_deferral_retried_after_100_seconds(home):
+    """A local delivery that defers (a program exiting 111) is retried on qmail's local schedule."""
+    h = makeHarness(home, local=later)
+    q = h.inject(b"joe@test.example", [b"fred@test.example"])
+    birth = os.stat(home.queue.info(q.id)).st_mtime
+    h.clock.advance(birth + 100 - h.clock.seconds() - 1)
+    assert len(h.local.requests) == 1
+    h.clock.advance(1.5)
+    assert len(h.local.requests) == 2
+    h.local.answer = ok
+    h.clock.advance(birth + 400 - h.clock.seconds() + 1)
+    assert len(h.local.requests) == 3
+    assert h.queueFiles() == []
