@@ -19,19 +19,17 @@ DOUBLE_BOUNCE_SENDER = b"#@[]"
 
 
 def paragraph(recipient: bytes, report: bytes) -> bytes:
-    """C{<recipient>:\\n} then the report, every LF right after another LF written C{/}."""
-    text = report if report.endswith(b"\n") else report + b"\n"
-    return b"<" + recipient.replace(b"\n", b"_") + b">:\n" + _slashBlankLines(text) + b"\n"
-
-
-def _slashBlankLines(text: bytes) -> bytes:
-    # qmail-send's addbounce: "a\n\nb\n" -> "a\n/b\n"; an LF that directly follows an LF
-    # becomes "/", except the report's final LF.
-    out = bytearray(text)
-    for i in range(1, len(text) - 1):
-        if text[i] == 10 and text[i - 1] == 10:
-            out[i] = ord("/")
-    return bytes(out)
+    """
+    C{<recipient>:\n} then the report with every LF that directly follows another LF written
+    C{/} (so a paragraph never holds a blank line, SPEC.md 5.7), LF-terminated, then a blank line.
+    """
+    text = bytearray(report)
+    for i in range(1, len(text)):
+        if text[i] == 10 and report[i - 1] == 10:
+            text[i] = ord("/")
+    if not text.endswith(b"\n"):
+        text += b"\n"
+    return b"<" + recipient.replace(b"\n", b"_") + b">:\n" + bytes(text) + b"\n"
 
 
 def stripVerp(sender: bytes) -> bytes:

@@ -95,6 +95,8 @@ class Injector:
         self.runInThread = runInThread
         self.onCommitted = onCommitted
         self.syncer = syncer or Syncer()
+        if self.syncer.canGroup:
+            self.syncer.watch(layout.path)
         self._qp = itertools.count(os.getpid() * 1000 % 100000000 + 1)
         self._waiting: list[tuple[PendingMessage, Deferred[Queued]]] = []
         self._running = False

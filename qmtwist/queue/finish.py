@@ -59,7 +59,10 @@ class FileOps:
             if self._waiting and not self._running:
                 self._run()
 
-        self.runInThread(work).addCallback(done)
+        def crashed(f: Any) -> None:
+            done([(False, f.value)] * len(batch))
+
+        self.runInThread(work).addCallbacks(done, crashed)
 
 
 

@@ -176,10 +176,18 @@ def preprocessBatch(
                     _writeSynced(path, encodeChannel(addresses), syncer)
                     dirs.add(os.path.dirname(path))
                 else:
+                    # a stale file of an earlier message with this inode number must not
+                    # come back with its recipients
                     try:
                         os.unlink(path)
+                        dirs.add(os.path.dirname(path))
                     except FileNotFoundError:
                         pass
+            try:
+                os.unlink(layout.bounce(n))
+                dirs.add(layout.sub("bounce"))
+            except FileNotFoundError:
+                pass
             birth = os.stat(info).st_mtime
         except OSError:
             results.append(Problem(n, f"warning: trouble writing to info/{n}", True))

@@ -65,6 +65,8 @@ class QueueService(service.Service):
         self.agents = agents
         self.injector = injector
         self.syncer = syncer or Syncer()
+        if self.syncer.canGroup:
+            self.syncer.watch(layout.path)
         self.ops = FileOps(runInThread)
         self.runInThread = runInThread
         self.messages: dict[int, _Message] = {}
@@ -81,6 +83,9 @@ class QueueService(service.Service):
         self._idleWaiters: list[Deferred[None]] = []
         self._todoScan: LoopingCall | None = None
         self._mutexFd = -1
+        self._recoveryDone = False
+        self._early: list[int] = []
+        self._finishing = 0
         self.started: Deferred[None] = Deferred()
 
     # -- start and stop --------------------------------------------------------------------
@@ -101,26 +106,48 @@ class QueueService(service.Service):
             self.lockMutex()
         super().startService()
         self._status()
+        self._recover()
+
+    def _recover(self) -> None:
         now = self.clock.seconds()
         d = self.runInThread(lambda: clean.recover(self.layout, now))
-        d.addCallback(self._recovered)
-        d.addErrback(lambda f: log.failure("alert: unable to scan the queue", f))
+
+        def failed(f: Any) -> None:
+            log.critical("alert: unable to opendir {dir}, sleeping... ({why})",
+                         dir=self.layout.path, why=f.getErrorMessage())
+            if not self._stopping:
+                self.clock.callLater(RETRY_SOON, self._recover)
+
+        d.addCallbacks(self._recovered, failed)
 
     def _recovered(self, scan: clean.Scan) -> None:
         for line in scan.problems:
             log.warn("{line}", line=line)
+        if self._stopping:
+            self.started.callback(None)
+            return
         now = self.clock.seconds()
         for m in scan.messages:
+            if m.id in self._known:
+                continue
             channels = {}
             for name, ch in m.channels.items():
                 done = {e.position for e in ch.entries if e.done}
+                if len(done) == len(ch.entries):
+                    # every recipient done but the file not yet removed at the crash
+                    path = self.layout.channel(name, m.id)
+                    self.ops.submit(lambda path=path: os.unlink(path)).addErrback(
+                        lambda f: None)
+                    continue
                 channels[name] = _Channel(
                     name, list(ch.entries), max(now, ch.scheduled), recovered=True, done=done)
             msg = _Message(m.id, m.sender, m.birth, m.stamp, m.size, channels)
             self.messages[m.id] = msg
             self._known.add(m.id)
             self._afterChannelsChanged(msg)
-        self.preprocess(list(scan.todo))
+        self._recoveryDone = True
+        early, self._early = self._early, []
+        self.preprocess(list(scan.todo) + early)
         self._todoScan = LoopingCall(self.scanTodo)
         self._todoScan.clock = self.clock
         self._todoScan.start(TODO_SCAN_INTERVAL, now=False)
@@ -151,15 +178,18 @@ class QueueService(service.Service):
             self._mutexFd = -1
         log.info("status: exiting")
 
+    def _idle(self) -> bool:
+        return not any(self.active.values()) and not self._preprocessing and not self._finishing
+
     def _whenIdle(self) -> Deferred[None]:
-        if not any(self.active.values()) and not self._preprocessing:
+        if self._idle():
             return succeed(None)
         d: Deferred[None] = Deferred()
         self._idleWaiters.append(d)
         return d
 
     def _checkIdle(self) -> None:
-        if self._idleWaiters and not any(self.active.values()) and not self._preprocessing:
+        if self._idleWaiters and self._idle():
             waiters, self._idleWaiters = self._idleWaiters, []
             for d in waiters:
                 d.callback(None)
@@ -199,11 +229,18 @@ class QueueService(service.Service):
         """Look in todo/ (trigger from another process, or the 25-minute sweep)."""
         d = self.runInThread(lambda: clean.listTodo(self.layout))
         d.addCallback(self.preprocess)
+        # a failed scan must not stop the 25-minute LoopingCall for good
+        d.addErrback(lambda f: log.warn("alert: unable to opendir {dir}, sleeping... ({why})",
+                                        dir=self.layout.sub("todo"), why=f.getErrorMessage()))
         return d
 
     def preprocess(self, ids: list[int]) -> None:
         """Queue todo entries for preprocessing (in-process injectors call this directly)."""
         if self._stopping or not self.running:
+            return
+        if not self._recoveryDone:
+            # the start-up scan is still reading info/: new messages wait for it
+            self._early.extend(ids)
             return
         fresh = [n for n in ids if n not in self._known]
         # An id we still know may be a new message that reused the inode of one whose files
@@ -355,6 +392,12 @@ class QueueService(service.Service):
             log.failure("delivery agent crashed")
             results = [succeed(Report.deferral(f"Unable to run delivery: {exc}. (#4.3.0)"))
                        for _ in requests]
+        results = list(results)
+        if len(results) != len(requests):
+            log.warn("delivery agent answered {got} of {n} requests", got=len(results),
+                     n=len(requests))
+            results = (results + [succeed(Report.deferral(
+                b"Delivery agent gave no report. (#4.3.0)")) for _ in requests])[:len(requests)]
         for d, number, e in zip(results, numbers, entries):
             d.addErrback(lambda f: Report.deferral(
                 f"Delivery agent crashed: {f.getErrorMessage()}. (#4.3.0)"))
@@ -370,38 +413,40 @@ class QueueService(service.Service):
             "delivery {delivery}: {outcome}: {text}",
             delivery=number, outcome=report.outcome.value, text=logSafe(report.text))
         self._status()
-        path = self.layout.channel(ch.name, m.id)
         if report.outcome is Outcome.DEFERRAL:
             ch.deferred = True
             self._entryFinished(m, ch, e, done=False)
+        elif report.outcome is Outcome.FAILURE:
+            para = qbounce.paragraph(unprefix(self.controls.snapshot, e.address), report.text)
+            self._appendBounce(m, ch, e, para)
         else:
-            ops: list[Callable[[], None]] = []
-            if report.outcome is Outcome.FAILURE:
-                para = qbounce.paragraph(unprefix(self.controls.snapshot, e.address), report.text)
-                bouncePath = self.layout.bounce(m.id)
-                ops.append(lambda: qbounce.appendParagraph(bouncePath, para))
-            if len(ch.done) + 1 < len(ch.entries):
-                ops.append(lambda: clean.markDone(path, [e.offset]))
-            # else the channel is complete: removing its file is the record (_entryFinished).
-
-            def run() -> None:
-                for op in ops:
-                    op()
-
-            d = self.ops.submit(run)
-            d.addCallbacks(
-                lambda _: self._entryFinished(m, ch, e, done=True),
-                lambda f: self._markFailed(f, m, ch, e, path))
+            self._markDone(m, ch, e)
         self._pump()
         self._checkIdle()
 
-    def _markFailed(self, f: Any, m: _Message, ch: _Channel, e: ChannelEntry, path: str) -> None:
-        if not os.path.exists(self.layout.bounce(m.id)):
-            log.warn("warning: trouble marking {path}; message will be delivered twice!", path=path)
-        else:
+    def _appendBounce(self, m: _Message, ch: _Channel, e: ChannelEntry, para: bytes) -> None:
+        """Record a permanent failure in bounce/N; qmail-send retries this every 10 s."""
+        bouncePath = self.layout.bounce(m.id)
+
+        def failed(f: Any) -> None:
             log.critical("alert: unable to append to bounce message; HELP! sleeping...")
-        ch.deferred = True
-        self._entryFinished(m, ch, e, done=False)
+            self.clock.callLater(RETRY_SOON, self._appendBounce, m, ch, e, para)
+
+        self.ops.submit(lambda: qbounce.appendParagraph(bouncePath, para)).addCallbacks(
+            lambda _: self._markDone(m, ch, e), failed)
+
+    def _markDone(self, m: _Message, ch: _Channel, e: ChannelEntry) -> None:
+        """Overwrite the recipient's T with D (fsynced) before anything else depends on it."""
+        path = self.layout.channel(ch.name, m.id)
+
+        def failed(f: Any) -> None:
+            # qmail-send: the result stands in memory; only a crash would repeat the delivery
+            log.warn("warning: trouble marking {path}; message will be delivered twice!",
+                     path=path)
+            self._entryFinished(m, ch, e, done=True)
+
+        self.ops.submit(lambda: clean.markDone(path, [e.offset])).addCallbacks(
+            lambda _: self._entryFinished(m, ch, e, done=True), failed)
 
     def _entryFinished(self, m: _Message, ch: _Channel, e: ChannelEntry, done: bool) -> None:
         ch.inFlight.discard(e.position)
@@ -429,11 +474,13 @@ class QueueService(service.Service):
         if m.finishing:
             return
         m.finishing = True
+        self._finishing += 1
         d = finishMessage(self.layout, self.ops, self.controls.snapshot, self.clock.seconds(),
                           self.injector, m.id, m.sender)
         d.addCallbacks(lambda _: self._removed(m), self._finishFailed, errbackArgs=(m,))
 
     def _removed(self, m: _Message) -> None:
+        self._finishing -= 1
         log.info("end msg {id}", id=m.id)
         self.messages.pop(m.id, None)
         self._known.discard(m.id)
@@ -443,8 +490,9 @@ class QueueService(service.Service):
         self._checkIdle()
 
     def _finishFailed(self, f: Any, m: _Message) -> None:
-        log.warn("warning: trouble injecting bounce message, will try later ({why})",
-                 why=f.getErrorMessage())
+        log.warn("warning: trouble injecting bounce message, will try later")
+        log.debug("bounce of msg {id} not queued: {why}", id=m.id, why=f.getErrorMessage())
+        self._finishing -= 1
         m.finishing = False
         if not self._stopping:
             self.clock.callLater(RETRY_SOON * 6, self._finish, m)

@@ -19,7 +19,7 @@ import os
 import time
 from typing import BinaryIO, Callable, Iterable
 
-from attrs import define, frozen
+from attrs import define, field, frozen
 
 from qmtwist.errors import (
     QQ_INTD, QQ_MESS, QQ_PID, QQ_QUEUE_DIR, QQ_READ_ERROR, QQ_TODO, QQ_WRITE_ERROR, QueueError)
@@ -58,6 +58,7 @@ class Syncer:
     fileSyncs: int = 0
     dirSyncs: int = 0
     fsSyncs: int = 0
+    _fds: dict[str, int] = field(factory=dict, repr=False, eq=False)
 
     def fsync(self, fd: int) -> None:
         os.fsync(fd)
@@ -68,16 +69,23 @@ class Syncer:
         """Whether one L{syncFilesystem} can stand for the fsyncs of many files."""
         return self.useSyncfs and _SYNCFS is not None
 
+    def watch(self, path: str) -> int:
+        """
+        Keep a descriptor of C{path} open for L{syncFilesystem}: syncfs(2) reports a writeback
+        error of the filesystem that happened since the previous call on the same descriptor
+        (Linux 5.8+), so holding it from before the first write means no error goes unseen.
+        """
+        fd = self._fds.get(path)
+        if fd is None:
+            fd = self._fds[path] = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+        return fd
+
     def syncFilesystem(self, path: str) -> None:
         """syncfs(2): file data and directory entries of the whole filesystem, in one call."""
-        fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-        try:
-            if _SYNCFS(fd) != 0:  # type: ignore[misc]
-                e = ctypes.get_errno()
-                raise OSError(e, os.strerror(e))
-            self.fsSyncs += 1
-        finally:
-            os.close(fd)
+        if _SYNCFS(self.watch(path)) != 0:  # type: ignore[misc]
+            e = ctypes.get_errno()
+            raise OSError(e, os.strerror(e))
+        self.fsSyncs += 1
 
     def syncDirs(self, paths: Iterable[str]) -> None:
         paths = sorted(set(paths))
@@ -270,6 +278,14 @@ def commitRound(
         except OSError as e:
             failed[p.id] = QueueError(QQ_WRITE_ERROR, str(e))
     ok = [p for p in batch if p.id not in failed]
+    if ok and not syncer.canGroup:
+        # the message files must be reachable by name before a todo entry can point at them
+        try:
+            syncer.syncDirs({os.path.dirname(p.messPath) for p in ok})
+        except OSError as e:
+            for p in ok:
+                failed[p.id] = QueueError(QQ_WRITE_ERROR, str(e))
+        ok = [p for p in ok if p.id not in failed]
     if ok and syncer.canGroup:
         # One syncfs makes every message and envelope of the round durable before any of
         # them is committed; then only the todo directory needs a sync.
@@ -285,17 +301,19 @@ def commitRound(
         except QueueError as e:
             failed[p.id] = e
     ok = [p for p in ok if p.id not in failed]
+    linked: set[int] = set()
     if ok:
-        dirs = {ok[0].layout.sub("todo")}
-        if not syncer.canGroup:
-            dirs.update(os.path.dirname(p.messPath) for p in ok)
         try:
-            syncer.syncDirs(dirs)
+            syncer.syncDirs([ok[0].layout.sub("todo")])
         except OSError as e:
+            # Linked already: the queue service may be preprocessing them. As qmail-queue
+            # does after its link, report the error and leave the files (a possible duplicate,
+            # never a loss).
             for p in ok:
                 failed[p.id] = QueueError(QQ_WRITE_ERROR, str(e))
+                linked.add(p.id)
     for p in batch:
-        if p.id in failed:
+        if p.id in failed and p.id not in linked:
             p.discard()
     return failed
 
@@ -330,6 +348,12 @@ def inject(
 
     @raise QueueError: nothing was queued.
     """
+    syncer = syncer or Syncer()
+    if syncer.canGroup:
+        try:
+            syncer.watch(layout.path)
+        except OSError as e:
+            raise QueueError(QQ_QUEUE_DIR, str(e))
     p = PendingMessage(
         layout, os.getpid() if qp is None else qp, how,
         os.getuid() if uid is None else uid, time.time())
@@ -349,7 +373,7 @@ def inject(
     except BaseException:
         p.discard()
         raise
-    failed = commitRound([p], syncer or Syncer(), controlDir)
+    failed = commitRound([p], syncer, controlDir)
     if p.id in failed:
         raise failed[p.id]
     pokeTrigger(layout)

@@ -49,9 +49,11 @@ def test_paragraphRunOfBlankLines():
 
 
 def test_paragraphReportEndingInBlankLine():
+    # SPEC 5.7: every LF right after an LF becomes "/", the last one too, so the paragraph
+    # holds no blank line before its own terminating one (QSBMF paragraphs are split on them)
     para = paragraph(b"r@x", b"a\n\n")
-    assert para.endswith(b"\n\n")
-    assert para == b"<r@x>:\na\n\n\n"
+    assert para == b"<r@x>:\na\n/\n\n"
+    assert paragraph(b"r@x", b"") == b"<r@x>:\n\n\n"
 
 
 def test_appendParagraph(tmp_path):

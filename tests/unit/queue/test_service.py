@@ -79,7 +79,7 @@ class Harness:
         return sorted(int(n) for n in os.listdir(self.home.queue.sub("todo")))
 
 
-def makeHarness(home, local=None, remote=None, start=True) -> Harness:
+def makeHarness(home, local=None, remote=None, start=True, runInThread=maybeDeferred) -> Harness:
     clock = Clock()
     clock.advance(time.time())
     localAgent = SpyAgent("local", local)
@@ -87,7 +87,7 @@ def makeHarness(home, local=None, remote=None, start=True) -> Harness:
     holder: list[QueueService] = []
     injector = Injector(home.queue, home.control, clock, maybeDeferred,
                         onCommitted=lambda ids: holder[0].preprocess(ids))
-    svc = QueueService(home.queue, ControlCache(home), clock, maybeDeferred,
+    svc = QueueService(home.queue, ControlCache(home), clock, runInThread,
                        {"local": localAgent, "remote": remoteAgent}, injector)
     holder.append(svc)
     if start:
@@ -425,4 +425,82 @@ def test_local_deferral_retried_after_100_seconds(home):
     h.local.answer = ok
     h.clock.advance(birth + 400 - h.clock.seconds() + 1)
     assert len(h.local.requests) == 3
+    assert h.queueFiles() == []
+
+
+def test_messages_committed_during_recovery_wait_for_it(home):
+    """A new message must not be loaded twice (by the start-up scan and by preprocessing)."""
+    h = makeHarness(home, local=None)
+    old = h.inject(b"joe@test.example", [b"a@test.example"])
+    os.close(h.service._mutexFd)  # the daemon dies with the delivery in flight
+    held = []
+
+    def holdFirst(f):
+        if not held:
+            d = Deferred()
+            held.append((f, d))
+            return d
+        return maybeDeferred(f)
+
+    h2 = makeHarness(home, local=ok, runInThread=holdFirst)
+    new = h2.inject(b"joe@test.example", [b"b@test.example"])
+    assert h2.local.requests == []  # waiting for the start-up scan
+    f, d = held[0]
+    d.callback(f())
+    got = sorted((r.msgId, r.recipient) for r in h2.local.requests)
+    assert got == sorted([(old.id, b"a@test.example"), (new.id, b"b@test.example")])
+    assert h2.queueFiles() == []
+
+
+def test_recovered_channel_with_every_recipient_done_finishes(home, logEvents):
+    h = makeHarness(home, local=None)
+    q = h.inject(b"joe@test.example", [b"a@test.example", b"b@test.example"])
+    h.local.held[0].callback(ok(None))
+    path = home.queue.local(q.id)
+    with open(path, "r+b") as f:  # the second mark landed, the unlink did not: then a crash
+        data = f.read()
+        f.seek(data.index(b"\0Tb@") + 1)
+        f.write(b"D")
+    os.close(h.service._mutexFd)
+    h2 = makeHarness(home, local=ok)
+    assert h2.local.requests == []
+    assert f"end msg {q.id}" in logLines(logEvents)
+    assert h2.queueFiles() == []
+
+
+def test_agent_answering_too_few_requests_defers_the_rest(home):
+    class Short(SpyAgent):
+        def deliver(self, requests):
+            super().deliver(requests)
+            return []
+
+    h = makeHarness(home, local=ok)
+    h.service.agents["local"] = Short("local", ok)
+    h.inject(b"joe@test.example", [b"a@test.example"])
+    assert h.service.active["local"] == 0
+    assert h.service.stopService().called
+
+
+def test_bounce_append_failure_is_retried_without_redelivery(home, monkeypatch, logEvents):
+    from qmtwist.queue import bounce as qbounce
+
+    real = qbounce.appendParagraph
+    calls = []
+
+    def flaky(path, para):
+        calls.append(path)
+        if len(calls) == 1:
+            raise OSError(28, "No space left on device")
+        real(path, para)
+
+    monkeypatch.setattr(qbounce, "appendParagraph", flaky)
+    h = makeHarness(home, local=no)
+    h.local.answer = lambda r: ok(r) if r.sender == b"" else no(r)
+    h.inject(b"joe@test.example", [b"nobody@test.example"])
+    assert "alert: unable to append to bounce message; HELP! sleeping..." in logLines(logEvents)
+    assert len([r for r in h.local.requests if r.recipient == b"nobody@test.example"]) == 1
+    h.clock.advance(10)
+    assert len(calls) == 2
+    assert len([r for r in h.local.requests if r.recipient == b"nobody@test.example"]) == 1
+    assert [r.recipient for r in h.local.requests if r.sender == b""] == [b"joe@test.example"]
     assert h.queueFiles() == []
