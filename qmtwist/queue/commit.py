@@ -125,6 +125,14 @@ class Injector:
             from twisted.internet.defer import fail
             return fail(e)
 
+    def allocateQp(self) -> int:
+        """A qp for a message prepared elsewhere (on a thread) and committed here."""
+        return next(self._qp)
+
+    def commitPending(self, pending: PendingMessage) -> Deferred[Queued]:
+        """Commit a message whose data and envelope were prepared off the reactor thread."""
+        return self._enqueue(pending)
+
     def _enqueue(self, pending: PendingMessage) -> Deferred[Queued]:
         d: Deferred[Queued] = Deferred()
         self._waiting.append((pending, d))

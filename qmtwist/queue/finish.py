@@ -6,16 +6,18 @@ batched file operations the queue service runs on a thread.
 
 from __future__ import annotations
 
+import os
 from typing import Any, Callable
 
 from twisted.internet.defer import Deferred
 from twisted.logger import Logger
 
 from qmtwist.control import Control
-from qmtwist.interfaces import IInjector
 from qmtwist.queue import bounce as qbounce
 from qmtwist.queue import clean
+from qmtwist.queue.commit import Injector
 from qmtwist.queue.layout import QueueLayout
+from qmtwist.queue.store import PendingMessage
 
 log = Logger(namespace="qmail-send")
 RunInThread = Callable[[Callable[[], Any]], "Deferred[Any]"]
@@ -76,35 +78,57 @@ def _readBounce(layout: QueueLayout, n: int) -> tuple[bytes, bytes] | None:
         return paragraphs, f.read()
 
 
+def _prepareBounce(layout: QueueLayout, control: Control, now: float, n: int, sender: bytes,
+                   qp: int) -> PendingMessage | str | None:
+    """
+    Thread side: read bounce/N and the message, build the bounce and write it into the queue
+    (not yet committed). L{None}: no bounce; C{"triple"}: a failed double bounce, dropped.
+    """
+    found = _readBounce(layout, n)
+    if found is None:
+        return None
+    b = qbounce.makeBounce(control, sender, found[0], found[1], now)
+    if b is None:
+        return "triple"
+    p = PendingMessage(layout, qp, b"for bounce", os.getuid(), now)
+    try:
+        p.write(b.message)
+        p.setEnvelope(b.sender, [b.recipient])
+    except BaseException:
+        p.discard()
+        raise
+    return p
+
+
 def finishMessage(
-    layout: QueueLayout, ops: FileOps, control: Control, now: float, injector: IInjector,
+    layout: QueueLayout, ops: FileOps, control: Control, now: float, injector: Injector,
     n: int, sender: bytes,
 ) -> Deferred[None]:
     """
     Queue the bounce of message C{n} if it has one (or drop a triple bounce), then remove its
-    files. Fails, leaving every file in place, when the bounce cannot be queued.
+    files. Fails, leaving every file in place, when the bounce cannot be queued. The bounce is
+    built and written on a thread; only its commit goes through the injector's round.
     """
+    qp = injector.allocateQp()
 
-    def bounceThenRemove(found: tuple[bytes, bytes] | None) -> Deferred[Any] | None:
-        if found is None:
+    def commitThenRemove(prepared: PendingMessage | str | None) -> Deferred[Any]:
+        if prepared is None:
             return remove()
-        paragraphs, message = found
-        b = qbounce.makeBounce(control, sender, paragraphs, message, now)
-        if b is None:
+        if prepared == "triple":
             log.info("triple bounce: discarding bounce/{id}", id=n)
             return remove()
-        d = injector.inject(b.sender, [b.recipient], b.message, b"for bounce")
+        assert isinstance(prepared, PendingMessage)
 
         def queued(q: Any) -> Deferred[Any]:
             log.info("bounce msg {id} qp {qp}", id=n, qp=q.qp)
             return remove()
 
-        return d.addCallback(queued)
+        return injector.commitPending(prepared).addCallback(queued)
 
     def remove() -> Deferred[Any]:
         return ops.submit(lambda: clean.removeMessage(layout, n))
 
-    d = ops.submit(lambda: _readBounce(layout, n))
-    d.addCallback(bounceThenRemove)
+    d = ops.submit(lambda: _prepareBounce(layout, control, now, n, sender, qp))
+    d.addCallback(commitThenRemove)
     d.addCallback(lambda _: None)
     return d
