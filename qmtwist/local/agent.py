@@ -117,7 +117,7 @@ class _Helper(ProcessProtocol):
         # a new (uid, gid) started at once. Without uid/gid nothing but chdir and exec runs
         # in the forked copy. Nothing of the user's runs before the drop.
         self.agent.reactor.spawnProcess(
-            self, exe, [exe, "-m", "qmtwist.local.child", "--drop", str(self.uid),
+            self, exe, [exe, "-P", "-m", "qmtwist.local.child", "--drop", str(self.uid),
                         str(self.gid)],
             env=env, path="/", childFDs={0: "w", 1: "r", 2: "r"})
 

@@ -243,10 +243,11 @@ class BuiltinLogin:
             # The fresh single-threaded child drops to the user before it reads anything:
             # spawnProcess(uid=, gid=) would look the user up in the fork of this multithreaded
             # daemon, which can crash when a pool thread is inside getpwuid at that moment.
-            argv = [self.python, "-m", "qmtwist.pop3.child",
-                    "--drop", str(account.uid), str(account.gid)]
+            # Started in "/" with -P: the user's home must never be on sys.path while root.
+            argv = [self.python, "-P", "-m", "qmtwist.pop3.child",
+                    "--drop", str(account.uid), str(account.gid), "--home", account.home]
             self.reactor.spawnProcess(
-                relay, self.python, argv + ["Maildir"], env, path=account.home,
+                relay, self.python, argv + ["Maildir"], env, path="/",
                 childFDs={0: "w", 1: "r", 2: "r"})
             session.startRelay(relay)
             return relay.ended.addCallback(lambda r: (r, None))

@@ -1,11 +1,11 @@
 """
 The per-session qmail-pop3d child the daemon starts for the built-in checker when it runs as root
-(SPEC.md 10.4): C{python -m qmtwist.pop3.child [--drop UID GID] MAILDIR}, in the user's home.
+(SPEC.md 10.4): C{python -P -m qmtwist.pop3.child --drop UID GID --home HOME MAILDIR}.
 
-Normally the reactor starts it with the user's uid and gid. When the interpreter or its
-libraries cannot be read by that uid (a Python under C{/root}), it starts as root with
-C{--drop}: everything the session needs is imported first, then the child becomes the user
-before it reads a byte from the client or touches the Maildir. uid 0 is never served.
+It starts as root in C{/} (never in the user's home: nothing the user can write may be on
+C{sys.path} while it is root, hence also C{-P}), imports everything the session needs, becomes
+the user, and only then enters HOME and reads a byte from the client or the Maildir. uid 0 is
+never served.
 """
 
 from __future__ import annotations
@@ -29,6 +29,9 @@ def main(argv: list[str] | None = None) -> int:
         argv = argv[3:]
     if os.getuid() == 0 or os.geteuid() == 0:
         return 1
+    if argv[:1] == ["--home"] and len(argv) >= 2:
+        os.chdir(argv[1])
+        argv = argv[2:]
     return pop3d(["qmail-pop3d", *argv], ProgramEnv(Home(os.getcwd())))
 
 

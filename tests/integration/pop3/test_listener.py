@@ -443,3 +443,35 @@ async def test_rules_deny_closes_without_greeting(pop3home, logEvents):
                                 for x in logLines(logEvents)), "deny line")
     finally:
         await s.stopService()
+
+
+@pytest.mark.skipif(os.getuid() != 0, reason="needs root (CI runs as root)")
+@pytest_twisted.ensureDeferred
+async def test_root_login_never_imports_from_the_users_home(pop3home):
+    """A package planted in the user's home must not run while the session child is root."""
+    home = pop3home
+    uid, gid, userHome = addUser(home, "joe", b"pw")
+    marker = os.path.join(tempfile.mkdtemp(prefix="qmtwist-plant-"), "ran")
+    os.chmod(os.path.dirname(marker), 0o777)
+    for pkg in ("qmtwist", "twisted"):
+        planted = os.path.join(userHome, pkg)
+        os.mkdir(planted)
+        with open(os.path.join(planted, "__init__.py"), "w") as f:
+            f.write(f"import os\nopen({marker!r} + str(os.getuid()), 'w').close()\n")
+        os.chown(planted, uid, gid)
+    fill(os.path.join(userHome, "Maildir"), uid, gid, FILES[:1])
+    s, port = service(home, root=True)
+    try:
+        def session():
+            p = poplib.POP3("127.0.0.1", port, timeout=30)
+            p.user("joe")
+            p.pass_("pw")
+            out = p.stat()
+            p.quit()
+            return out
+
+        assert await deferToThread(session) == (1, len(ONE))
+        assert not [n for n in os.listdir(os.path.dirname(marker))]
+    finally:
+        await s.stopService()
+        shutil.rmtree(os.path.dirname(marker), ignore_errors=True)

@@ -158,10 +158,11 @@ def test_builtin_login_as_root_runs_pop3d_as_the_user(home):
     assert spawn["executable"] == "/py"
     # started as root, drops to the user before reading anything (never uid=/gid= in the fork
     # of the multithreaded daemon)
-    assert spawn["args"] == ["/py", "-m", "qmtwist.pop3.child", "--drop", str(uid), str(gid),
-                             "Maildir"]
+    # -P and cwd "/": nothing the user can write is ever on sys.path while the child is root
+    assert spawn["args"] == ["/py", "-P", "-m", "qmtwist.pop3.child", "--drop", str(uid),
+                             str(gid), "--home", home.sub("homes", "joe"), "Maildir"]
     assert (spawn["uid"], spawn["gid"]) == (None, None)
-    assert spawn["path"] == home.sub("homes", "joe")
+    assert spawn["path"] == "/"
     assert spawn["env"][b"USER"] == b"joe" and spawn["env"][b"HOME"] == os.fsencode(
         home.sub("homes", "joe"))
     assert spawn["childFDs"] == {0: "w", 1: "r", 2: "r"}
