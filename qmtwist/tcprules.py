@@ -151,7 +151,8 @@ def parseRules(data: bytes, name: str = "smtp") -> tuple[list[Rule], list[str]]:
         except RulesSyntaxError:
             warnings.append(f"warning: rules/{name} line {n}: unable to parse this line: {line}")
             continue
-        rules.append(Rule(address, allow, env, n))
+        # host names and IPv6 peers are compared in lower case: "=Evil.Example" must match
+        rules.append(Rule(address.lower(), allow, env, n))
     return rules, warnings
 
 

@@ -54,6 +54,20 @@ from qmtwist.tcprules import RulesFile
 LookupHost = Callable[[str], "Deferred[str | None]"]
 
 
+def plainIP(host: str) -> str:
+    """An IPv4 peer seen on a dual-stack socket (C{::ffff:10.0.0.1}) as the IPv4 rules see it."""
+    if host.lower().startswith("::ffff:") and "." in host:
+        import ipaddress
+
+        try:
+            mapped = ipaddress.IPv6Address(host).ipv4_mapped
+        except ValueError:
+            return host
+        if mapped is not None:
+            return str(mapped)
+    return host
+
+
 def _reverseName(ip: str) -> str | None:
     if ":" in ip:
         import ipaddress
@@ -285,7 +299,7 @@ class TCPServerService(Service):
             self._pausePort(True)
         s.transport.pauseProducing()
         peer = s.transport.getPeer()
-        ip = getattr(peer, "host", "")
+        ip = plainIP(getattr(peer, "host", ""))
         self.log.info("tcpserver: pid {n} from {ip}", n=s.number, ip=ip)
         ruleSet, warnings = self.rules.current()
         for line in warnings:
@@ -307,7 +321,7 @@ class TCPServerService(Service):
             return
         peer = s.transport.getPeer()
         local = s.transport.getHost()
-        ip = getattr(peer, "host", "")
+        ip = plainIP(getattr(peer, "host", ""))
         me = self.ctx.controls.current().me
         fields = "%s:%s:%s %s:%s::%s" % (
             me.decode("ascii", "replace"), getattr(local, "host", ""), getattr(local, "port", ""),
@@ -320,7 +334,7 @@ class TCPServerService(Service):
             return
         self.log.info("tcpserver: ok {n} {fields}", n=s.number, fields=fields)
         env: dict[str, bytes] = {
-            "TCPLOCALIP": str(getattr(local, "host", "")).encode(),
+            "TCPLOCALIP": plainIP(str(getattr(local, "host", ""))).encode(),
             "TCPLOCALPORT": str(getattr(local, "port", "")).encode(),
             "TCPLOCALHOST": me,
             "TCPREMOTEIP": ip.encode(),

@@ -26,6 +26,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
+from qmtwist.queue.state import logSafe
 from qmtwist.pop3.checkpassword import ILogin, Relay, Result
 from qmtwist.pop3.transaction import OK, SYNTAX, UNIMPLEMENTED, RunInThread, Transaction
 
@@ -268,7 +269,7 @@ class POP3Server(LineSession):
             self.end()
             return None
         self.log.info("pop3: authorization failed for {name} from {ip}",
-                      name=user.decode("utf-8", "replace"),
+                      name=logSafe(user),
                       ip=self.env.get("TCPREMOTEIP", b"unknown").decode("ascii", "replace"))
         self.exitStatus = 256
         d: Deferred[None] = Deferred()

@@ -55,10 +55,15 @@ R_LONGLINE = b"500 line too long (#5.5.2)"
 
 
 def _envInt(value: bytes | None) -> int | None:
+    """Leading decimal digits, as qmail's scan_ulong reads DATABYTES ("100k" is 100)."""
     if value is None:
         return None
-    digits = value.strip()
-    return int(digits) if digits.isdigit() else None
+    digits = b""
+    for c in value.strip():
+        if not 48 <= c <= 57:
+            break
+        digits += bytes([c])
+    return int(digits) if digits else None
 
 
 def queueErrorReply(err: MailError) -> bytes:

@@ -110,6 +110,9 @@ class ListManager:
             + b"From: " + self.request + b"\n"
             + b"Reply-To: " + self.request + b"\n"
             + b"To: " + b", ".join(to) + b"\n"
+            # marks every message qlist2 sends, so no qlist2 (this one included) answers it
+            + b"Auto-Submitted: auto-replied\n"
+            + b"Precedence: bulk\n"
             + b"Subject: " + subject + b"\n\n" + body)
         try:
             queueMessage(self.env.home, self.env.environ, self.owner, to, message)
@@ -273,7 +276,9 @@ def _run(argv: list[str], env: ProgramEnv) -> int:
             if target:
                 break
     target = target or sender
-    if not usable(target):
+    listPrefix = manager.listAddress.rsplit(b"@", 1)[0].lower()
+    if not usable(target) or target.lower().split(b"@", 1)[0].startswith(listPrefix):
+        # the list's own addresses (LIST, LIST-request, LIST-owner) would loop
         raise Stop(100, "sorry, I'm not allowed to use that address")
     subject = fields.get(b"subject", b"").split(b":", 1)[-1].strip()
     what, cookie = command(subject, body)

@@ -102,3 +102,12 @@ def test_rules_file_reread_on_mtime(tmp_path):
     assert not f.current()[0].match("127.0.0.1").allow
     path.unlink()
     assert f.current()[0].match("127.0.0.1").allow
+
+
+def test_rule_addresses_match_case_insensitively():
+    rules, warnings = parseRules(b"=Evil.Example:deny\n2001:DB8::1:deny\n:allow\n")
+    assert warnings == []
+    rs = RuleSet(rules)
+    assert not rs.match("9.9.9.9", "evil.example").allow
+    assert not rs.match("2001:db8::1").allow
+    assert rs.match("9.9.9.9", "good.example").allow

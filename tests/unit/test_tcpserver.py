@@ -181,3 +181,14 @@ def test_stop_service(tmp_path):
     svc, ctx, inner, connect = start(tmp_path)
     svc.stopService()
     assert svc.port is None
+
+
+@pytest.mark.parametrize("host,plain", [
+    ("::ffff:10.0.0.1", "10.0.0.1"), ("::FFFF:127.0.0.1", "127.0.0.1"),
+    ("::1", "::1"), ("2001:db8::1", "2001:db8::1"), ("127.0.0.1", "127.0.0.1"),
+])
+def test_ipv4_mapped_peers_are_matched_as_ipv4(host, plain):
+    """On a dual-stack listener an IPv4 client must meet the IPv4 rules (10.:deny)."""
+    from qmtwist.tcpserver import plainIP
+
+    assert plainIP(host) == plain

@@ -21,6 +21,9 @@ DIALOGUES = [
      b"250-test.example\r\n250-PIPELINING\r\n250-8BITMIME\r\n250 SIZE 1000\r\n"),
     ("ehlo-env-databytes", {"databytes": 1000}, {"DATABYTES": b"50"}, b"EHLO x\r\n",
      b"250-test.example\r\n250-PIPELINING\r\n250-8BITMIME\r\n250 SIZE 50\r\n"),
+    # DATABYTES is read like qmail's scan_ulong: "100k" is 100, not "no limit"
+    ("ehlo-env-databytes-suffix", {"databytes": 0}, {"DATABYTES": b"100k"}, b"EHLO x\r\n",
+     b"250-test.example\r\n250-PIPELINING\r\n250-8BITMIME\r\n250 SIZE 100\r\n"),
     ("greeting-env", {}, {"SMTPGREETING": b"hi there"}, b"QUIT\r\n", b"221 hi there\r\n"),
     ("noop", {}, None, b"NOOP\r\n", b"250 ok\r\n"),
     ("noop-arg", {}, None, b"noop whatever\r\n", b"250 ok\r\n"),

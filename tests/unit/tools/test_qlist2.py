@@ -158,3 +158,22 @@ def test_usageAndEnvironment(home, tmp_path):
 ])
 def test_command(subject, body, expected):
     assert qlist2.command(subject, body) == expected
+
+
+@pytest.mark.parametrize("frm", [b"Reply-To: me-sos-request@my.host.name\n\n",
+                                 b"From: me-sos@my.host.name\n\n",
+                                 b"From: ME-SOS-owner@my.host.name\n\n"])
+def test_listsOwnAddressesRefused(listHome, frm):
+    """A request naming the list itself would start an endless confirmation loop."""
+    r, sent = request(listHome, frm, "x@y.z")
+    assert (r.code, sent) == (100, [])
+
+
+def test_everyMessageSentIsMarkedAutomatic(listHome):
+    r, sent = request(listHome, b"From: joe@x.y\nSubject: subscribe\n\n")
+    [(env, mess)] = sent
+    text = stripReceived(mess)
+    assert b"\nAuto-Submitted: auto-replied\n" in text and b"\nPrecedence: bulk\n" in text
+    # ... so the confirmation coming back to a qlist2 (a loop) is ignored
+    r, sent = request(listHome, text)
+    assert (r.code, sent) == (0, [])
