@@ -54,6 +54,11 @@ R_UNIMPL = b"502 unimplemented (#5.5.1)"
 R_LONGLINE = b"500 line too long (#5.5.2)"
 
 
+def _unstorable(addr: bytes) -> bool:
+    """NUL, CR or LF cannot be put in an envelope: refuse now, not with a 451 after DATA."""
+    return b"\0" in addr or b"\r" in addr or b"\n" in addr
+
+
 def _envInt(value: bytes | None) -> int | None:
     """Leading decimal digits, as qmail's scan_ulong reads DATABYTES ("100k" is 100)."""
     if value is None:
@@ -247,7 +252,7 @@ class SMTPServer(Protocol):
 
     def smtp_MAIL(self, arg: bytes) -> None:
         addr = parseAddress(arg, self._localIPs, self.control.localiphost)
-        if len(addr) >= MAX_ADDRESS:
+        if len(addr) >= MAX_ADDRESS or _unstorable(addr):
             self._reply(R_SYNTAX)
             return
         size = sizeParameter(arg)
@@ -264,7 +269,7 @@ class SMTPServer(Protocol):
             self._reply(R_WANTMAIL)
             return
         addr = parseAddress(arg, self._localIPs, self.control.localiphost)
-        if len(addr) >= MAX_ADDRESS:
+        if len(addr) >= MAX_ADDRESS or _unstorable(addr):
             self._reply(R_SYNTAX)
             return
         if self._barf:

@@ -21,6 +21,11 @@ DIALOGUES = [
      b"250-test.example\r\n250-PIPELINING\r\n250-8BITMIME\r\n250 SIZE 1000\r\n"),
     ("ehlo-env-databytes", {"databytes": 1000}, {"DATABYTES": b"50"}, b"EHLO x\r\n",
      b"250-test.example\r\n250-PIPELINING\r\n250-8BITMIME\r\n250 SIZE 50\r\n"),
+    # an address that cannot be stored in an envelope is refused at once, not after DATA
+    ("mail-nul", {}, None, b"MAIL FROM:<a\x00b@x.example>\r\n", b"555 syntax error (#5.5.4)\r\n"),
+    ("mail-cr", {}, None, b"MAIL FROM:<a\rb@x.example>\r\n", b"555 syntax error (#5.5.4)\r\n"),
+    ("rcpt-nul", {}, None, b"MAIL FROM:<a@x.example>\r\nRCPT TO:<v@example.com\x00@test.example>\r\n",
+     b"250 ok\r\n555 syntax error (#5.5.4)\r\n"),
     # DATABYTES is read like qmail's scan_ulong: "100k" is 100, not "no limit"
     ("ehlo-env-databytes-suffix", {"databytes": 0}, {"DATABYTES": b"100k"}, b"EHLO x\r\n",
      b"250-test.example\r\n250-PIPELINING\r\n250-8BITMIME\r\n250 SIZE 100\r\n"),
