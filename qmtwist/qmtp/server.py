@@ -41,6 +41,11 @@ ADDRESS_LIMIT = 1000
 
 RCPTHOSTS_TEXT = b"Dsorry, that domain isn't in my list of allowed rcpthosts (#5.7.1)"
 RECIPIENT_TEXT = b"Dsorry, I can't handle that recipient (#5.1.3)"
+
+
+def _unstorable(addr: bytes) -> bool:
+    """NUL, CR or LF cannot go into an envelope: that recipient (or sender) is refused alone."""
+    return b"\0" in addr or b"\r" in addr or b"\n" in addr
 SENDER_TEXT = b"Dunacceptable sender (#5.1.7)"
 DATABYTES_TEXT = b"Dsorry, that message size exceeds my databytes limit (#5.3.4)"
 
@@ -277,7 +282,7 @@ class QMTPServer(Protocol):
         self._rcpt, self._rcptLength = b"", 0
         p = self._package
         relay = self.relayclient
-        if length + len(relay or b"") >= ADDRESS_LIMIT or b"\0" in rcpt:
+        if length + len(relay or b"") >= ADDRESS_LIMIT or _unstorable(rcpt):
             p.verdicts.append(RECIPIENT_TEXT)
         elif relay is not None:
             p.verdicts.append(None)
@@ -376,7 +381,7 @@ class QMTPServer(Protocol):
 
     def _result(self, p: _Package) -> Deferred[bytes]:
         """The answer for every acceptable recipient, once known (after the commit)."""
-        senderOk = p.senderLength < ADDRESS_LIMIT and b"\0" not in p.sender
+        senderOk = p.senderLength < ADDRESS_LIMIT and not _unstorable(p.sender)
         if not p.recipients or not senderOk or p.overflow or p.queueError is not None:
             p.abort()
             if p.overflow:

@@ -136,6 +136,9 @@ def test_relayclient(home, relay, rcpt, stored):
     (b"s", [b"a" * 980 + b"@localhost"], b"@0123456789", [
         b"Dsorry, I can't handle that recipient (#5.1.3)"]),
     (b"s", [b"a\0@localhost"], None, [b"Dsorry, I can't handle that recipient (#5.1.3)"]),
+    (b"s", [b"a\n@localhost"], None, [b"Dsorry, I can't handle that recipient (#5.1.3)"]),
+    (b"s", [b"a\r@localhost"], None, [b"Dsorry, I can't handle that recipient (#5.1.3)"]),
+    (b"s\nx", [b"a@localhost"], None, [b"Dunacceptable sender (#5.1.7)"]),
     (b"s", [], None, []),
 ])
 def test_refusals(home, sender, rcpts, relay, expected):
