@@ -34,8 +34,10 @@ then raises). An C{ssl:} endpoint without C{privateKey=} serves C{control/server
 
 from __future__ import annotations
 
+import ipaddress
 import itertools
 import os
+import socket
 from collections import deque
 from typing import Any, Callable
 
@@ -82,9 +84,14 @@ def _reverseName(ip: str) -> str | None:
     return ".".join(reversed(parts)) + ".in-addr.arpa"
 
 
+_HOSTCHARS = set("abcdefghijklmnopqrstuvwxyz0123456789.-")
+
+
 def makeHostLookup(reactor: Any, resolver: Any = None) -> LookupHost:
     """
-    A PTR lookup for C{TCPREMOTEHOST}: lower-cased name, or L{None} on any failure (5 s timeout).
+    A PTR lookup for C{TCPREMOTEHOST}: the lower-cased name, only when it is a plain host name
+    that resolves back to the client's address (tcpserver -p: anybody can publish any PTR name
+    for their own addresses); L{None} on any failure (5 s timeouts).
 
     @param resolver: an C{IResolver}; default: C{twisted.names.client.createResolver}.
     """
@@ -98,15 +105,39 @@ def makeHostLookup(reactor: Any, resolver: Any = None) -> LookupHost:
             from twisted.names import client
 
             state["resolver"] = client.createResolver(reactor=reactor)
-        d = state["resolver"].lookupPointer(name, timeout=(5,))
+        resolver = state["resolver"]
+        d = resolver.lookupPointer(name, timeout=(5,))
 
-        def got(result: Any) -> str | None:
-            answers = result[0]
-            for rr in answers:
+        def got(result: Any) -> Deferred[str | None] | None:
+            for rr in result[0]:
                 target = getattr(rr.payload, "name", None)
                 if target is not None:
-                    return str(target).lower()
+                    host = str(target).lower().rstrip(".")
+                    if not host or not set(host) <= _HOSTCHARS:
+                        return None
+                    return _confirm(host)
             return None
+
+        def _confirm(host: str) -> Deferred[str | None]:
+            # tcpserver -p: a PTR name counts only if it resolves back to the client
+            lookup = resolver.lookupIPV6Address if ":" in ip else resolver.lookupAddress
+
+            def check(result: Any) -> str | None:
+                want = ipaddress.ip_address(ip)
+                for rr in result[0]:
+                    payload = rr.payload
+                    try:
+                        if hasattr(payload, "dottedQuad"):
+                            address = payload.dottedQuad()
+                        else:
+                            address = socket.inet_ntop(socket.AF_INET6, payload.address)
+                        if ipaddress.ip_address(address) == want:
+                            return host
+                    except (AttributeError, ValueError, OSError):
+                        continue
+                return None
+
+            return lookup(host, timeout=(5,)).addCallbacks(check, lambda f: None)
 
         return d.addCallbacks(got, lambda f: None)
 

@@ -192,3 +192,44 @@ def test_ipv4_mapped_peers_are_matched_as_ipv4(host, plain):
     from qmtwist.tcpserver import plainIP
 
     assert plainIP(host) == plain
+
+
+class _FakeResolver:
+    """PTR and A answers from dictionaries; anything else fails like a DNS error."""
+
+    def __init__(self, ptr: dict[str, str], a: dict[str, list[str]]) -> None:
+        self.ptr, self.a = ptr, a
+
+    def lookupPointer(self, name, timeout=None):
+        from twisted.internet.defer import fail, succeed
+        from twisted.names import dns
+
+        if name not in self.ptr:
+            return fail(Exception("NXDOMAIN"))
+        rr = dns.RRHeader(name, dns.PTR, payload=dns.Record_PTR(self.ptr[name]))
+        return succeed(([rr], [], []))
+
+    def lookupAddress(self, name, timeout=None):
+        from twisted.internet.defer import fail, succeed
+        from twisted.names import dns
+
+        if name not in self.a:
+            return fail(Exception("NXDOMAIN"))
+        return succeed(([dns.RRHeader(name, dns.A, payload=dns.Record_A(x))
+                         for x in self.a[name]], [], []))
+
+
+@pytest.mark.parametrize("ptr,a,expected", [
+    ("Mx.Trusted.Example", {"mx.trusted.example": ["10.0.0.7"]}, "mx.trusted.example"),
+    # anybody can publish a PTR name for their own address: it must resolve back
+    ("mx.trusted.example", {"mx.trusted.example": ["10.9.9.9"]}, None),
+    ("mx.trusted.example", {}, None),
+    ("evil\nforged.example", {"evil\nforged.example": ["10.0.0.7"]}, None),
+])
+def test_remote_host_needs_forward_confirmation(ptr, a, expected):
+    from qmtwist.tcpserver import makeHostLookup
+
+    lookup = makeHostLookup(None, _FakeResolver({"7.0.0.10.in-addr.arpa": ptr}, a))
+    got = []
+    lookup("10.0.0.7").addCallback(got.append)
+    assert got == [expected]
