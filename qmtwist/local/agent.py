@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import json
 import os
-import pwd
 import sys
 from typing import Any
 
@@ -289,11 +288,6 @@ class LocalAgent:
         user = self.users.find(local)
         if not self.root:
             return user, None
-        try:
-            pwd.getpwuid(user.uid)
-        except KeyError:
-            raise TemporaryFailure(
-                f"No account for uid {user.uid} in the password file. (#4.3.0)")
         try:
             return user, _readFile(messPath)
         except OSError as e:

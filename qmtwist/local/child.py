@@ -97,16 +97,14 @@ class HelperProtocol(Protocol):
 
 
 def dropPrivileges(uid: int, gid: int) -> None:
-    """setgid, supplementary groups, setuid; refuse uid 0 and check it cannot come back."""
-    import pwd
-
+    """
+    qmail's prot_gid + prot_uid: the one group of the assignment (no supplementary groups of
+    whatever account owns that uid), then the uid; refuse uid 0 and check it cannot come back.
+    """
     if uid == 0:
         raise SystemExit("qmtwist local helper: refusing to run as root")
+    os.setgroups([gid])
     os.setgid(gid)
-    try:
-        os.initgroups(pwd.getpwuid(uid).pw_name, gid)
-    except KeyError:
-        os.setgroups([gid])
     os.setuid(uid)
     try:
         os.setuid(0)

@@ -18,7 +18,7 @@ from tests.integration.local.helpers import SENDER, World, deliverOne, maildirFi
 pytestmark = pytest.mark.skipif(os.getuid() != 0, reason="needs root (CI runs as root)")
 
 IDS = (b"./Maildir/\n"
-       b"|{ id -u; id -g; awk '/^Uid/{print $2}' /proc/$PPID/status; } > ./ids.$$; "
+       b"|{ id -u; id -g; awk '/^Uid/{print $2}' /proc/$PPID/status; id -G; } > ./ids.$$; "
        b"mv ./ids.$$ ./ids\n")
 
 
@@ -53,8 +53,9 @@ async def test_twoUsersTwoUids(world):
         assert sorted(agent.helpers) == sorted([(u1, g1), (u2, g2)])
         for h, uid, gid in ((h1, u1, g1), (h2, u2, g2)):
             with open(os.path.join(h, "ids"), "rb") as f:
-                # the program's uid and gid, and the uid of the helper that started it
-                assert f.read() == b"%d\n%d\n%d\n" % (uid, gid, uid)
+                # the program's uid and gid, the uid of the helper that started it, and its
+                # groups: only the assignment's gid, as qmail's prot_gid sets them
+                assert f.read() == b"%d\n%d\n%d\n%d\n" % (uid, gid, uid, gid)
             new = os.path.join(h, "Maildir", "new")
             for n in os.listdir(new):
                 st = os.stat(os.path.join(new, n))
