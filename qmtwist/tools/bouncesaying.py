@@ -18,14 +18,9 @@ def main(argv: list[str], env: ProgramEnv) -> int:
         env.warn(USAGE)
         return 100
     if len(argv) > 2:
-        try:
-            code = child.run(argv[2:], env)
-        except OSError as e:
-            code = 111 if child.isTemporary(e) else 100
-        if code < 0:
-            return child.fatal(env, "bouncesaying", 111, "child crashed")
-        if code == 111:
-            return child.fatal(env, "bouncesaying", 111, "temporary child error")
+        code, failed = child.runCondition("bouncesaying", argv[2:], env)
+        if failed is not None:
+            return failed
         if code != 0:
             return 0
     env.warn(argv[1])

@@ -110,3 +110,21 @@ def rewind(stream: BinaryIO) -> None:
 def fatal(env: ProgramEnv, program: str, code: int, text: str) -> int:
     env.warn(f"{program}: fatal: {text}")
     return code
+
+
+def runCondition(program: str, argv: list[str], env: ProgramEnv) -> tuple[int, int | None]:
+    """
+    Run the test program of condredirect, bouncesaying or except.
+
+    @return: C{(exit code, None)}, or C{(code, exit status to return now)} when the child
+        crashed or failed temporarily (111), which qmail's programs report and pass on as 111.
+    """
+    try:
+        code = run(argv, env)
+    except OSError as e:
+        code = 111 if isTemporary(e) else 100
+    if code < 0:
+        return code, fatal(env, program, 111, "child crashed")
+    if code == 111:
+        return code, fatal(env, program, 111, "temporary child error")
+    return code, None

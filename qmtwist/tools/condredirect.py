@@ -21,14 +21,9 @@ def main(argv: list[str], env: ProgramEnv) -> int:
     if len(argv) < 3:
         env.warn(USAGE)
         return 100
-    try:
-        code = child.run(argv[2:], env)
-    except OSError as e:
-        code = 111 if child.isTemporary(e) else 100
-    if code < 0:
-        return child.fatal(env, "condredirect", 111, "child crashed")
-    if code == 111:
-        return child.fatal(env, "condredirect", 111, "temporary child error")
+    code, failed = child.runCondition("condredirect", argv[2:], env)
+    if failed is not None:
+        return failed
     if code != 0:
         return 0
     try:

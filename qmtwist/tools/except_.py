@@ -17,14 +17,7 @@ def main(argv: list[str], env: ProgramEnv) -> int:
     if len(argv) < 2:
         env.warn(USAGE)
         return 100
-    try:
-        code = child.run(argv[1:], env)
-    except OSError as e:
-        code = 111 if child.isTemporary(e) else 100
-    if code < 0:
-        return child.fatal(env, "except", 111, "child crashed")
-    if code == 0:
-        return 100
-    if code == 111:
-        return child.fatal(env, "except", 111, "temporary child error")
-    return 0
+    code, failed = child.runCondition("except", argv[1:], env)
+    if failed is not None:
+        return failed
+    return 100 if code == 0 else 0
