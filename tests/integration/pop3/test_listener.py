@@ -25,7 +25,6 @@ from twisted.internet.task import deferLater
 from twisted.internet.threads import deferToThread
 
 from qmtwist.context import Context, ControlCache
-from qmtwist.home import Home, setup
 from qmtwist.pop3.listener import makePOP3Service
 from qmtwist.users import parseAssign, userCommand
 from tests.conftest import logLines
@@ -37,14 +36,9 @@ FILES = [("cur/1000.A.test:2,S", ONE), ("new/2000.B.test", TWO), ("new/3000.C.te
 
 
 @pytest.fixture
-def pop3home():
-    """A home in a directory other users can enter (children run as the virtual user)."""
-    base = tempfile.mkdtemp(prefix="qmtwist-pop3-")
-    os.chmod(base, 0o755)
-    home = Home(os.path.join(base, "home"))
-    setup(home, me="test.example")
-    yield home
-    shutil.rmtree(base, ignore_errors=True)
+def pop3home(home):
+    """The shared home fixture (its directories are searchable by the virtual users as root)."""
+    return home
 
 
 def addUser(home, name: str, password: bytes) -> tuple[int, int, str]:

@@ -12,11 +12,9 @@ import shutil
 import socket
 import subprocess
 import sys
-import tempfile
 
 import pytest
 
-from qmtwist.home import Home, setup
 from tests.integration.daemon import Daemon, waitFor
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
@@ -28,17 +26,6 @@ def freePort() -> int:
     port = s.getsockname()[1]
     s.close()
     return port
-
-
-@pytest.fixture
-def home():
-    """A home other uids may traverse (deliveries run as the alias user when we are root)."""
-    base = tempfile.mkdtemp(prefix="qmtwist-smtp-")
-    os.chmod(base, 0o755)
-    h = Home(os.path.join(base, "home"))
-    setup(h, me="test.example")
-    yield h
-    shutil.rmtree(base, ignore_errors=True)
 
 
 @pytest.fixture
