@@ -118,7 +118,7 @@ def _runProgram(
     try:
         child = subprocess.Popen(
             [program], stdin=subprocess.PIPE, stdout=envRead, env=environ, close_fds=True)
-    except OSError as e:
+    except OSError:
         os.close(envRead)
         os.close(envWrite)
         raise _Temporary("unable to run qmail-queue")

@@ -83,7 +83,7 @@ def test_env_and_log_lines(tmp_path, logEvents):
     p.dataReceived(b"x")
     assert inner.built[0].received == b"x"
     p.connectionLost(Failure(ConnectionDone()))
-    assert [l for l in logLines(logEvents) if l.startswith("tcpserver")] == [
+    assert [ln for ln in logLines(logEvents) if ln.startswith("tcpserver")] == [
         "tcpserver: status: 0/40", "tcpserver: status: 1/40", "tcpserver: pid 1 from 127.0.0.1",
         "tcpserver: ok 1 me.example:127.0.0.1:2209 :127.0.0.1::40000",
         "tcpserver: end 1 status 0", "tcpserver: status: 0/40"]
@@ -113,21 +113,21 @@ def test_deny_sends_nothing(tmp_path, logEvents):
 
 def test_concurrency_holds_extra_connections(tmp_path, logEvents):
     svc, ctx, inner, connect = start(tmp_path, concurrency=2)
-    (p1, t1), (p2, t2), (p3, t3) = connect(port=1), connect(port=2), connect(port=3)
+    (p1, t1), (_, t2), (p3, t3) = connect(port=1), connect(port=2), connect(port=3)
     assert [t1.value(), t2.value(), t3.value()] == [b"hello\r\n", b"hello\r\n", b""]
     assert t3.producerState == "paused" and len(inner.built) == 2
     p3.dataReceived(b"early")
     p1.connectionLost(Failure(ConnectionDone()))
     assert t3.value() == b"hello\r\n" and t3.producerState == "producing"
     assert inner.built[2].received == b"early"
-    lines = [l for l in logLines(logEvents) if l.startswith("tcpserver")]
+    lines = [ln for ln in logLines(logEvents) if ln.startswith("tcpserver")]
     assert lines.index("tcpserver: end 1 status 0") < lines.index("tcpserver: pid 3 from 127.0.0.1")
     assert "tcpserver: status: 3/2" not in lines
 
 
 def test_held_connection_that_leaves(tmp_path):
     svc, ctx, inner, connect = start(tmp_path, concurrency=1)
-    (p1, t1), (p2, t2), (p3, t3) = connect(port=1), connect(port=2), connect(port=3)
+    (p1, _), (p2, _), (_, t3) = connect(port=1), connect(port=2), connect(port=3)
     p2.connectionLost(Failure(ConnectionDone()))
     p1.connectionLost(Failure(ConnectionDone()))
     assert t3.value() == b"hello\r\n" and svc.active == 1

@@ -16,8 +16,8 @@ import pytest
 
 from qmtwist.qmtp.netstring import NetstringParser, encode, encodeList
 from tests.integration.daemon import Daemon, waitFor
-from tests.integration.pop3.test_listener import (  # noqa: F401  (fixtures)
-    REPO, addUser, asLines, pop3home)
+from tests.integration.pop3.test_listener import (
+    REPO, addUser)
 
 
 def freePort() -> int:

@@ -35,12 +35,6 @@ BIG = b"Subject: big\n\n" + b"".join(b"line %06d of a big message\n" % i for i i
 FILES = [("cur/1000.A.test:2,S", ONE), ("new/2000.B.test", TWO), ("new/3000.C.test", BIG)]
 
 
-@pytest.fixture
-def pop3home(home):
-    """The shared home fixture (its directories are searchable by the virtual users as root)."""
-    return home
-
-
 def addUser(home, name: str, password: bytes) -> tuple[int, int, str]:
     assert userCommand(home, ["add", name, "--password-stdin"], stdin=io.BytesIO(password + b"\n"),
                        stdout=io.StringIO(), stderr=io.StringIO()) == 0

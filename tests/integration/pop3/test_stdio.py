@@ -8,8 +8,8 @@ import re
 import subprocess
 
 from qmtwist.qmtp.netstring import encode, encodeList
-from tests.integration.pop3.test_listener import (  # noqa: F401  (fixtures)
-    FILES, ONE, REPO, TWO, addUser, childrenImportThisTree, fill, listing, pop3home,
+from tests.integration.pop3.test_listener import (
+    FILES, REPO, addUser, fill, listing,
     writeCheckpw)
 
 

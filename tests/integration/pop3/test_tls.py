@@ -12,8 +12,8 @@ from twisted.internet.threads import deferToThread
 
 from qmtwist.context import Context, ControlCache
 from qmtwist.pop3.listener import makePOP3Service
-from tests.integration.pop3.test_listener import (  # noqa: F401  (fixtures)
-    FILES, TWO, addUser, asLines, childrenImportThisTree, fill, pop3home)
+from tests.integration.pop3.test_listener import (
+    FILES, TWO, addUser, asLines, fill)
 from tests.integration.smtp.test_tls import writeCertificate
 
 

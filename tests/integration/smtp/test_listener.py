@@ -128,7 +128,7 @@ def test_deny_rule_and_log_lines(startSMTP, logEvents):
 
     out = yield deferToThread(talk)
     assert out == b""
-    lines = [l for l in logLines(logEvents) if l.startswith("tcpserver:")]
+    lines = [ln for ln in logLines(logEvents) if ln.startswith("tcpserver:")]
     assert lines[0] == "tcpserver: status: 0/40"
     assert lines[1:3] == ["tcpserver: status: 1/40", "tcpserver: pid 1 from 127.0.0.1"]
     assert re.fullmatch(r"tcpserver: deny 1 test\.example:127\.0\.0\.1:%d :127\.0\.0\.1::\d+"
@@ -167,11 +167,11 @@ def test_faq51_concurrency_limit(startSMTP, logEvents):
     assert greetings == [b"220 test.example ESMTP\r\n"] * 3
     assert early is None
     assert late == b"220 test.example ESMTP\r\n"
-    lines = [l for l in logLines(logEvents) if l.startswith("tcpserver:")]
+    lines = [ln for ln in logLines(logEvents) if ln.startswith("tcpserver:")]
     assert "tcpserver: status: 3/3" in lines
     assert lines.index("tcpserver: end 1 status 0") < lines.index("tcpserver: pid 4 from 127.0.0.1")
-    assert max(int(l.split()[-1].split("/")[0]) for l in lines if "status:" in l) == 3
-    ok4 = [l for l in lines if l.startswith("tcpserver: ok 4 ")]
+    assert max(int(ln.split()[-1].split("/")[0]) for ln in lines if "status:" in ln) == 3
+    ok4 = [ln for ln in lines if ln.startswith("tcpserver: ok 4 ")]
     assert len(ok4) == 1
 
 
@@ -236,7 +236,7 @@ def test_bind_failure_logs_alert(startSMTP, logEvents):
     svc = makeSMTPService(srv.ctx, "tcp:%d:interface=127.0.0.1" % srv.port, None, 40)
     with pytest.raises(Exception):
         svc.startService()
-    alerts = [l for l in logLines(logEvents) if l.startswith("alert:")]
+    alerts = [ln for ln in logLines(logEvents) if ln.startswith("alert:")]
     assert len(alerts) == 1
     assert alerts[0].startswith("alert: cannot start: unable to listen on tcp:%d:interface="
                                 "127.0.0.1: " % srv.port)
@@ -270,6 +270,6 @@ def test_bad_endpoint_logs_alert(startSMTP, logEvents):
     svc = makeSMTPService(srv.ctx, "tcp:notaport", None, 40)
     with pytest.raises(Exception):
         svc.startService()
-    alerts = [l for l in logLines(logEvents) if l.startswith("alert:")]
+    alerts = [ln for ln in logLines(logEvents) if ln.startswith("alert:")]
     assert len(alerts) == 1 and alerts[0].startswith(
         "alert: cannot start: unable to listen on tcp:notaport: ")

@@ -98,7 +98,7 @@ def test_three_packages_pipelined(home):
     assert tr.value() == (
         b"66:Dsorry, that domain isn't in my list of allowed rcpthosts (#5.7.1),"
         + encode(DATABYTES_TEXT)
-        
+
         + encode(b"Kok %d qp %d" % (NOW, qp))
         + b"66:Dsorry, that domain isn't in my list of allowed rcpthosts (#5.7.1),")
     assert len(messFiles(home)) == 1

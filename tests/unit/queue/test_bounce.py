@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 
-import pytest
 
 from qmtwist.control import Control
 from qmtwist.queue.bounce import (
