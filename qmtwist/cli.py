@@ -2,7 +2,7 @@
 The C{qmtwist} command: C{setup}, C{user}, C{ctl}, and every qmail program by name.
 
 For the qmail programs (C{inject}, C{queue}, C{sendmail} and every C{bin/} name) C{--home} is
-accepted only before the subcommand, because their own grammar reads later words (SPEC.md 1.3).
+accepted only before the subcommand, because their own grammar reads later words (docs/behaviour/home.md 1.3).
 """
 
 from __future__ import annotations

@@ -3,7 +3,8 @@ What the running daemon's parts share: the home, the reactor, the injector and t
 
 L{ControlCache} gives two views of C{control/}: L{ControlCache.snapshot}, the queue side's
 values that change only on SIGHUP, and L{ControlCache.current}, re-read when a file's mtime
-changed, for what SPEC.md 2.2 marks "conn" and "deliv" (a change applies to the next connection
+changed, for what docs/behaviour/control.md 2.2 marks "conn" and "deliv" (a change applies to the next
+connection
 or delivery without a signal).
 """
 

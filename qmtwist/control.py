@@ -1,8 +1,9 @@
 """
-qmail's control files, read into one frozen snapshot (SPEC.md 2).
+qmail's control files, read into one frozen snapshot (docs/behaviour/control.md 2).
 
 L{load} is pure apart from reading files: it returns a L{Control} and the warning lines of
-SPEC.md 2.1 (C{warning: control/NAME line N: problem; ...}). A file that cannot be read is an
+docs/behaviour/control.md 2.1 (C{warning: control/NAME line N: problem; ...}). A file that cannot be read is
+an
 alert: at start-up it is fatal (L{ControlError}); on reload the previous value is kept.
 Values that become parts of addresses stay C{bytes}.
 """
@@ -21,7 +22,7 @@ LINE, INT, LIST, MAP, TEXT = "LINE", "INT", "LIST", "MAP", "TEXT"
 
 @frozen
 class Control:
-    """A snapshot of every control file; see SPEC.md 2.2 for meanings and defaults."""
+    """A snapshot of every control file; see docs/behaviour/control.md 2.2 for meanings and defaults."""
 
     me: bytes = b""
     badmailfrom: tuple[bytes, ...] = ()

@@ -2,7 +2,8 @@
 What the queue service hands a delivery agent, and what it gets back.
 
 A L{DeliveryRequest} names one (message, recipient) pair; a L{Report} is qmail's K/Z/D letter
-(L{Outcome}) plus the report text that ends up in the log and the bounce (SPEC.md 4.10, 6.2).
+(L{Outcome}) plus the report text that ends up in the log and the bounce (docs/behaviour/local.md 4.10,
+queue.md 6.2).
 """
 
 from __future__ import annotations
@@ -69,7 +70,7 @@ class DeliveryRequest:
 
     @ivar msgId: the message number (inode of the mess file).
     @ivar messPath: path of the queued message file (starts with the queue's Received line).
-    @ivar sender: envelope sender of this copy, VERP already expanded (SPEC.md 5.8).
+    @ivar sender: envelope sender of this copy, VERP already expanded (docs/behaviour/queue.md 5.8).
     @ivar recipient: the recipient after preprocessing (e.g. C{b"bob-info@nowhere.mil"}).
     @ivar position: index of the recipient in its channel file; stable across restarts.
     @ivar stamp: a token unique to this message for ever (mess file's mtime in ns and inode);

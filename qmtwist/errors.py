@@ -3,7 +3,7 @@ Failures with qmail's reason text and their kind.
 
 qmail's spawners report one letter (K done, Z retry, D bounce) plus a text; here the letter is the
 exception class and the text is kept verbatim, because administrators grep logs and bounces for it.
-L{QueueError} carries a qmail-queue exit code (SPEC.md 5.3) and maps it to qmail's C{qq} text.
+L{QueueError} carries a qmail-queue exit code (docs/behaviour/queue.md 5.3) and maps it to qmail's C{qq} text.
 """
 
 from __future__ import annotations
@@ -94,7 +94,7 @@ class QueueError(MailError):
     """
     Injection failed with a qmail-queue exit code; nothing was queued.
 
-    @ivar code: the qmail-queue exit code (SPEC.md 5.3).
+    @ivar code: the qmail-queue exit code (docs/behaviour/queue.md 5.3).
     """
 
     def __init__(self, code: int, detail: str = "") -> None:

@@ -1,5 +1,5 @@
 """
-The qmtwist home directory (qmail's /var/qmail): choosing it and creating it (SPEC.md 1).
+The qmtwist home directory (qmail's /var/qmail): choosing it and creating it (docs/behaviour/home.md 1).
 
 L{setup} is idempotent: it creates what is missing and never rewrites a file that exists.
 """
@@ -75,14 +75,14 @@ class Home:
 
 
 def chooseHome(option: str | None, environ: Mapping[str, str] | None = None) -> Home:
-    """C{--home}, else C{$QMTWIST_HOME}, else C{./qmtwist-home} (INTERFACE.md)."""
+    """C{--home}, else C{$QMTWIST_HOME}, else C{./qmtwist-home} (docs/commands.md)."""
     environ = os.environ if environ is None else environ
     path = option or environ.get("QMTWIST_HOME") or "qmtwist-home"
     return Home(os.path.abspath(path))
 
 
 def defaultMe() -> str:
-    """This host's FQDN, or C{NAME.localdomain} when it has no dot (SPEC.md 1.1)."""
+    """This host's FQDN, or C{NAME.localdomain} when it has no dot (docs/behaviour/home.md 1.1)."""
     name = socket.getfqdn()
     if "." not in name:
         name = name + ".localdomain"
@@ -139,7 +139,7 @@ def virtualAccount() -> tuple[int, int]:
 
 
 def launcherText(home: Home, name: str) -> bytes:
-    """A C{bin/} launcher: runs the installed package for this home (SPEC.md 1.3)."""
+    """A C{bin/} launcher: runs the installed package for this home (docs/behaviour/home.md 1.3)."""
     return (
         f"#!{sys.executable}\n"
         f"# qmtwist launcher for {name}; written by qmtwist setup\n"

@@ -1,5 +1,5 @@
 """
-C{twistd qmtwist}: the options of INTERFACE.md and the service tree they build.
+C{twistd qmtwist}: the options of docs/commands.md and the service tree they build.
 
 This module (and the .tac files, through L{buildServices}) is the only place that creates
 concrete objects and wires them: listeners -> injector -> queue service -> delivery agents.
@@ -38,7 +38,7 @@ log = Logger(namespace="qmtwist")
 
 
 class Options(usage.Options):
-    """twistd qmtwist's options (INTERFACE.md)."""
+    """twistd qmtwist's options (docs/commands.md)."""
 
     synopsis = "[options]"
     longdesc = "The qmail mail system: SMTP, QMTP and POP3 listeners and the queue service."
@@ -112,7 +112,7 @@ class SignalService(service.Service):
         signal.signal(signal.SIGHUP, lambda *a: self.reactor.callFromThread(self.onHup))
         signal.signal(signal.SIGALRM, lambda *a: self.reactor.callFromThread(self.onAlrm))
         # TERM and INT stop cleanly with exit 0 (twistd's own handler would re-raise the
-        # signal at exit); a second one while deliveries finish abandons them (SPEC.md 6.1).
+        # signal at exit); a second one while deliveries finish abandons them (docs/behaviour/queue.md 6.1).
         # Installed once the reactor runs, after the reactor installed its own.
         self.reactor.callLater(0, self._installTerm)
         if self.pidfile:

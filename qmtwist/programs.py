@@ -1,5 +1,5 @@
 """
-The qmail programs qmtwist provides under their qmail names (SPEC.md 1.3).
+The qmail programs qmtwist provides under their qmail names (docs/behaviour/home.md 1.3).
 
 Each entry maps a program name to C{"module:function"}; the function is called as
 C{main(argv, env)} with a L{qmtwist.tools.base.ProgramEnv} and returns the exit code.

@@ -1,5 +1,6 @@
 """
-Which recipients an SMTP or QMTP server accepts from a client without RELAYCLIENT (SPEC.md 7.4, 7.5).
+Which recipients an SMTP or QMTP server accepts from a client without RELAYCLIENT (docs/behaviour/smtp.md
+7.4, 7.5).
 
 qmail-smtpd's rcpthosts.c: the domain after the last C{@}, lower-cased, is allowed when it or a
 suffix of it starting with a dot is listed in C{rcpthosts} or C{morercpthosts}. A recipient without
@@ -33,7 +34,7 @@ class RcptHosts:
 
     @classmethod
     def fromControl(cls, control: Control) -> RcptHosts:
-        """The rule in force for C{control} (SPEC.md 7.5)."""
+        """The rule in force for C{control} (docs/behaviour/smtp.md 7.5)."""
         if control.rcpthosts is not None:
             return cls(frozenset(control.rcpthosts) | frozenset(control.morercpthosts))
         entries = set(control.locals)
@@ -43,7 +44,8 @@ class RcptHosts:
         return cls(frozenset(entries), missing=True)
 
     def allows(self, recipient: bytes) -> bool:
-        """Whether C{recipient} (already parsed, SPEC.md 7.3) may be accepted without RELAYCLIENT."""
+        """Whether C{recipient} (already parsed, docs/behaviour/smtp.md 7.3) may be accepted without
+        RELAYCLIENT."""
         at = recipient.rfind(b"@")
         if at < 0:
             return True
@@ -65,7 +67,7 @@ def relayDecision(
     The recipient to queue, or L{None} when it must be refused (qmail's 553 rcpthosts reply).
 
     With C{RELAYCLIENT} in C{env} (even empty) rcpthosts is not consulted and its value is
-    appended to the recipient (SPEC.md 7.4, FAQ 5.5).
+    appended to the recipient (docs/behaviour/smtp.md 7.4, FAQ 5.5).
     """
     relay = env.get("RELAYCLIENT")
     if relay is not None:

@@ -1,6 +1,7 @@
 """
-Header lines qmail writes: the queue's Received line (SPEC.md 5.4), Delivered-To and Return-Path
-(SPEC.md 4.9), and the date shapes DATE822 and CTIME (SPEC.md 0).
+Header lines qmail writes: the queue's Received line (docs/behaviour/queue.md 5.4), Delivered-To and
+Return-Path
+(docs/behaviour/local.md 4.9), and the date shapes DATE822 and CTIME (docs/behaviour/home.md 0).
 """
 
 from __future__ import annotations

@@ -1,5 +1,5 @@
 """
-tcpserver access rules in tcprules' text format (SPEC.md 8.1, 8.2); pure.
+tcpserver access rules in tcprules' text format (docs/behaviour/tcpserver.md 8.1, 8.2); pure.
 
 qmail's servers run under djb's tcpserver, which reads a cdb made by tcprules. qmtwist reads the
 text form directly (no cdb step). L{parseRules} turns the text into L{Rule} records and warning
@@ -169,7 +169,7 @@ class RuleSet:
 
     @ivar rules: the rules in file order.
     @ivar needsHostname: whether any rule names a host (C{=...}), so the listener must look up
-        C{TCPREMOTEHOST} (SPEC.md 8.4).
+        C{TCPREMOTEHOST} (docs/behaviour/tcpserver.md 8.4).
     """
 
     def __init__(self, rules: list[Rule]) -> None:
@@ -187,7 +187,7 @@ class RuleSet:
 
     def match(self, ip: str, host: str | None = None) -> Decision:
         """
-        The decision for a peer (SPEC.md 8.2).
+        The decision for a peer (docs/behaviour/tcpserver.md 8.2).
 
         @param ip: C{TCPREMOTEIP}.
         @param host: C{TCPREMOTEHOST}, or L{None} when unknown.
@@ -236,7 +236,7 @@ class RuleSet:
 
 class RulesFile:
     """
-    A rules file reread when its mtime changes or on L{reload} (SPEC.md 8.2).
+    A rules file reread when its mtime changes or on L{reload} (docs/behaviour/tcpserver.md 8.2).
 
     A missing file means "allow everybody, set nothing"; a file that cannot be read keeps the
     previous rule set.

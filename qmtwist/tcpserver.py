@@ -1,5 +1,6 @@
 """
-A listener that behaves like djb's tcpserver (SPEC.md 8): access rules, a concurrency limit,
+A listener that behaves like djb's tcpserver (docs/behaviour/tcpserver.md 8): access rules, a concurrency
+limit,
 C{tcpserver -v} log lines and the tcp-environ handed to each session. Shared by the SMTP, QMTP and
 POP3 listeners.
 
@@ -13,7 +14,7 @@ the rules allow, the listener calls C{protocolFactory.buildProtocol(addr)}, sets
 C{env: dict[str, bytes]} on the protocol, and then calls C{protocol.makeConnection(transport)}
 with the real transport (so C{transport.startTLS} works). C{env} holds C{TCPLOCALIP},
 C{TCPLOCALPORT}, C{TCPLOCALHOST} (= me), C{TCPREMOTEIP}, C{TCPREMOTEPORT}, C{TCPREMOTEHOST} (only
-when looked up, SPEC.md 8.4), C{PROTO=TCP}, then the rule's variables (C{RELAYCLIENT},
+when looked up, docs/behaviour/tcpserver.md 8.4), C{PROTO=TCP}, then the rule's variables (C{RELAYCLIENT},
 C{DATABYTES}, ...; C{!VAR} removes one). The protocol may set C{exitStatus} (int) before it closes
 the connection; it becomes the C{end N status S} field (otherwise 0 for a clean close, 256 for a
 lost connection).
@@ -255,7 +256,7 @@ class TCPServerService(Service):
         self._status()
 
     def _endpointString(self) -> str:
-        # ssl: without a key serves control/servercert.pem (INTERFACE.md: ssl: gives SMTPS/POP3S)
+        # ssl: without a key serves control/servercert.pem (docs/commands.md: ssl: gives SMTPS/POP3S)
         desc = self.endpoint
         home = getattr(self.ctx, "home", None)
         if desc.startswith("ssl:") and "privateKey=" not in desc and home is not None:

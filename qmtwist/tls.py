@@ -1,11 +1,12 @@
 """
 TLS contexts: the servers' certificate from C{control/servercert.pem} and client options.
 
-C{servercert.pem} holds the private key and the certificate chain in one PEM file (SPEC.md 7.10,
-2.2; qmail's STARTTLS patch uses the same file). L{ServerCertificate} rereads it when its mtime
+C{servercert.pem} holds the private key and the certificate chain in one PEM file (docs/behaviour/smtp.md
+7.10,
+control.md 2.2; qmail's STARTTLS patch uses the same file). L{ServerCertificate} rereads it when its mtime
 changes, so a new certificate applies to the next connection. L{clientOptions} is for the remote
 delivery agent: service_identity host-name checks against a CA file or the system trust store
-(SPEC.md 11.5).
+(docs/behaviour/remote.md 11.5).
 """
 
 from __future__ import annotations

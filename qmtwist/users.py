@@ -1,7 +1,8 @@
 """
 Who controls a local part: C{users/assign}, the system password file and the alias user
-(qmail-lspawn's lookup and qmail-getpw, SPEC.md 3.3-3.5); C{users/passwd} hashes (SPEC.md 10.5);
-and the C{qmtwist user add|del|list} command (INTERFACE.md).
+(qmail-lspawn's lookup and qmail-getpw, docs/behaviour/local.md 3.3-3.5); C{users/passwd} hashes
+(docs/behaviour/pop3.md 10.5);
+and the C{qmtwist user add|del|list} command (docs/commands.md).
 
 Lookups are synchronous functions (L{UserTable.find}) that the agent runs on a thread, so a slow
 NSS source never blocks the reactor; L{UserDatabase} is the L{IUserDatabase} wrapper doing that.
@@ -81,7 +82,7 @@ class AssignTable:
     prefixes: tuple[Assignment, ...] = ()
 
     def find(self, local: bytes) -> User | None:
-        """Steps 1 and 2 of SPEC.md 3.3; C{None} when no line matches."""
+        """Steps 1 and 2 of docs/behaviour/local.md 3.3; C{None} when no line matches."""
         key = local.lower()
         a = self.exact.get(key)
         if a is not None:
@@ -94,7 +95,7 @@ class AssignTable:
 
 def parseAssign(data: bytes, warn: Callable[[str], None] = lambda s: None) -> AssignTable:
     """
-    Parse C{users/assign} (SPEC.md 3.4). Malformed lines are skipped with a warning.
+    Parse C{users/assign} (docs/behaviour/local.md 3.4). Malformed lines are skipped with a warning.
     For repeated exact keys the first line wins, as in qmail's cdb.
     """
     exact: dict[bytes, Assignment] = {}
@@ -137,7 +138,7 @@ def findSystemUser(
     statHome: Callable[[str], os.stat_result] = os.stat,
 ) -> User | None:
     """
-    qmail-getpw (SPEC.md 3.5): the longest prefix of LOCAL ending at its end or before a C{-}
+    qmail-getpw (docs/behaviour/local.md 3.5): the longest prefix of LOCAL ending at its end or before a C{-}
     that names a mail user.
 
     @raise TemporaryFailure: a lookup or stat error other than "not found".
@@ -172,7 +173,7 @@ def findSystemUser(
 
 class UserTable:
     """
-    The whole lookup chain of SPEC.md 3.3, synchronous (run it on a thread or in a child).
+    The whole lookup chain of docs/behaviour/local.md 3.3, synchronous (run it on a thread or in a child).
 
     @param home: the qmtwist home (C{users/assign}, C{alias/}).
     @param root: whether the system password file is consulted (the daemon runs as root).
@@ -349,7 +350,7 @@ def _isUserLine(line: bytes, name: bytes) -> bool:
 def userCommand(home: Home, argv: list[str], stdin: Any = None, stdout: Any = None,
                 stderr: Any = None) -> int:
     """
-    C{qmtwist user add|del|list} (INTERFACE.md, SPEC.md 3.4).
+    C{qmtwist user add|del|list} (docs/commands.md, docs/behaviour/local.md 3.4).
 
     @return: 0 done, 100 usage error or bad name, 111 temporary (I/O) error.
     """

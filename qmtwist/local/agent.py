@@ -1,5 +1,5 @@
 """
-The local delivery agent (qmail-lspawn + qmail-local, SPEC.md 3.2-3.6 and 4).
+The local delivery agent (qmail-lspawn + qmail-local, docs/behaviour/local.md 3.2-3.6 and 4).
 
 For each request: split the recipient at its last C{@}, find the controlling user on a thread
 (L{qmtwist.users.UserTable}), then run qmail-local's work (L{qmtwist.local.deliver.runJob}):
@@ -15,8 +15,9 @@ For each request: split the recipient at its last C{@}, find the controlling use
    and nothing calls seteuid in the reactor.
 
 Forwards are queued here, after qmail-local succeeded, as one message (DTLINE + the message as
-queued) through C{ctx.injector} with sender NEWSENDER (SPEC.md 4.6); the report is qmail-local's
-C{did F+W+P} and C{qp Q} (SPEC.md 4.10).
+queued) through C{ctx.injector} with sender NEWSENDER (docs/behaviour/local.md 4.6); the report is
+qmail-local's
+C{did F+W+P} and C{qp Q} (docs/behaviour/local.md 4.10).
 """
 
 from __future__ import annotations
@@ -49,7 +50,7 @@ ERR_TAIL = 1000
 
 
 def splitAddress(recipient: bytes) -> tuple[bytes, bytes]:
-    """C{LOCAL}, C{HOST}: before and after the last C{@} (SPEC.md 3.2)."""
+    """C{LOCAL}, C{HOST}: before and after the last C{@} (docs/behaviour/local.md 3.2)."""
     if b"@" in recipient:
         local, host = recipient.rsplit(b"@", 1)
         return local, host

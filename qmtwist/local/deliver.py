@@ -1,5 +1,6 @@
 """
-Running one local delivery (qmail-local, SPEC.md 4.2-4.10), with the user's privileges already in
+Running one local delivery (qmail-local, docs/behaviour/local.md 4.2-4.10), with the user's privileges
+already in
 place: in the daemon's process when it is not root, or in the per-user helper child
 (L{qmtwist.local.child}) when it is.
 
@@ -119,7 +120,7 @@ class _Plan:
 
 
 def headerHasLine(message: bytes, line: bytes) -> bool:
-    """Whether a header line (up to the first empty line) equals C{line} (SPEC.md 4.9)."""
+    """Whether a header line (up to the first empty line) equals C{line} (docs/behaviour/local.md 4.9)."""
     want = line.rstrip(b"\n")
     end = message.find(b"\n\n")
     header = message if end < 0 else message[:end]

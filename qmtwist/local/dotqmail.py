@@ -1,5 +1,5 @@
 """
-Finding and reading a user's C{.qmail} file (qmail-local, SPEC.md 3.6, 4.1, 4.3).
+Finding and reading a user's C{.qmail} file (qmail-local, docs/behaviour/local.md 3.6, 4.1, 4.3).
 
 Everything here is synchronous and runs with the user's privileges: on a thread of the daemon
 (not root) or in the per-user helper child (root). Names derived from a recipient address reach
@@ -85,7 +85,7 @@ def candidates(dash: bytes, ext: bytes) -> list[tuple[bytes, bytes | None]]:
 
 def parse(data: bytes) -> tuple[list[Instruction], bool]:
     """
-    Parse a C{.qmail} text (SPEC.md 4.1).
+    Parse a C{.qmail} text (docs/behaviour/local.md 4.1).
 
     @return: the instructions and whether a C{+list} line made the file forward-only.
     @raise TemporaryFailure: the first line is blank.
@@ -125,7 +125,7 @@ def _reason(e: OSError) -> str:
 
 def checkHome(home: str) -> None:
     """
-    The home directory checks of SPEC.md 4.3.
+    The home directory checks of docs/behaviour/local.md 4.3.
 
     @raise TemporaryFailure: with qmail's text.
     """
@@ -168,7 +168,8 @@ def exists(home: str, name: bytes) -> bool:
 
 def locate(home: str, dash: bytes, ext: bytes, defaultDelivery: bytes) -> DotQmail:
     """
-    Choose and read the C{.qmail} file for (dash, ext) in C{home}; apply SPEC.md 4.3's file checks.
+    Choose and read the C{.qmail} file for (dash, ext) in C{home}; apply docs/behaviour/local.md 4.3's file
+    checks.
 
     @param defaultDelivery: the text of C{control/defaultdelivery}.
     @raise TemporaryFailure: an unreadable candidate, a writable file, the x-bit rule.
@@ -219,6 +220,6 @@ def _default(text: bytes, default: bytes | None) -> DotQmail:
 
 
 def ownerFiles(home: str, dash: bytes, ext: bytes) -> tuple[bool, bool]:
-    """Whether C{.qmail⟨dash⟩⟨ext′⟩-owner} and C{...-owner-default} exist (SPEC.md 4.6)."""
+    """Whether C{.qmail⟨dash⟩⟨ext′⟩-owner} and C{...-owner-default} exist (docs/behaviour/local.md 4.6)."""
     base = b".qmail" + dash + extName(ext) + b"-owner"
     return exists(home, base), exists(home, base + b"-default")

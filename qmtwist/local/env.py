@@ -1,6 +1,6 @@
 """
 The values qmail-local computes once per delivery: Delivered-To, Return-Path and From_ lines
-(SPEC.md 4.7, 4.9), NEWSENDER (4.6) and the environment of programs (4.5). Pure functions.
+(docs/behaviour/local.md 4.7, 4.9), NEWSENDER (4.6) and the environment of programs (4.5). Pure functions.
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ def rpline(sender: bytes) -> bytes:
 
 def newSender(sender: bytes, local: bytes, host: bytes, owner: bool, ownerDefault: bool) -> bytes:
     """
-    The envelope sender of forwarded copies (SPEC.md 4.6).
+    The envelope sender of forwarded copies (docs/behaviour/local.md 4.6).
 
     @param owner: C{.qmail⟨dash⟩⟨ext′⟩-owner} exists.
     @param ownerDefault: C{.qmail⟨dash⟩⟨ext′⟩-owner-default} exists.
@@ -86,7 +86,7 @@ def programEnv(
     binDir: str,
 ) -> dict[bytes, bytes]:
     """
-    The environment of a program delivery (SPEC.md 4.5): C{base} (the daemon's) plus qmail's
+    The environment of a program delivery (docs/behaviour/local.md 4.5): C{base} (the daemon's) plus qmail's
     variables; C{PATH} starts with C{HOME/bin}.
     """
     env = dict(base)

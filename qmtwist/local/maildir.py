@@ -1,15 +1,17 @@
 """
-Maildir delivery (qmail-local's maildir.c, SPEC.md 4.8), synchronous: run it on a thread or in
+Maildir delivery (qmail-local's maildir.c, docs/behaviour/local.md 4.8), synchronous: run it on a thread or in
 the per-user helper child.
 
-File names [qmtwist]: SPEC.md 4.8 suggests C{⟨sec⟩.M⟨usec⟩P⟨pid⟩Q⟨counter⟩.⟨host⟩}. A pid is not
+File names [qmtwist]: docs/behaviour/local.md 4.8 suggests C{⟨sec⟩.M⟨usec⟩P⟨pid⟩Q⟨counter⟩.⟨host⟩}. A pid is
+not
 stable across restarts, so when the delivery has a stable key (L{qmtwist.delivery.DeliveryRequest.
 uniqueKey}, built from the queued message's stamp and the recipient position) the name is
 C{⟨sec⟩.M⟨usec⟩K⟨key⟩L⟨line⟩.⟨host⟩}, where C{line} is the number of the C{.qmail} line (two
 Maildir lines of one file stay two copies). Before writing a repeated delivery, C{new/} and
 C{cur/} are searched for a name containing C{K⟨key⟩L⟨line⟩.} (with any C{:2,...} suffix); if
-one is found the delivery succeeds without writing (exactly once, SPEC.md 4.8 item 4).
-Without a key (standalone use) the name is the SPEC shape with the pid and a counter.
+one is found the delivery succeeds without writing (exactly once, docs/behaviour/local.md 4.8 item 4).
+Without a key (standalone use) the name is the shape of docs/behaviour/local.md 4.8 with the pid and a
+counter.
 No part of a recipient address ever enters a name: the key is made of digits and C{.Q} only,
 and anything else is replaced by C{_}.
 """

@@ -1,5 +1,5 @@
 """
-mbox delivery (qmail-local's mailfile, SPEC.md 4.7), synchronous: run it on a thread or in the
+mbox delivery (qmail-local's mailfile, docs/behaviour/local.md 4.7), synchronous: run it on a thread or in the
 per-user helper child.
 
 The file is locked with C{flock} B{and} a POSIX C{fcntl} write lock [qmtwist], so procmail, mutt

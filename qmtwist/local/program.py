@@ -1,5 +1,5 @@
 """
-Program deliveries (qmail-local's mailprogram, SPEC.md 4.4): C{/bin/sh -c LINE} started with
+Program deliveries (qmail-local's mailprogram, docs/behaviour/local.md 4.4): C{/bin/sh -c LINE} started with
 C{reactor.spawnProcess}, the message as a seekable standard input, stdout and stderr together
 in one temporary file (so their order is kept and nothing can fill a pipe), exit code -> outcome.
 
@@ -40,7 +40,7 @@ class ProgramResult:
 
 
 def classify(exitCode: int | None, output: bytes) -> ProgramResult:
-    """Map an exit status (C{None}: killed by a signal) to the result of SPEC.md 4.4."""
+    """Map an exit status (C{None}: killed by a signal) to the result of docs/behaviour/local.md 4.4."""
     if exitCode is None:
         return ProgramResult(Outcome.DEFERRAL, True, output + CRASHED)
     if exitCode == 0:

@@ -1,5 +1,6 @@
 """
-POP3 logins (SPEC.md 10.2): the built-in checker against C{users/passwd}, and djb's checkpassword
+POP3 logins (docs/behaviour/pop3.md 10.2): the built-in checker against C{users/passwd}, and djb's
+checkpassword
 interface for an external program (FAQ 5.3, C{--checkpassword PROG}).
 
 qmail-popup hands the login to C{checkpassword SUBPROG...}: descriptor 3 carries
@@ -62,7 +63,7 @@ class Account:
 def checkBuiltin(home: Home, user: bytes, password: bytes) -> Account:
     """
     Check C{user}/C{password} against C{users/passwd} and find the home in C{users/assign}
-    (SPEC.md 10.5); blocking (scrypt and file reads), run it on a thread.
+    (docs/behaviour/pop3.md 10.5); blocking (scrypt and file reads), run it on a thread.
 
     @raise LoginRefused: no such user, wrong password, or no C{=NAME} line.
     """
@@ -186,7 +187,7 @@ def childEnv(session: LoginSession, extra: dict[str, str] | None = None) -> dict
 @implementer(ILogin)
 class CheckpasswordLogin:
     """
-    An external checkpassword program (SPEC.md 10.2): C{argv} is C{PROG SUBPROG...}, normally
+    An external checkpassword program (docs/behaviour/pop3.md 10.2): C{argv} is C{PROG SUBPROG...}, normally
     C{PROG HOME/bin/qmail-pop3d Maildir}.
     """
 
@@ -211,9 +212,9 @@ class CheckpasswordLogin:
 @implementer(ILogin)
 class BuiltinLogin:
     """
-    The built-in checker (SPEC.md 10.2, 10.5). Not root: the session serves the Maildir itself.
+    The built-in checker (docs/behaviour/pop3.md 10.2, 10.5). Not root: the session serves the Maildir itself.
     Root: L{qmtwist.pop3.child} (qmail-pop3d) runs as the user in the user's home, relayed
-    (SPEC.md 10.4); uid 0 is never served. APOP is refused (the hashes cannot check digests).
+    (docs/behaviour/pop3.md 10.4); uid 0 is never served. APOP is refused (the hashes cannot check digests).
     """
 
     def __init__(self, checker: IPasswordChecker, home: Home, reactor: Any,

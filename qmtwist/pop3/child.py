@@ -1,6 +1,6 @@
 """
 The per-session qmail-pop3d child the daemon starts for the built-in checker when it runs as root
-(SPEC.md 10.4): C{python -P -m qmtwist.pop3.child --drop UID GID --home HOME MAILDIR}.
+(docs/behaviour/pop3.md 10.4): C{python -P -m qmtwist.pop3.child --drop UID GID --home HOME MAILDIR}.
 
 It starts as root in C{/} (never in the user's home: nothing the user can write may be on
 C{sys.path} while it is root, hence also C{-P}), imports everything the session needs, becomes

@@ -1,6 +1,6 @@
 """
 The POP3 listener: qmail-popup + checkpassword + qmail-pop3d under tcpserver, as one twistd
-service (SPEC.md 10, 8). C{ssl:} endpoints give POP3S; STLS uses C{control/servercert.pem}.
+service (docs/behaviour/pop3.md 10, 8). C{ssl:} endpoints give POP3S; STLS uses C{control/servercert.pem}.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from qmtwist.tls import ServerCertificate
 def makeLogin(ctx: Any, checkpassword: str | None, root: bool | None = None) -> ILogin:
     """
     The login strategy: C{PROG HOME/bin/qmail-pop3d Maildir} for an external checkpassword
-    program (SPEC.md 10.2), else the built-in checker against C{users/passwd}.
+    program (docs/behaviour/pop3.md 10.2), else the built-in checker against C{users/passwd}.
     """
     if checkpassword:
         return CheckpasswordLogin(ctx.reactor,

@@ -1,5 +1,5 @@
 """
-The Maildir side of qmail-pop3d (SPEC.md 10.3): listing, reading and the changes made at QUIT.
+The Maildir side of qmail-pop3d (docs/behaviour/pop3.md 10.3): listing, reading and the changes made at QUIT.
 
 Every function here touches the file system and blocks, so the POP3 session runs them with
 C{runInThread}. Messages are identified by their path relative to the Maildir (C{new/NAME} or

@@ -1,6 +1,6 @@
 """
-The POP3 server: qmail-popup (authorization, SPEC.md 10.1) handing over to checkpassword and
-qmail-pop3d (SPEC.md 10.2, 10.3).
+The POP3 server: qmail-popup (authorization, docs/behaviour/pop3.md 10.1) handing over to checkpassword and
+qmail-pop3d (docs/behaviour/pop3.md 10.2, 10.3).
 
 L{LineSession} holds what both halves share: lines end at LF with one optional CR, commands are
 handled strictly one after another (a command that waits for a thread or a child holds back the
@@ -9,7 +9,7 @@ qmail-popup; after a successful login it either serves the Maildir itself with a
 L{Transaction} or relays the connection to a child (external checkpassword, or the built-in
 checker when the daemon runs as root). L{Pop3dServer} is C{bin/qmail-pop3d} on stdio.
 
-Deviations [qmtwist]: CAPA and STLS (SPEC.md 10.1); a failed login is answered after at least
+Deviations [qmtwist]: CAPA and STLS (docs/behaviour/pop3.md 10.1); a failed login is answered after at least
 one second and logged; command lines longer than 4096 octets are discarded up to their LF and
 answered C{-ERR line too long}.
 """
@@ -147,7 +147,7 @@ class LineSession(Protocol):
 
 class POP3Server(LineSession):
     """
-    qmail-popup, then the transaction (SPEC.md 10.1-10.3).
+    qmail-popup, then the transaction (docs/behaviour/pop3.md 10.1-10.3).
 
     @param login: how PASS/APOP are checked (L{ILogin}).
     @param hostname: the greeting's host (me, or qmail-popup's HOST argument).

@@ -1,6 +1,6 @@
 """
 C{HOME/bin/qmail-popup HOST CHECKPW SUBPROG...} and C{HOME/bin/qmail-pop3d MAILDIR} on
-descriptors 0/1 (SPEC.md 1.4), so FAQ 5.3's inetd and tcpserver lines work literally.
+descriptors 0/1 (docs/behaviour/home.md 1.4), so FAQ 5.3's inetd and tcpserver lines work literally.
 
 Both run the twistd listener's session classes on L{StandardIO}: qmail-popup is L{POP3Server}
 with a L{CheckpasswordLogin} running C{CHECKPW SUBPROG...} (descriptor 3 carries the login, the
@@ -61,7 +61,7 @@ def pop3d(argv: list[str], env: ProgramEnv) -> int:
     from twisted.internet.threads import deferToThread
 
     if os.getuid() == 0:
-        return 1  # never serve uid 0 (SPEC.md 10.3): the login fails
+        return 1  # never serve uid 0 (docs/behaviour/pop3.md 10.3): the login fails
     if len(argv) < 2 or not argv[1]:
         env.stdout.write(NO_MAILDIR)
         env.stdout.flush()

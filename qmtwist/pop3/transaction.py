@@ -1,5 +1,5 @@
 """
-qmail-pop3d: the POP3 transaction state over one Maildir (SPEC.md 10.3).
+qmail-pop3d: the POP3 transaction state over one Maildir (docs/behaviour/pop3.md 10.3).
 
 L{Transaction} is driven line by line by a session (the twistd listener after a built-in login,
 or C{bin/qmail-pop3d} on stdio); it writes replies through C{write} and ends the session with

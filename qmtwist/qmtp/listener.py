@@ -1,5 +1,6 @@
 """
-The QMTP listener: qmail-qmtpd under tcpserver, as one twistd service (SPEC.md 9, 8).
+The QMTP listener: qmail-qmtpd under tcpserver, as one twistd service (docs/behaviour/qmtp.md 9, tcpserver.md
+8).
 """
 
 from __future__ import annotations

@@ -1,5 +1,5 @@
 """
-Netstring framing shared by the QMTP server and client (SPEC.md 9.1).
+Netstring framing shared by the QMTP server and client (docs/behaviour/qmtp.md 9.1).
 
 A netstring is C{⟨len⟩:⟨bytes⟩,}; ⟨len⟩ is decimal without leading zeros (except C{0:,}).
 L{encode} and L{encodeList} build them; L{NetstringParser} is an incremental decoder fed with
@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from typing import Callable, Iterable
 
-#: qmail-qmtpd closes the connection on a length over this (SPEC.md 9.2).
+#: qmail-qmtpd closes the connection on a length over this (docs/behaviour/qmtp.md 9.2).
 MAX_LENGTH = 200_000_000
 
 

@@ -1,5 +1,5 @@
 """
-The QMTP server: qmail-qmtpd (SPEC.md 9.1, 9.2).
+The QMTP server: qmail-qmtpd (docs/behaviour/qmtp.md 9.1, 9.2).
 
 A client sends any number of packages on one connection without waiting; each package is the
 message netstring (first byte LF, or CR meaning CRLF line ends that become LF), the sender
@@ -11,7 +11,7 @@ and the sender and recipients are kept only up to the 1000 bytes qmail accepts. 
 taken apart while earlier ones are still being committed (the injector's group commit serves them
 together); responses are written strictly in package order, each only after its commit returned.
 
-A protocol error (SPEC.md 9.2) aborts the package being read; the answers of earlier packages
+A protocol error (docs/behaviour/qmtp.md 9.2) aborts the package being read; the answers of earlier packages
 are still sent, then the connection is closed. A session lasts at most one hour [qmail].
 """
 
@@ -58,7 +58,7 @@ SLICE = 65536
 
 def receivedLine(environ: Mapping[str, bytes], when: float) -> bytes:
     """
-    qmail-qmtpd's Received line (SPEC.md 9.2)::
+    qmail-qmtpd's Received line (docs/behaviour/qmtp.md 9.2)::
 
         Received: from RHOST (RIP)
           by LHOST with QMTP; DATE822
@@ -117,7 +117,7 @@ class QMTPServer(Protocol):
     """
     One QMTP session.
 
-    The listener sets L{env} (the session environment of SPEC.md 7.1: C{TCPREMOTEIP},
+    The listener sets L{env} (the session environment of docs/behaviour/smtp.md 7.1: C{TCPREMOTEIP},
     C{TCPLOCALHOST}, C{RELAYCLIENT}, C{DATABYTES}, ...; bytes values) before C{makeConnection}.
 
     @param injector: where accepted messages go.

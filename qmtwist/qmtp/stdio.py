@@ -1,5 +1,5 @@
 """
-C{HOME/bin/qmail-qmtpd}: the QMTP server on descriptors 0/1 (SPEC.md 1.4), for inetd or a real
+C{HOME/bin/qmail-qmtpd}: the QMTP server on descriptors 0/1 (docs/behaviour/home.md 1.4), for inetd or a real
 tcpserver (FAQ 5.2).
 
 The session is the twistd listener's L{QMTPServer} on L{StandardIO}, with its own L{Injector}

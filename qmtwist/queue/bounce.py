@@ -1,5 +1,5 @@
 """
-Bounces in qmail's format, QSBMF (SPEC.md 5.7); pure functions plus the bounce/N file steps.
+Bounces in qmail's format, QSBMF (docs/behaviour/queue.md 5.7); pure functions plus the bounce/N file steps.
 
 A permanent failure appends a paragraph to C{bounce/N}; when the message is finished, one bounce
 is built from those paragraphs and queued with an empty sender (a double bounce, to
@@ -21,7 +21,8 @@ DOUBLE_BOUNCE_SENDER = b"#@[]"
 def paragraph(recipient: bytes, report: bytes) -> bytes:
     """
     C{<recipient>:\n} then the report with every LF that directly follows another LF written
-    C{/} (so a paragraph never holds a blank line, SPEC.md 5.7), LF-terminated, then a blank line.
+    C{/} (so a paragraph never holds a blank line, docs/behaviour/queue.md 5.7), LF-terminated, then a blank
+    line.
     """
     text = bytearray(report)
     for i in range(1, len(text)):
@@ -33,7 +34,7 @@ def paragraph(recipient: bytes, report: bytes) -> bytes:
 
 
 def stripVerp(sender: bytes) -> bytes:
-    """C{pre@host-@[]} -> C{pre@host} (SPEC.md 5.8)."""
+    """C{pre@host-@[]} -> C{pre@host} (docs/behaviour/queue.md 5.8)."""
     if sender.endswith(b"-@[]"):
         return sender[:-4]
     return sender

@@ -1,5 +1,5 @@
 """
-Start-up recovery and removal of finished or abandoned files (qmail-clean, SPEC.md 5.10).
+Start-up recovery and removal of finished or abandoned files (qmail-clean, docs/behaviour/queue.md 5.10).
 
 Everything here runs on a thread: it scans directories and unlinks files.
 """

@@ -1,5 +1,5 @@
 """
-The NUL-separated records of qmail's queue files (SPEC.md 5.2): pure encoding and decoding.
+The NUL-separated records of qmail's queue files (docs/behaviour/queue.md 5.2): pure encoding and decoding.
 
 C{intd}/C{todo}: C{u<uid>\\0p<qp>\\0F<sender>\\0} then C{T<recipient>\\0} per recipient.
 C{info}: C{F<sender>\\0}. C{local}/C{remote}: C{T<addr>\\0} per recipient, C{D} once done.

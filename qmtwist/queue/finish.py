@@ -1,5 +1,5 @@
 """
-The end of a message (qmail-send's cleanup and bounce step, SPEC.md 5.7): the one bounce for
+The end of a message (qmail-send's cleanup and bounce step, docs/behaviour/queue.md 5.7): the one bounce for
 every permanent failure recorded in C{bounce/N}, then removal of the message's files; and the
 batched file operations the queue service runs on a thread.
 """

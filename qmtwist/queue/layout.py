@@ -1,5 +1,5 @@
 """
-Paths of qmail's queue (SPEC.md 5.2): split 23, message files named by their inode number.
+Paths of qmail's queue (docs/behaviour/queue.md 5.2): split 23, message files named by their inode number.
 """
 
 from __future__ import annotations

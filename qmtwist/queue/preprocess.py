@@ -1,7 +1,8 @@
 """
 Preprocessing (qmail-send's todo pass): C{todo/N} -> C{info/}, C{local/}, C{remote/}.
 
-L{resolveRecipient} is SPEC.md 3.1 (envnoathost, percenthack, locals, virtualdomains) as a pure
+L{resolveRecipient} is docs/behaviour/queue.md 3.1 (envnoathost, percenthack, locals, virtualdomains) as a
+pure
 function; L{preprocessBatch} does the file work for several todo entries on a thread, with one
 shared directory sync, before any todo entry is removed.
 """
@@ -20,7 +21,7 @@ from qmtwist.queue.store import Syncer
 
 
 def splitAddress(address: bytes) -> tuple[bytes, bytes]:
-    """C{LOCAL@HOST} split at the last C{@} (SPEC.md 3.2); no C{@} gives an empty host."""
+    """C{LOCAL@HOST} split at the last C{@} (docs/behaviour/local.md 3.2); no C{@} gives an empty host."""
     if b"@" not in address:
         return address, b""
     local, host = address.rsplit(b"@", 1)
@@ -39,7 +40,7 @@ def _virtualKeys(domain: bytes) -> list[bytes]:
 
 def resolveRecipient(control: Control, address: bytes) -> tuple[str, bytes]:
     """
-    Decide the channel of one envelope recipient and rewrite it (SPEC.md 3.1).
+    Decide the channel of one envelope recipient and rewrite it (docs/behaviour/queue.md 3.1).
 
     @return: C{("local"|"remote", address)}.
     """
@@ -70,7 +71,8 @@ def resolveRecipient(control: Control, address: bytes) -> tuple[str, bytes]:
 
 
 def unprefix(control: Control, address: bytes) -> bytes:
-    """The recipient as the sender wrote it: the virtualdomains prefix removed (SPEC.md 5.7)."""
+    """The recipient as the sender wrote it: the virtualdomains prefix removed (docs/behaviour/queue.md
+    5.7)."""
     local, domain = splitAddress(address)
     if domain.lower() in control.locals:
         return address

@@ -1,5 +1,5 @@
 """
-When a channel of a message is retried, and when it has lived too long (SPEC.md 5.6). Pure.
+When a channel of a message is retried, and when it has lived too long (docs/behaviour/queue.md 5.6). Pure.
 
 qmail's schedule: after a pass at C{now} that leaves a recipient deferred, the next pass is at
 C{birth + (floor(sqrt(now - birth)) + S)**2} with S = 10 for local and 20 for remote.

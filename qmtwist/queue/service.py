@@ -1,6 +1,6 @@
 """
 The queue service (qmail-send): preprocess, schedule, dispatch to delivery agents, record
-results, bounce, clean (SPEC.md 5.5-5.10, 6).
+results, bounce, clean (docs/behaviour/queue.md 5.5-5.10, 6).
 
 One object owns the in-memory schedule; every file operation goes through L{FileOps}, which
 runs the waiting operations together on a thread. Reports from agents are trusted only as far as

@@ -1,5 +1,5 @@
 """
-Injection for users who cannot write C{queue/} (SPEC.md 5.3): the daemon listens on
+Injection for users who cannot write C{queue/} (docs/behaviour/queue.md 5.3): the daemon listens on
 C{HOME/run/qmail-queue.sock}, records the peer's uid from the socket, and queues on its behalf.
 
 Framing (the client is L{qmtwist.tools.queueclient}): the client sends a netstring holding the

@@ -1,5 +1,5 @@
 """
-Injection into qmail's queue: the synchronous steps of qmail-queue (SPEC.md 5.1-5.4).
+Injection into qmail's queue: the synchronous steps of qmail-queue (docs/behaviour/queue.md 5.1-5.4).
 
 A message goes C{pid/} -> C{mess/N/<inode>} (named by its inode) -> envelope in C{intd/<inode>}
 -> hard link C{todo/<inode>}, the commit point. L{commitRound} finishes several messages at once

@@ -1,5 +1,6 @@
 """
-The remote delivery agent (qmail-rspawn + qmail-remote; SPEC.md 11, 9.3, 2.3).
+The remote delivery agent (qmail-rspawn + qmail-remote; docs/behaviour/remote.md 11, qmtp.md 9.3, control.md
+2.3).
 
 L{RemoteAgent.deliver} takes the remote recipients of one message, groups those that share a
 route (or a recipient domain, hence an MX set) and an envelope sender, and runs one connection
@@ -73,8 +74,8 @@ class RemoteAgent:
     @param ctx: the daemon's L{Context} (reactor, home, controls).
     @param resolver: an C{IResolver} (from L{makeResolver}); L{None} uses resolv.conf.
     @param localAddresses: the addresses this instance's SMTP listener accepts on, or a
-        callable returning them (for the self check of SPEC.md 11.2).
-    @param dnsTimeout: the retry timeouts of each DNS lookup (SPEC.md 11.2: 1, 3, 11).
+        callable returning them (for the self check of docs/behaviour/remote.md 11.2).
+    @param dnsTimeout: the retry timeouts of each DNS lookup (docs/behaviour/remote.md 11.2: 1, 3, 11).
     @param mxPort: the SMTP port of hosts found by MX or A lookup (25; tests and unprivileged
         set-ups such as FAQ 7.4 on one machine use another).
     """
@@ -293,7 +294,7 @@ class RemoteAgent:
         makeProto: Callable[[], Any],
         tlsRetry: bool = False,
     ) -> list[Report]:
-        """Connect to each address in turn (SPEC.md 11.3); the first connection decides."""
+        """Connect to each address in turn (docs/behaviour/remote.md 11.3); the first connection decides."""
         for host in hosts:
             for ip in host.addresses:
                 if self._stopping:

@@ -1,5 +1,5 @@
 """
-How many remote deliveries run at once (SPEC.md 2.3, 11.4; FAQ 8.1).
+How many remote deliveries run at once (docs/behaviour/control.md 2.3, remote.md 11.4; FAQ 8.1).
 
 L{Limiter} holds C{concurrencyremote} connection slots (no compile-time ceiling of 120, as
 qmail's conf-spawn had); L{descriptorWarning} is the start-up / SIGHUP warning when the process
@@ -15,7 +15,7 @@ from twisted.internet import defer
 
 def descriptorWarning(concurrencyremote: int, limit: int | None = None) -> str | None:
     """
-    SPEC.md 2.3: the warning line when the descriptor limit is below C{2*c+5}, else L{None}.
+    docs/behaviour/control.md 2.3: the warning line when the descriptor limit is below C{2*c+5}, else L{None}.
 
     @param limit: the soft C{RLIMIT_NOFILE} (read from the process when L{None}).
     """

@@ -1,5 +1,5 @@
 """
-DNS for remote delivery through an injected twisted.names resolver (SPEC.md 11.2).
+DNS for remote delivery through an injected twisted.names resolver (docs/behaviour/remote.md 11.2).
 
 Replaces qmail's dns.c as used by qmail-remote: CNAME canonicalisation of recipient and sender
 hosts (qmail 1.01, FAQ 2.5), MX lookup sorted by preference with equal preferences shuffled,
@@ -22,7 +22,7 @@ from twisted.names import client, dns, error
 
 from qmtwist.errors import PermanentFailure, TemporaryFailure
 
-#: SPEC.md 11.2: a server silent for 15 s is a temporary failure.
+#: docs/behaviour/remote.md 11.2: a server silent for 15 s is a temporary failure.
 DNS_TIMEOUT: tuple[float, ...] = (1, 3, 11)
 
 CNAME_SOFT = "CNAME lookup failed temporarily. (#4.4.3)"
@@ -163,7 +163,7 @@ class MXResolver:
 
     async def relayHosts(self, relay: bytes) -> list[MailHost]:
         """
-        A route's relay: by A/AAAA only, never MX (SPEC.md 11.1).
+        A route's relay: by A/AAAA only, never MX (docs/behaviour/remote.md 11.1).
 
         @raise TemporaryFailure: temporary DNS failure.
         @raise PermanentFailure: NXDOMAIN, or no address.
@@ -179,7 +179,7 @@ class MXResolver:
 
     async def mailHosts(self, domain: bytes) -> list[MailHost]:
         """
-        The hosts that receive mail for C{domain}, best first (SPEC.md 11.2).
+        The hosts that receive mail for C{domain}, best first (docs/behaviour/remote.md 11.2).
 
         @raise TemporaryFailure: C{#4.1.2} on a temporary failure.
         @raise PermanentFailure: C{#5.1.2} (no such domain) or C{#5.4.4} (no address).

@@ -1,5 +1,5 @@
 """
-QMTP delivery for C{control/qmtproutes} (SPEC.md 9.3) [qmtwist; qmail has only maildirqmtp].
+QMTP delivery for C{control/qmtproutes} (docs/behaviour/qmtp.md 9.3) [qmtwist; qmail has only maildirqmtp].
 
 One package per message and relay: the message netstring (C{\\n} then the queued bytes, LF line
 ends), the sender, and the recipient list; then one response netstring per recipient:
@@ -124,7 +124,7 @@ async def transact(
     recipients: list[bytes],
     messPath: str,
 ) -> list[Report]:
-    """Send one package and map each response to a L{Report} (SPEC.md 9.3)."""
+    """Send one package and map each response to a L{Report} (docs/behaviour/qmtp.md 9.3)."""
     host = ip.encode("ascii")
     sent = False
     waiting: defer.Deferred[list[bytes]] | None = None

@@ -1,6 +1,8 @@
 """
-Artificial routes: C{control/qmtproutes} and C{control/smtproutes} (SPEC.md 11.1, 9.3), and the
-C{control/tlsverify} match (SPEC.md 2.3, 11.5). Pure functions over a L{Control} snapshot.
+Artificial routes: C{control/qmtproutes} and C{control/smtproutes} (docs/behaviour/remote.md 11.1, qmtp.md
+9.3), and the
+C{control/tlsverify} match (docs/behaviour/control.md 2.3, remote.md 11.5). Pure functions over a L{Control}
+snapshot.
 
 qmail-remote looks up the recipient domain, then each suffix starting at a dot (longest first),
 then the empty key; the first key found decides. qmtwist consults qmtproutes first (an empty
@@ -107,7 +109,7 @@ def parseRelay(value: bytes, protocol: str) -> Route:
 
 def selectRoute(control: Control, domain: bytes) -> Route:
     """
-    The route for recipient C{domain} (SPEC.md 11.1).
+    The route for recipient C{domain} (docs/behaviour/remote.md 11.1).
 
     @return: a L{Route}; C{relay is None} means deliver by SMTP to the domain's MX.
     """

@@ -1,5 +1,5 @@
 """
-The remote host timeout table (qmail's tcpto.c; SPEC.md 11.6), kept in C{queue/lock/tcpto}.
+The remote host timeout table (qmail's tcpto.c; docs/behaviour/remote.md 11.6), kept in C{queue/lock/tcpto}.
 
 Only connect timeouts count. A timeout increments the address's counter unless its previous
 recorded timeout is under 120 s old; the counter stops at 10. An address with a counter of 2 or

@@ -1,6 +1,6 @@
 """
-The DATA section of an SMTP transaction, converted as it arrives (qmail-smtpd's blast(); SPEC.md
-7.7, 7.8).
+The DATA section of an SMTP transaction, converted as it arrives (qmail-smtpd's blast();
+docs/behaviour/smtp.md 7.7, 7.8).
 
 CRLF becomes LF, a leading dot is removed, the line C{.} ends the data, a bare LF is refused;
 Received/Delivered header lines are counted; bytes past databytes are dropped. The converted

@@ -1,8 +1,9 @@
 """
-The SMTP listener: qmail-smtpd under tcpserver, as one twistd service (SPEC.md 7, 8).
+The SMTP listener: qmail-smtpd under tcpserver, as one twistd service (docs/behaviour/smtp.md 7, tcpserver.md
+8).
 
 Besides the listener, this logs C{warning: control/rcpthosts missing; accepting only local and
-virtual domains} (SPEC.md 7.5) when the service is built and on every SIGHUP.
+virtual domains} (docs/behaviour/smtp.md 7.5) when the service is built and on every SIGHUP.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ log = Logger(namespace="qmtwist.smtp")
 
 
 def warnIfNoRcpthosts(ctx: Any) -> None:
-    """Log SPEC.md 7.5's warning when C{control/rcpthosts} is missing."""
+    """Log docs/behaviour/smtp.md 7.5's warning when C{control/rcpthosts} is missing."""
     if ctx.controls.current().rcpthosts is None:
         log.warn("{line}", line=MISSING_WARNING)
 

@@ -1,5 +1,6 @@
 """
-qmail-smtpd's parsing of MAIL/RCPT arguments and its badmailfrom check (SPEC.md 7.3, 7.6); pure.
+qmail-smtpd's parsing of MAIL/RCPT arguments and its badmailfrom check (docs/behaviour/smtp.md 7.3, 7.6);
+pure.
 
 Bytes in, bytes out: addresses never become text.
 """
@@ -8,13 +9,13 @@ from __future__ import annotations
 
 import re
 
-MAX_ADDRESS = 900  # qmail-smtpd answers 555 at this length (SPEC.md 7.2)
+MAX_ADDRESS = 900  # qmail-smtpd answers 555 at this length (docs/behaviour/smtp.md 7.2)
 
 _IPLITERAL = re.compile(rb"@\[(\d{1,3}\.\d{1,3}\.\d{1,3}\.\d{1,3})\]$")
 
 
 def _extract(arg: bytes) -> bytes:
-    """Steps 1-3 of SPEC.md 7.3: find the address and remove route and quoting."""
+    """Steps 1-3 of docs/behaviour/smtp.md 7.3: find the address and remove route and quoting."""
     lt = arg.find(b"<")
     out = bytearray()
     quoted = False

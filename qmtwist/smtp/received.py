@@ -1,5 +1,5 @@
 """
-The Received line qmail-smtpd puts first in the message it queues (SPEC.md 7.9); pure.
+The Received line qmail-smtpd puts first in the message it queues (docs/behaviour/smtp.md 7.9); pure.
 """
 
 from __future__ import annotations

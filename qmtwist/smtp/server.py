@@ -1,5 +1,5 @@
 """
-The SMTP server session (qmail-smtpd; SPEC.md 7).
+The SMTP server session (qmail-smtpd; docs/behaviour/smtp.md 7).
 
 Why not C{twisted.mail.smtp.SMTP}: its validation hooks are asynchronous, and while one is pending
 it keeps reading and may answer later pipelined commands first; it keeps running plaintext
@@ -15,7 +15,7 @@ plain L{Protocol}:
     L{IMessageWriter}; a message is never held whole in memory;
   - STARTTLS discards everything buffered after the command and resets the session (RFC 3207).
 
-The session's environment (SPEC.md 7.1) comes from the attribute C{env: dict[str, bytes]}
+The session's environment (docs/behaviour/smtp.md 7.1) comes from the attribute C{env: dict[str, bytes]}
 which L{qmtwist.tcpserver} (or L{qmtwist.smtp.stdio}) sets before C{makeConnection}. The
 attribute C{exitStatus} is read by the tcpserver log line (C{end N status S}).
 """

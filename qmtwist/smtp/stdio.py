@@ -1,5 +1,6 @@
 """
-C{HOME/bin/qmail-smtpd}: the SMTP server on descriptors 0/1 (SPEC.md 1.4), for inetd, tcp-env or a
+C{HOME/bin/qmail-smtpd}: the SMTP server on descriptors 0/1 (docs/behaviour/home.md 1.4), for inetd, tcp-env
+or a
 real tcpserver (FAQ 5.1, 5.4).
 
 The session is the twistd listener's L{SMTPServer} on L{StandardIO} with its own L{Injector}

@@ -1,5 +1,5 @@
 """
-bouncesaying: bounce with a message, optionally only when a program says so (SPEC.md 13).
+bouncesaying: bounce with a message, optionally only when a program says so (docs/behaviour/tools.md 13).
 
 Replaces qmail's bouncesaying. Without prog: print error, exit 100. With prog: run it on the
 message; exit 0 → print error, exit 100; exit 111 → 111; anything else → 0.

@@ -1,5 +1,5 @@
 """
-condredirect: forward the message elsewhere when a program says so (SPEC.md 13).
+condredirect: forward the message elsewhere when a program says so (docs/behaviour/tools.md 13).
 
 Replaces qmail's condredirect. C{condredirect newaddr prog [arg ...]} runs prog on the message;
 if it exits 0, the message (rewound) is queued with C{DTLINE} to newaddr, envelope sender

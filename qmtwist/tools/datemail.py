@@ -1,5 +1,5 @@
 """
-datemail: sendmail with a Date line in local time (SPEC.md 12.3, FAQ 6.1).
+datemail: sendmail with a Date line in local time (docs/behaviour/tools.md 12.3, FAQ 6.1).
 
 Replaces qmail's datemail (predate + sendmail): C{Date: D Mon YYYY hh:mm:ss +hhmm} in the local
 time zone is put before the message, so qmail-inject keeps it instead of adding a GMT one.

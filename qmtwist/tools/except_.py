@@ -1,5 +1,5 @@
 """
-except: turn a program's success into a bounce (SPEC.md 13).
+except: turn a program's success into a bounce (docs/behaviour/tools.md 13).
 
 Replaces qmail's except. Runs prog; exit 0 → 100, exit 111 (or a crash) → 111, anything else
 → 0.

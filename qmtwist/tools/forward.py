@@ -1,5 +1,5 @@
 """
-forward: queue the message to other addresses (SPEC.md 13, FAQ 4.1).
+forward: queue the message to other addresses (docs/behaviour/tools.md 13, FAQ 4.1).
 
 Replaces qmail's forward. Message = C{DTLINE} + stdin; envelope sender = C{NEWSENDER};
 recipients = the arguments, unchanged. Prints C{forward: qp <qp>} on stderr and exits 0 once

@@ -1,5 +1,6 @@
 """
-Message headers as qmail-inject reads them (qmail-header(5), SPEC.md 12.1): which field is which,
+Message headers as qmail-inject reads them (qmail-header(5), docs/behaviour/tools.md 12.1): which field is
+which,
 where the header ends, and how addresses are completed.
 
 L{Completion} holds the four control values qmail-inject reads at every run (C{defaulthost},

@@ -1,5 +1,5 @@
 """
-qmail-inject: complete a message's header and queue it (SPEC.md 12.1; also C{qmtwist inject}).
+qmail-inject: complete a message's header and queue it (docs/behaviour/tools.md 12.1; also C{qmtwist inject}).
 
 Replaces qmail 1.03's qmail-inject. Address fields are parsed as RFC 822 address lists and
 reformatted the way qmail's token822 does (L{qmtwist.tools.token822}); addresses are completed

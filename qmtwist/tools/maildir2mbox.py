@@ -1,5 +1,6 @@
 """
-maildir2mbox: move a Maildir's messages into an mbox (SPEC.md 13). Replaces qmail's maildir2mbox.
+maildir2mbox: move a Maildir's messages into an mbox (docs/behaviour/tools.md 13). Replaces qmail's
+maildir2mbox.
 
 Environment C{MAILDIR}, C{MAIL}, C{MAILTMP}. Under an exclusive lock on C{MAIL}, C{MAIL} is
 copied to C{MAILTMP}, each message of C{new/} and C{cur/} (oldest first) is appended in mbox form

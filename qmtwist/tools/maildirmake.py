@@ -1,5 +1,5 @@
 """
-maildirmake: create a Maildir (SPEC.md 13). Replaces qmail's maildirmake.
+maildirmake: create a Maildir (docs/behaviour/tools.md 13). Replaces qmail's maildirmake.
 
 C{maildirmake dir} makes dir, dir/tmp, dir/new, dir/cur with mode 0700; it fails (111) if dir
 already exists; 100 for usage.

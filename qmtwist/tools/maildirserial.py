@@ -107,7 +107,7 @@ def bounceText(me: bytes, program: str, host: bytes, item: Item, result: Result)
 
 def flush(program: str, env: ProgramEnv, maildir: str, prefix: bytes, host: bytes,
           send: Sender, now: Callable[[], float] = time.time) -> int:
-    """Deliver the Maildir; return the exit code (SPEC.md 13)."""
+    """Deliver the Maildir; return the exit code (docs/behaviour/tools.md 13)."""
     try:
         me = readCompletion(env.home.control, env.environ).defaulthost
     except OSError:

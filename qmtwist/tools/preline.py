@@ -1,5 +1,5 @@
 """
-preline: feed a program the mbox From_, Return-Path and Delivered-To lines (SPEC.md 13).
+preline: feed a program the mbox From_, Return-Path and Delivered-To lines (docs/behaviour/tools.md 13).
 
 Replaces qmail's preline. C{preline [-dfrDFR] cmd [arg ...]} runs cmd (looked up on C{PATH})
 with stdin = C{UFLINE} + C{RPLINE} + C{DTLINE} + the message; C{-f}, C{-r}, C{-d} leave out the

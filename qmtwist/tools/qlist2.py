@@ -1,11 +1,12 @@
 """
-qlist2: mailing-list subscriptions by mail, with a confirmation round trip (SPEC.md 14.2).
+qlist2: mailing-list subscriptions by mail, with a confirmation round trip (docs/behaviour/tools.md 14.2).
 
 Replaces qmail 1.01's qlist2 (FAQ 4.2): run as C{| qlist2 LIST HOST [MOREINFO]} from
 C{~U/.qmail-LIST-request}. Unlike qlist2, a request never changes the list by itself: it
 creates a cookie in C{.qlist-LIST/} and mails C{Subject: confirm <cookie>} to the address; only a
 reply carrying the cookie adds C{&addr} to (or removes it from) C{.qmail-LIST}, which is rewritten
-atomically with its execute bit set (forward-only, SPEC.md 4.3), so nobody can subscribe someone
+atomically with its execute bit set (forward-only, docs/behaviour/local.md 4.3), so nobody can subscribe
+someone
 else and the list file stays in the format the forwarding list (and majordomo's qmail patch)
 uses.
 """

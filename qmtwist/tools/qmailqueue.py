@@ -1,6 +1,6 @@
 """
 C{qmail-queue} (also C{qmtwist queue}): queue the message on descriptor 0 with the envelope on
-descriptor 1 (SPEC.md 5.3). Prints nothing; the exit code is the answer.
+descriptor 1 (docs/behaviour/queue.md 5.3). Prints nothing; the exit code is the answer.
 
 Callers that cannot write C{queue/} are served by the daemon's socket (as qmail's setuid
 qmail-queue serves them).

@@ -1,5 +1,5 @@
 """
-qmail-qread: list the messages in the queue (SPEC.md 13). Replaces qmail's qmail-qread.
+qmail-qread: list the messages in the queue (docs/behaviour/tools.md 13). Replaces qmail's qmail-qread.
 
 Like qmail, it lists preprocessed messages (those with an C{info} file): one line
 C{D Mon YYYY hh:mm:ss GMT  #N  BYTES  <SENDER> } (plus C{ bouncing}), then each recipient as

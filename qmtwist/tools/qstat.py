@@ -1,5 +1,5 @@
 """
-qmail-qstat: count the messages in the queue (SPEC.md 13). Replaces qmail's qmail-qstat.
+qmail-qstat: count the messages in the queue (docs/behaviour/tools.md 13). Replaces qmail's qmail-qstat.
 """
 
 from __future__ import annotations

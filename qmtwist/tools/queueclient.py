@@ -1,5 +1,5 @@
 """
-How the programs of C{bin/} queue a message (SPEC.md 5.3): the client side of qmail-queue.
+How the programs of C{bin/} queue a message (docs/behaviour/queue.md 5.3): the client side of qmail-queue.
 
 L{queueMessage} tries, in order:
 

@@ -1,5 +1,5 @@
 """
-sendmail: the interface MUAs expect, mapped onto qmail-inject (SPEC.md 12.2).
+sendmail: the interface MUAs expect, mapped onto qmail-inject (docs/behaviour/tools.md 12.2).
 
 Replaces qmail 1.03's sendmail wrapper. C{-t} runs qmail-inject with C{-H}, otherwise C{-a};
 C{-f} passes the envelope sender; C{-F} sets C{MAILNAME}. The flags MUAs add out of habit

@@ -1,5 +1,5 @@
 """
-qmail-showctl: explain the control files (SPEC.md 13). Replaces qmail's qmail-showctl.
+qmail-showctl: explain the control files (docs/behaviour/tools.md 13). Replaces qmail's qmail-showctl.
 
 Same layout as qmail 1.03: a few lines about the installation, then for each control file a
 blank line and C{name: explanation} (C{(Default.) } when the file is missing; list files one

@@ -1,5 +1,5 @@
 """
-splogger: send lines from stdin to syslog (SPEC.md 13, FAQ 5.1). Replaces qmail's splogger.
+splogger: send lines from stdin to syslog (docs/behaviour/tools.md 13, FAQ 5.1). Replaces qmail's splogger.
 
 C{splogger [tag [facility]]}: each line becomes C{tag: TIMESTAMP line} at priority ALERT for
 lines starting C{alert:}, WARNING for C{warning:}, else INFO; unprintable bytes become C{?};

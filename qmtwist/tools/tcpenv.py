@@ -1,6 +1,6 @@
 """
 C{HOME/bin/tcp-env [-rR] [-t N] PROG ARGS...}: set the tcp-environ from the socket on descriptor 0
-and exec PROG (qmail's tcp-env; SPEC.md 1.4, FAQ 5.2, 5.4).
+and exec PROG (qmail's tcp-env; docs/behaviour/home.md 1.4, FAQ 5.2, 5.4).
 
 Sets C{PROTO=TCP}, C{TCPLOCALIP}, C{TCPLOCALPORT}, C{TCPREMOTEIP}, C{TCPREMOTEPORT}; variables
 already in the environment (e.g. from tcpd's C{setenv}) other than those are kept. No DNS or ident

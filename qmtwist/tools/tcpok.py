@@ -1,5 +1,5 @@
 """
-C{qmail-tcpok}: empty the remote host timeout table (SPEC.md 11.6).
+C{qmail-tcpok}: empty the remote host timeout table (docs/behaviour/remote.md 11.6).
 
 Exit 0, or 111 with C{qmail-tcpok: fatal: ⟨reason⟩} on stderr. A running queue service sees
 the change at its next connection (the table is re-read when its mtime changes).

@@ -1,5 +1,5 @@
 """
-C{qmail-tcpto}: print the remote host timeout table (SPEC.md 11.6).
+C{qmail-tcpto}: print the remote host timeout table (docs/behaviour/remote.md 11.6).
 
 One line per address with a nonzero counter:
 C{⟨ip⟩ timed out ⟨seconds⟩ seconds ago; # recent timeouts: ⟨k⟩}. Exit 0, or 111 with

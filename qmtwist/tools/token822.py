@@ -2,7 +2,7 @@
 RFC 822 tokens as qmail-inject sees them (qmail's token822): parse, address lists, unparse.
 
 qmail-inject reformats every address field it rewrites, so the exact spacing and line folding
-of qmail's unparser are part of its visible behaviour (SPEC.md 12.1): a space after each colon
+of qmail's unparser are part of its visible behaviour (docs/behaviour/tools.md 12.1): a space after each colon
 and comma, a space between adjacent words, C{<} preceded by a space, and a comma-separated list
 folded before an address that would take the line past 80 columns (continuation lines start
 with two spaces).

@@ -1,4 +1,4 @@
-"""The qmtwist command line: where --home may stand, and exit codes (INTERFACE.md)."""
+"""The qmtwist command line: where --home may stand, and exit codes (docs/commands.md)."""
 
 from __future__ import annotations
 

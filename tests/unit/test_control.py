@@ -1,4 +1,5 @@
-"""Control files (SPEC.md 2.1-2.3): formats, defaults, warnings, unreadable files, reload."""
+"""Control files (docs/behaviour/control.md 2.1-2.3): formats, defaults, warnings, unreadable files,
+reload."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""rcpthosts / morercpthosts / RELAYCLIENT (SPEC.md 7.4, 7.5)."""
+"""rcpthosts / morercpthosts / RELAYCLIENT (docs/behaviour/smtp.md 7.4, 7.5)."""
 
 from __future__ import annotations
 

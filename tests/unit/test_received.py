@@ -1,4 +1,5 @@
-"""Date shapes (SPEC.md 0) and the header lines qmail writes (SPEC.md 4.9, 5.4)."""
+"""Date shapes (docs/behaviour/home.md 0) and the header lines qmail writes (docs/behaviour/local.md 4.9,
+queue.md 5.4)."""
 
 from __future__ import annotations
 

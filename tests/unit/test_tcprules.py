@@ -1,4 +1,4 @@
-"""tcprules text format and rule selection (SPEC.md 8.1, 8.2)."""
+"""tcprules text format and rule selection (docs/behaviour/tcpserver.md 8.1, 8.2)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""The tcpserver-style listener on a MemoryReactor (SPEC.md 8.2-8.5)."""
+"""The tcpserver-style listener on a MemoryReactor (docs/behaviour/tcpserver.md 8.2-8.5)."""
 
 from __future__ import annotations
 

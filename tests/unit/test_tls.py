@@ -1,4 +1,4 @@
-"""control/servercert.pem loading (SPEC.md 7.10) and client options."""
+"""control/servercert.pem loading (docs/behaviour/smtp.md 7.10) and client options."""
 
 from __future__ import annotations
 

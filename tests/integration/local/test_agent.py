@@ -94,7 +94,7 @@ async def test_faq33TwoDomainsOneUser(world):
 
 @pytest_twisted.ensureDeferred
 async def test_programEnvironment(world):
-    """SPEC 4.5's example: alias-uucp-joe-x@far.org through ~alias/.qmail-uucp-default."""
+    """docs/behaviour/local.md 4.5's example: alias-uucp-joe-x@far.org through ~alias/.qmail-uucp-default."""
     world.dotqmail(world.home.alias, ".qmail-uucp-default",
                    b"|env > ./env.out; pwd >> ./env.out\n")
     agent = world.agent()

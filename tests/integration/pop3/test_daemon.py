@@ -1,7 +1,7 @@
 """
 The whole daemon (twistd qmtwist as a child): three QMTP packages in one connection and an SMTP
 message reach a virtual user's Maildir; the user reads them over POP3 with the built-in checker
-(FAQ 5.2, 5.3; SPEC.md 9, 10).
+(FAQ 5.2, 5.3; docs/behaviour/qmtp.md 9, pop3.md 10).
 """
 
 from __future__ import annotations

@@ -1,5 +1,5 @@
 """
-The POP3 listener over real sockets, with real Maildir files (SPEC.md 10): poplib, getmail6 and
+The POP3 listener over real sockets, with real Maildir files (docs/behaviour/pop3.md 10): poplib, getmail6 and
 fetchmail as clients; the built-in checker (in-process, and as root a child per session running
 as the user) and an external checkpassword program; C{bin/qmail-popup} under Debian's tcpserver.
 """

@@ -1,4 +1,4 @@
-"""C{HOME/bin/qmail-popup}, C{qmail-pop3d} and C{qmail-qmtpd} on pipes (SPEC.md 1.4), as inetd
+"""C{HOME/bin/qmail-popup}, C{qmail-pop3d} and C{qmail-qmtpd} on pipes (docs/behaviour/home.md 1.4), as inetd
 would run them."""
 
 from __future__ import annotations

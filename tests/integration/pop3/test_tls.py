@@ -1,4 +1,4 @@
-"""STLS with control/servercert.pem, and POP3S on an ssl: endpoint (SPEC.md 10.1, 10.4)."""
+"""STLS with control/servercert.pem, and POP3S on an ssl: endpoint (docs/behaviour/pop3.md 10.1, 10.4)."""
 
 from __future__ import annotations
 

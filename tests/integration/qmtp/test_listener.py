@@ -1,5 +1,5 @@
-"""The QMTP listener over a real socket with the real Injector (SPEC.md 9, 8); and
-C{HOME/bin/qmail-qmtpd} under Debian's tcpserver (SPEC.md 1.4)."""
+"""The QMTP listener over a real socket with the real Injector (docs/behaviour/qmtp.md 9, tcpserver.md 8); and
+C{HOME/bin/qmail-qmtpd} under Debian's tcpserver (docs/behaviour/home.md 1.4)."""
 
 from __future__ import annotations
 

@@ -1,6 +1,6 @@
 """
 Remote delivery end to end on loopback: a twisted.names DNS server, SMTP and QMTP sinks, and
-L{RemoteAgent} driven with L{DeliveryRequest}s (SPEC.md 11, 9.3; FAQ 2.2, 2.5, 8.1).
+L{RemoteAgent} driven with L{DeliveryRequest}s (docs/behaviour/remote.md 11, qmtp.md 9.3; FAQ 2.2, 2.5, 8.1).
 """
 
 from __future__ import annotations
@@ -76,7 +76,7 @@ async def deliverAll(a: RemoteAgent, reqs) -> list[Report]:
 
 @pytest_twisted.ensureDeferred
 async def test_mxByPreferenceThenNext(home, tmp_path, loopbackDNS, ports) -> None:
-    """Best MX first; when it refuses, the next one (SPEC.md 11.2, 11.3)."""
+    """Best MX first; when it refuses, the next one (docs/behaviour/remote.md 11.2, 11.3)."""
     first, second = SMTPSinkFactory(), SMTPSinkFactory()
     port = sinkOn(ports, first, "127.0.0.2")
     sinkOn(ports, second, "127.0.0.3", port)
@@ -169,7 +169,7 @@ async def test_dnsFailures(home, tmp_path, loopbackDNS) -> None:
 
 @pytest_twisted.ensureDeferred
 async def test_nullClientRouteNoDNS(home, tmp_path, loopbackDNS, ports) -> None:
-    """FAQ 2.2: `:relay` sends everything there without any DNS query (SPEC.md 11.1)."""
+    """FAQ 2.2: `:relay` sends everything there without any DNS query (docs/behaviour/remote.md 11.1)."""
     sink = SMTPSinkFactory()
     port = sinkOn(ports, sink)
     control(home, "smtproutes", b":127.0.0.1:%d\n" % port)
@@ -465,7 +465,7 @@ async def test_tlsverifyNotOffered(home, tmp_path, loopbackDNS, ports) -> None:
 
 @pytest_twisted.ensureDeferred
 async def test_selfCheck(home, tmp_path, loopbackDNS, ports) -> None:
-    """Only MXes better than the best one that is this host are used (SPEC.md 11.2)."""
+    """Only MXes better than the best one that is this host are used (docs/behaviour/remote.md 11.2)."""
     sink = SMTPSinkFactory()
     port = sinkOn(ports, sink, "127.0.0.2")
     loopbackDNS.mx(b"self.example", [(10, b"test.example"), (20, b"other.example")])

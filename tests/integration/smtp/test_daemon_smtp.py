@@ -1,6 +1,6 @@
 """
 SMTP through the whole daemon (twistd qmtwist as a child) into a Maildir: the delivered bytes,
-Received and Return-Path lines (SPEC.md 7.9), and FAQ 5.5's fixup re-injection.
+Received and Return-Path lines (docs/behaviour/smtp.md 7.9), and FAQ 5.5's fixup re-injection.
 """
 
 from __future__ import annotations
@@ -103,7 +103,7 @@ def test_faq55_fixup(home, daemon):
     names = [line.split(b":", 1)[0].lower() for line in header.split(b"\n")
              if line and not line[:1].isspace()]
     assert b"subject" in names and b"message-id" in names and b"date" in names
-    # Program deliveries get no Delivered-To line (SPEC 4.9): the re-injected copy carries
+    # Program deliveries get no Delivered-To line (docs/behaviour/local.md 4.9): the re-injected copy carries
     # only its final one, and nothing of the broken "@fixme" envelope survives.
     assert header.startswith(b"Return-Path: <alice@example.org>\n"
                              b"Delivered-To: postmaster@test.example\nReceived: (qmail ")

@@ -1,4 +1,5 @@
-"""The SMTP listener end to end: real sockets, real queue files (SPEC.md 7, 8; FAQ 5.1, 5.4, 5.5)."""
+"""The SMTP listener end to end: real sockets, real queue files (docs/behaviour/smtp.md 7, tcpserver.md 8;
+FAQ 5.1, 5.4, 5.5)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,5 @@
-"""HOME/bin/qmail-smtpd on descriptors 0/1 (SPEC.md 1.4): pipes, tcp-env, and Debian's tcpserver."""
+"""HOME/bin/qmail-smtpd on descriptors 0/1 (docs/behaviour/home.md 1.4): pipes, tcp-env, and Debian's
+tcpserver."""
 
 from __future__ import annotations
 

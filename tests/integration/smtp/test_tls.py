@@ -1,4 +1,5 @@
-"""STARTTLS and SMTPS with a self-signed certificate (SPEC.md 7.2, 7.10); smtplib and swaks peers."""
+"""STARTTLS and SMTPS with a self-signed certificate (docs/behaviour/smtp.md 7.2, 7.10); smtplib and swaks
+peers."""
 
 from __future__ import annotations
 

@@ -1,7 +1,8 @@
-"""The .qmail pipe programs as real processes (FAQ 2.3, 4.1, 4.2, 4.4; SPEC.md 13, 14.2).
+"""The .qmail pipe programs as real processes (FAQ 2.3, 4.1, 4.2, 4.4; docs/behaviour/tools.md 13, 14.2).
 
 A pipe delivery runs C{/bin/sh -c LINE} with HOME/bin first on PATH and the variables of
-SPEC.md 4.5; these tests do the same with a fixed environment and stdin, so they do not depend on
+docs/behaviour/local.md 4.5; these tests do the same with a fixed environment and stdin, so they do not
+depend on
 the queue service's delivery.
 """
 

@@ -1,4 +1,5 @@
-"""An ordinary user injects through the daemon's socket when queue/ is not writable (SPEC.md 5.3).
+"""An ordinary user injects through the daemon's socket when queue/ is not writable (docs/behaviour/queue.md
+5.3).
 
 The test stands in for the daemon's side of HOME/run/qmail-queue.sock with a small server that
 speaks the protocol documented in L{qmtwist.tools.queueclient} and reads the peer's uid from

@@ -1,4 +1,4 @@
-"""The .qmail lookup chain, line types and file checks (SPEC.md 3.6, 4.1, 4.3)."""
+"""The .qmail lookup chain, line types and file checks (docs/behaviour/local.md 3.6, 4.1, 4.3)."""
 
 from __future__ import annotations
 

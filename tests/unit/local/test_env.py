@@ -1,4 +1,4 @@
-"""Environment, Delivered-To/Return-Path/From_ lines and NEWSENDER (SPEC.md 4.5-4.9)."""
+"""Environment, Delivered-To/Return-Path/From_ lines and NEWSENDER (docs/behaviour/local.md 4.5-4.9)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Maildir writer: names, failures, exactly once (SPEC.md 4.8)."""
+"""Maildir writer: names, failures, exactly once (docs/behaviour/local.md 4.8)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""mbox quoting, appending and locking (SPEC.md 4.7)."""
+"""mbox quoting, appending and locking (docs/behaviour/local.md 4.7)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""POP3 logins: the built-in checker and the checkpassword relay (SPEC.md 10.2, 10.5)."""
+"""POP3 logins: the built-in checker and the checkpassword relay (docs/behaviour/pop3.md 10.2, 10.5)."""
 
 from __future__ import annotations
 

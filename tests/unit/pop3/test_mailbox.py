@@ -1,4 +1,4 @@
-"""Maildir listing, transmission format and QUIT changes of qmail-pop3d (SPEC.md 10.3)."""
+"""Maildir listing, transmission format and QUIT changes of qmail-pop3d (docs/behaviour/pop3.md 10.3)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""qmail-popup and qmail-pop3d dialogues on a StringTransport (SPEC.md 10.1, 10.3)."""
+"""qmail-popup and qmail-pop3d dialogues on a StringTransport (docs/behaviour/pop3.md 10.1, 10.3)."""
 
 from __future__ import annotations
 

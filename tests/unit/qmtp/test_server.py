@@ -1,4 +1,4 @@
-"""qmail-qmtpd dialogues on a StringTransport with the real Injector (SPEC.md 9)."""
+"""qmail-qmtpd dialogues on a StringTransport with the real Injector (docs/behaviour/qmtp.md 9)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Bounces in QSBMF (SPEC.md 5.7) and VERP senders (SPEC.md 5.8)."""
+"""Bounces in QSBMF (docs/behaviour/queue.md 5.7) and VERP senders (docs/behaviour/queue.md 5.8)."""
 
 from __future__ import annotations
 
@@ -48,7 +48,7 @@ def test_paragraphRunOfBlankLines():
 
 
 def test_paragraphReportEndingInBlankLine():
-    # SPEC 5.7: every LF right after an LF becomes "/", the last one too, so the paragraph
+    # docs/behaviour/queue.md 5.7: every LF right after an LF becomes "/", the last one too, so the paragraph
     # holds no blank line before its own terminating one (QSBMF paragraphs are split on them)
     para = paragraph(b"r@x", b"a\n\n")
     assert para == b"<r@x>:\na\n/\n\n"

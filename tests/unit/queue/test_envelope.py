@@ -1,4 +1,4 @@
-"""Queue file records and the qmail-queue envelope (SPEC.md 5.2, 5.3)."""
+"""Queue file records and the qmail-queue envelope (docs/behaviour/queue.md 5.2, 5.3)."""
 
 from __future__ import annotations
 
@@ -89,7 +89,8 @@ def test_checkAddressLimits():
         assert e.value.code == code
 
 
-# --- parseQmailQueueEnvelope: exit codes of SPEC.md 5.3 ----------------------------------------
+# --- parseQmailQueueEnvelope: exit codes of docs/behaviour/queue.md 5.3
+# ----------------------------------------
 
 
 def test_qqEnvelopeParsed():

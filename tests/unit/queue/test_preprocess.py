@@ -1,4 +1,5 @@
-"""Address resolution (SPEC.md 3.1) and the todo pass (SPEC.md 5.5) on real files."""
+"""Address resolution (docs/behaviour/queue.md 3.1) and the todo pass (docs/behaviour/queue.md 5.5) on real
+files."""
 
 from __future__ import annotations
 
@@ -32,7 +33,8 @@ def test_splitAtLastAt():
     assert splitAddress(b"joe") == (b"joe", b"")
 
 
-# --- every row of the SPEC.md 3.1 table ---------------------------------------------------------
+# --- every row of the docs/behaviour/queue.md 3.1 table
+# ---------------------------------------------------------
 
 
 def test_rowLocals():

@@ -1,4 +1,4 @@
-"""Retry schedule and lifetime (SPEC.md 5.6)."""
+"""Retry schedule and lifetime (docs/behaviour/queue.md 5.6)."""
 
 from __future__ import annotations
 

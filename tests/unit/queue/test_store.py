@@ -1,4 +1,4 @@
-"""Synchronous injection into the queue (SPEC.md 5.1-5.4)."""
+"""Synchronous injection into the queue (docs/behaviour/queue.md 5.1-5.4)."""
 
 from __future__ import annotations
 

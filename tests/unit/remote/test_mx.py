@@ -1,4 +1,4 @@
-"""DNS steps of qmail-remote on a scripted resolver (SPEC.md 11.2)."""
+"""DNS steps of qmail-remote on a scripted resolver (docs/behaviour/remote.md 11.2)."""
 
 from __future__ import annotations
 

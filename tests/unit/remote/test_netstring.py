@@ -1,4 +1,4 @@
-"""Netstring framing (SPEC.md 9.1), shared by the QMTP client and server."""
+"""Netstring framing (docs/behaviour/qmtp.md 9.1), shared by the QMTP client and server."""
 
 from __future__ import annotations
 

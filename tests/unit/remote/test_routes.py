@@ -1,4 +1,5 @@
-"""smtproutes / qmtproutes / tlsverify matching (SPEC.md 11.1, 9.3, 2.3); pure."""
+"""smtproutes / qmtproutes / tlsverify matching (docs/behaviour/remote.md 11.1, qmtp.md 9.3, control.md 2.3);
+pure."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""The remote host timeout table and qmail-tcpto / qmail-tcpok (SPEC.md 11.6)."""
+"""The remote host timeout table and qmail-tcpto / qmail-tcpok (docs/behaviour/remote.md 11.6)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""qmail-smtpd dialogues as data (SPEC.md 7.2): lines sent, exact replies expected."""
+"""qmail-smtpd dialogues as data (docs/behaviour/smtp.md 7.2): lines sent, exact replies expected."""
 
 from __future__ import annotations
 

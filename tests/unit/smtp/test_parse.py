@@ -1,4 +1,4 @@
-"""MAIL/RCPT argument parsing (SPEC.md 7.3), badmailfrom (7.6), Received text (7.9)."""
+"""MAIL/RCPT argument parsing (docs/behaviour/smtp.md 7.3), badmailfrom (7.6), Received text (7.9)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Header parsing and address rewriting as qmail-inject does it (SPEC.md 12.1)."""
+"""Header parsing and address rewriting as qmail-inject does it (docs/behaviour/tools.md 12.1)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""qmail-inject (SPEC.md 12.1): header completion, recipients, options, environment, exits."""
+"""qmail-inject (docs/behaviour/tools.md 12.1): header completion, recipients, options, environment, exits."""
 
 from __future__ import annotations
 

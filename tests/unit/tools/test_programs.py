@@ -1,4 +1,4 @@
-"""The helper programs of SPEC.md 13: argv, environment, exit codes and exact output."""
+"""The helper programs of docs/behaviour/tools.md 13: argv, environment, exit codes and exact output."""
 
 from __future__ import annotations
 

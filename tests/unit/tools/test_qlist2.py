@@ -1,4 +1,4 @@
-"""qlist2 (SPEC.md 14.2, FAQ 4.2): subscription by mail with a confirmation round trip."""
+"""qlist2 (docs/behaviour/tools.md 14.2, FAQ 4.2): subscription by mail with a confirmation round trip."""
 
 from __future__ import annotations
 

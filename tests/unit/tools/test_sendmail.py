@@ -1,4 +1,4 @@
-"""sendmail and datemail (SPEC.md 12.2, 12.3; FAQ 6.1-6.3)."""
+"""sendmail and datemail (docs/behaviour/tools.md 12.2, 12.3; FAQ 6.1-6.3)."""
 
 from __future__ import annotations
 
