@@ -1,5 +1,5 @@
 """
-The SMTP client of qmail-remote (SPEC.md 11.3-11.5): one transaction on a connected socket.
+The SMTP client of qmail-remote (docs/behaviour/remote.md 11.3-11.5): one transaction on a connected socket.
 
 L{ReplyProtocol} reads multi-line replies and hands them out one by one as Deferreds, each with
 the C{timeoutremote} deadline; L{transact} runs EHLO/HELO, STARTTLS, MAIL, one RCPT per
@@ -21,6 +21,7 @@ from attrs import define
 from twisted.internet import defer
 from twisted.internet.protocol import Protocol
 from twisted.protocols.basic import FileSender
+from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from qmtwist.delivery import Outcome, Report
@@ -32,6 +33,8 @@ QUIT_WAIT = 5.0  # how long to let the peer close after QUIT before closing ours
 
 PARTIAL = "SMTP cannot transfer messages with partial final lines. (#5.6.2)"
 UNREADABLE = "Unable to read message. (#4.3.0)"
+
+_log = Logger()
 
 
 class ConnectionDied(Exception):
@@ -188,6 +191,20 @@ class ReplyProtocol(Protocol):
             self.transport.abortConnection()
         self._deliver()
 
+    def discardPending(self) -> int:
+        """
+        Forget every byte received but not yet read as an awaited reply, and return how many.
+
+        Called just before C{startTLS}: anything the peer (or a man in the middle) sent after
+        the C{220} to STARTTLS came in plaintext and would otherwise be read as the answer to a
+        command sent inside TLS, one reply late (the client side of CVE-2011-0411).
+        """
+        n = len(self._buffer) + sum(len(x) + 1 for x in self._lines)
+        n += sum(len(r.text) for r in self._replies)
+        self._buffer, self._lines, self._size = b"", [], 0
+        self._replies.clear()
+        return n
+
     def send(self, line: bytes) -> None:
         """Write one command line (CRLF added)."""
         if self.lost is None:
@@ -220,13 +237,28 @@ class ReplyProtocol(Protocol):
 
 
 class DataEncoder:
-    """Chunk transform for the message: LF -> CRLF unless after CR, leading C{.} doubled."""
+    """
+    Chunk transform for the message body on the wire (RFC 5321 2.3.8 and 4.5.2).
+
+    Every line end of the queued message -- LF, CR LF, and a bare CR -- is sent as CR LF, and a
+    line that starts with C{.} gets a second one. A bare CR or a bare LF therefore never reaches
+    the wire: a next hop that ends lines at a lone CR (or LF) sees exactly the lines we see, so
+    C{hello<CR>.<CR><LF>MAIL FROM:...} cannot end our DATA early and start a second, forged
+    transaction from our address. NUL and every other byte pass unchanged (8-bit data).
+    """
 
     def __init__(self) -> None:
         self.atStart = True
-        self.prevCR = False
+        self.pendingCR = False
 
     def __call__(self, chunk: bytes) -> bytes:
+        if self.pendingCR:
+            chunk, self.pendingCR = b"\r" + chunk, False
+        if chunk.endswith(b"\r"):
+            # CR LF may be split across chunks: decide when the next byte is known.
+            chunk, self.pendingCR = chunk[:-1], True
+        if b"\r" in chunk:
+            chunk = chunk.replace(b"\r\n", b"\n").replace(b"\r", b"\n")
         out: list[bytes] = []
         parts = chunk.split(b"\n")
         last = len(parts) - 1
@@ -236,11 +268,17 @@ class DataEncoder:
                     out.append(b".")
                 out.append(part)
                 self.atStart = False
-                self.prevCR = part.endswith(b"\r")
             if i < last:
-                out.append(b"\n" if self.prevCR else b"\r\n")
-                self.atStart, self.prevCR = True, False
+                out.append(b"\r\n")
+                self.atStart = True
         return b"".join(out)
+
+    def flush(self) -> bytes:
+        """What is still held at the end of the message (a final CR, sent as a line end)."""
+        if self.pendingCR:
+            self.pendingCR, self.atStart = False, True
+            return b"\r\n"
+        return b""
 
 
 async def sendFile(
@@ -364,6 +402,10 @@ async def transact(
                     why = tlsFailureText(tls.name, ip, "STARTTLS rejected").encode() + b"\n"
                     return quit(Outcome.DEFERRAL, why, r)
             else:
+                injected = proto.discardPending()
+                if injected:
+                    _log.warn("TLS to {ip}: discarded {n} bytes received in plaintext after the "
+                              "220 to STARTTLS", ip=ip, n=injected)
                 proto.transport.startTLS(tls.options)
                 proto.send(b"EHLO " + helohost)
                 try:
@@ -402,10 +444,12 @@ async def transact(
         except OSError:
             proto.close()
             return rest(Report.deferral(UNREADABLE))
+        encoder = DataEncoder()
         try:
-            await sendFile(f, proto.transport, proto.clock, proto.timeout, DataEncoder())
+            await sendFile(f, proto.transport, proto.clock, proto.timeout, encoder)
         finally:
             f.close()
+        proto.transport.write(encoder.flush())
         proto.send(b".")
         critical = True
         r = await proto.reply()

@@ -76,6 +76,8 @@ class _SMTPSink(LineReceiver):
             self.reply(b"250 sink.example")
         elif verb == b"STARTTLS":
             self.reply(b"220 ready to start TLS")
+            if f.injectAfterSTARTTLS:  # a man in the middle appends replies in plaintext
+                self.transport.write(f.injectAfterSTARTTLS)
             if f.brokenTLS:
                 self.transport.loseConnection()
             else:
@@ -119,6 +121,7 @@ class SMTPSinkFactory(protocol.ServerFactory):
     rcptReply: Callable[[bytes], bytes] = lambda a: b"250 ok"
     tlsOptions: Any = None
     brokenTLS: bool = False
+    injectAfterSTARTTLS: bytes = b""
     holdConnections: list[Any] | None = None
     messages: list[Received] = field(factory=list)
     commands: list[bytes] = field(factory=list)

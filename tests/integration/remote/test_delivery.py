@@ -6,6 +6,7 @@ L{RemoteAgent} driven with L{DeliveryRequest}s (docs/behaviour/remote.md 11, qmt
 from __future__ import annotations
 
 import os
+import re
 import socket
 
 import pytest
@@ -18,6 +19,7 @@ from qmtwist.delivery import DeliveryRequest, Outcome, Report
 from qmtwist.remote.agent import RemoteAgent
 from qmtwist.remote.mx import makeResolver
 from tests.dnsserver import LoopbackDNS
+from tests.conftest import logLines
 from tests.integration.remote.peers import (
     QMTPSinkFactory,
     SMTPSinkFactory,
@@ -447,6 +449,29 @@ async def test_brokenTLSFallsBackToPlaintext(home, tmp_path, loopbackDNS, ports)
     assert r.outcome is Outcome.DEFERRAL
     assert r.text.startswith(b"TLS required but not verified for mx.tls.example at 127.0.0.2: ")
     assert sink.connections == 3
+
+
+@pytest_twisted.ensureDeferred
+async def test_startTLSResponseInjectionDiscarded(home, tmp_path, loopbackDNS, ports, logEvents) -> None:
+    """
+    Replies received in plaintext after the 220 to STARTTLS are discarded, not read as answers
+    inside TLS: otherwise every later reply is read one step late and a 550 after DATA passes
+    for success (the client side of CVE-2011-0411).
+    """
+    sink, port = tlsSetup(home, loopbackDNS, ports, ["mx.tls.example"],
+                          injectAfterSTARTTLS=b"250 injected\r\n250 injected\r\n250 injected\r\n"
+                                              b"354 injected\r\n250 injected\r\n",
+                          replies={"dot": b"550 no thanks"})
+    control(home, "tlsverify", b"tls.example:ca.pem\n")
+    [r] = await deliverAll(
+        agent(home, loopbackDNS, mxPort=port), [request(message(tmp_path), b"a@tls.example")]
+    )
+    assert r.outcome is Outcome.FAILURE
+    assert r.text == (b"127.0.0.2 failed after I sent the message.\n"
+                      b"Remote host said: 550 no thanks\n")
+    assert sink.commands[:3] == [b"EHLO test.example", b"STARTTLS", b"EHLO test.example"]
+    assert any(re.search(r"TLS to 127.0.0.2: discarded \d+ bytes received in plaintext", line)
+               for line in logLines(logEvents))
 
 
 @pytest_twisted.ensureDeferred

@@ -104,12 +104,23 @@ def test_closeSendsQuitAndWaitsForPeer() -> None:
         ([b"a\n", b".b\n"], b"a\r\n..b\r\n"),
         ([b"a", b".b\n"], b"a.b\r\n"),
         ([b"\n.\n"], b"\r\n..\r\n"),
-        ([b"lone\rcr\n"], b"lone\rcr\r\n"),
+        # A bare CR ends a line on the wire as CR LF; the line after it is dot-stuffed: no
+        # next hop can see an end of DATA we did not send (RFC 5321 2.3.8).
+        ([b"lone\rcr\n"], b"lone\r\ncr\r\n"),
+        ([b"hello\r.\rMAIL FROM:<x>\n"], b"hello\r\n..\r\nMAIL FROM:<x>\r\n"),
+        ([b"a\r.\nb\n"], b"a\r\n..\r\nb\r\n"),
+        ([b"a\n.\r\nb\n"], b"a\r\n..\r\nb\r\n"),
+        ([b"a\r", b".\r", b"\n"], b"a\r\n..\r\n"),
+        ([b"a\r", b"\r", b"\n"], b"a\r\n\r\n"),
+        ([b"n\x00.\x00\n"], b"n\x00.\x00\r\n"),
+        ([b"x\r"], b"x\r\n"),
     ],
 )
 def test_dataEncoder(chunks: list[bytes], wire: bytes) -> None:
     enc = DataEncoder()
-    assert b"".join(enc(c) for c in chunks) == wire
+    out = b"".join(enc(c) for c in chunks) + enc.flush()
+    assert out == wire
+    assert b"\r\n" not in out.replace(b"\r\n", b"") and b"\r" not in out.replace(b"\r\n", b"")
 
 
 def test_cleanAndSaid() -> None:
