@@ -149,6 +149,9 @@ def launcherText(home: Home, name: str) -> bytes:
     ).encode()
 
 
+DEFAULT_DATABYTES = 50 * 1024 * 1024
+
+
 def setup(home: Home, me: str | None = None) -> list[str]:
     """
     Create or complete C{home}; never rewrite an existing file.
@@ -171,7 +174,12 @@ def setup(home: Home, me: str | None = None) -> list[str]:
     for d in ("control", "users", "homes", "rules", "bin", "run"):
         mkdir(home.sub(d))
     name = me or defaultMe()
+    fresh = not os.path.exists(home.sub("control", "me"))
     write(home.sub("control", "me"), name.encode() + b"\n")
+    if fresh:
+        # A new home gets a message size limit (qmail's default is none: databytes 0). An
+        # existing home being completed keeps what its administrator chose.
+        write(home.sub("control", "databytes"), b"%d\n" % DEFAULT_DATABYTES)
     domain = name.split(".", 1)[1] if "." in name else name
     write(home.sub("control", "defaultdomain"), domain.encode() + b"\n")
     write(home.sub("control", "plusdomain"), domain.encode() + b"\n")

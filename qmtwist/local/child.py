@@ -5,68 +5,87 @@ per (uid, gid), alive while it has work and a short idle time after. It drops to
 gid, uid) first thing in L{main}, in this freshly exec'd single-threaded process: never between
 fork and exec in the multithreaded daemon, where the user and group lookups are unsafe.
 
-Protocol: one JSON object per line on stdin, C{{"id": N, "job": Job, "message": BASE64}}; one
-line per finished delivery on stdout, C{{"id": N, "result": JobResult}}, in completion order.
-EOF on stdin: finish what is running, then exit 0. The message is written to a private temporary
-file (mode 0600) because the queue is not readable by users; programs get it as their seekable
-standard input. Deliveries run concurrently on this process's own reactor, file writes on its
-thread pool, exactly as in the daemon when it is not root.
+Protocol (L{qmtwist.local.helper}): descriptors 0 and 1 are one AF_UNIX stream socket to the
+daemon. For each job the daemon sends the queued message as an open read-only descriptor
+(SCM_RIGHTS; the queue is not readable by users) and one JSON line C{{"id": N, "job": Job}};
+the child answers one line per finished delivery, C{{"id": N, "result": JobResult}}, in
+completion order. End of input: finish what is running, then exit 0. Writers copy the message
+from the descriptor in chunks and programs get it as their seekable standard input, so memory
+does not grow with the message. Deliveries run concurrently on this process's own reactor, file
+writes on its thread pool, exactly as in the daemon when it is not root.
 
 Run as C{python -m qmtwist.local.child}.
 """
 
 from __future__ import annotations
 
-import base64
 import json
 import os
 import signal
+import socket
 import sys
+from collections import deque
 from typing import Any
 
-from twisted.internet import stdio
 from twisted.internet.defer import ensureDeferred
-from twisted.internet.interfaces import IHalfCloseableProtocol
-from twisted.internet.protocol import Protocol
+from twisted.internet.interfaces import IFileDescriptorReceiver, IHalfCloseableProtocol
+from twisted.internet.protocol import Factory, Protocol
 from twisted.internet.threads import deferToThread
 from zope.interface import implementer
 
 from qmtwist.delivery import Outcome
 from qmtwist.local.deliver import Job, JobResult, runJob
+from qmtwist.local.message import QueuedMessage
+
+MAX_REQUEST_LINE = 1 << 20  # a job: names, addresses, paths
 
 
-@implementer(IHalfCloseableProtocol)
+@implementer(IHalfCloseableProtocol, IFileDescriptorReceiver)
 class HelperProtocol(Protocol):
-    """Reads request lines, runs each job, writes one result line per job."""
+    """Reads a descriptor and a request line per job, runs it, writes one result line."""
 
     def __init__(self, reactor: Any) -> None:
         self.reactor = reactor
         self.chunks: list[bytes] = []
+        self.size = 0
+        self.fds: deque[int] = deque()
         self.pending = 0
         self.eof = False
         self.baseEnv = dict(os.environb)
 
+    def fileDescriptorReceived(self, fd: int) -> None:
+        # Twisted delivers a descriptor before the bytes it came with: it pairs with the next
+        # request line.
+        self.fds.append(fd)
+
     def dataReceived(self, data: bytes) -> None:
-        # requests carry whole messages: collect chunks, join once per line (no quadratic copy)
         while True:
             i = data.find(b"\n")
             if i < 0:
                 if data:
                     self.chunks.append(data)
+                    self.size += len(data)
+                    if self.size > MAX_REQUEST_LINE:
+                        sys.stderr.write("qmtwist local helper: request line too long\n")
+                        self.transport.abortConnection()
                 return
             self.chunks.append(data[:i])
             line = b"".join(self.chunks)
-            self.chunks = []
+            self.chunks, self.size = [], 0
             data = data[i + 1:]
             if line.strip():
+                fd = self.fds.popleft() if self.fds else -1
                 self.pending += 1
-                ensureDeferred(self.handle(line)).addBoth(self._finished)
+                ensureDeferred(self.handle(line, fd)).addBoth(self._finished)
 
-    async def handle(self, line: bytes) -> None:
-        req = json.loads(line)
-        rid = req["id"]
+    async def handle(self, line: bytes, fd: int) -> None:
+        message = QueuedMessage(fd) if fd >= 0 else None
+        rid: Any = None
         try:
-            message = base64.b64decode(req["message"])
+            req = json.loads(line)
+            rid = req["id"]
+            if message is None:
+                raise ValueError("no message descriptor came with the job")
             job = Job.fromJSON(dict(req["job"], messPath=""))
             result = await runJob(job, self.reactor, deferToThread, self.baseEnv,
                                   message=message)
@@ -74,6 +93,12 @@ class HelperProtocol(Protocol):
             result = JobResult(Outcome.DEFERRAL,
                                b"Temporary failure in qmail-local: %s. (#4.3.0)\n"
                                % repr(e).encode("utf-8", "replace"))
+        finally:
+            if message is not None:
+                message.close()
+        if rid is None:
+            sys.stderr.write("qmtwist local helper: unreadable request line\n")
+            return
         self.transport.write(json.dumps({"id": rid, "result": result.toJSON()}).encode() + b"\n")
 
     def _finished(self, r: Any) -> None:
@@ -126,7 +151,14 @@ def main(argv: list[str] | None = None) -> int:
         return 111
     reactor.suggestThreadPoolSize(10)
     proto = HelperProtocol(reactor)
-    stdio.StandardIO(proto, reactor=reactor)
+    factory = Factory.forProtocol(lambda: proto)
+    reactor.adoptStreamConnection(0, socket.AF_UNIX, factory)
+    # The socket is now the reactor's own duplicate: nothing may write to it behind the
+    # protocol's back, so descriptor 1 (print, warnings) goes to standard error.
+    devnull = os.open(os.devnull, os.O_RDONLY)
+    os.dup2(devnull, 0)
+    os.close(devnull)
+    os.dup2(2, 1)
     reactor.run()
     return 0
 

@@ -13,8 +13,8 @@ message after every other line succeeded (L{JobResult.forwards}), through the da
 from __future__ import annotations
 
 import base64
+import itertools
 import os
-import tempfile
 from typing import Any, Callable
 
 from attrs import asdict, field, frozen
@@ -24,6 +24,8 @@ from qmtwist.errors import MailError, PermanentFailure
 from qmtwist.local import dotqmail, maildir, mbox, program
 from qmtwist.local.dotqmail import Kind
 from qmtwist.local.env import dtline, newSender, programEnv, rpline, ufline
+from qmtwist.local.message import QueuedMessage
+from qmtwist.local.message import headerHasLine as _headerHasLine
 
 LOOPING = "This message is looping: it already has my Delivered-To line. (#5.4.6)"
 
@@ -115,51 +117,22 @@ def _nl(text: str | bytes) -> bytes:
 @frozen
 class _Plan:
     dq: dotqmail.DotQmail
-    message: bytes
     newsender: bytes
 
 
 def headerHasLine(message: bytes, line: bytes) -> bool:
     """Whether a header line (up to the first empty line) equals C{line} (docs/behaviour/local.md 4.9)."""
-    want = line.rstrip(b"\n")
-    end = message.find(b"\n\n")
-    header = message if end < 0 else message[:end]
-    return want in header.split(b"\n")
+    return _headerHasLine([message], line)
 
 
-def _prepare(job: Job, dt: bytes, message: bytes | None) -> _Plan:
+def _prepare(job: Job, dt: bytes, message: QueuedMessage) -> _Plan:
     dotqmail.checkHome(job.home)
     dq = dotqmail.locate(job.home, job.dash, job.ext, job.defaultDelivery)
-    if message is None:
-        try:
-            with open(job.messPath, "rb") as f:
-                message = f.read()
-        except OSError as e:
-            raise MailError(f"Unable to read message: {e.strerror}. (#4.3.0)")
-    if headerHasLine(message, dt):
+    if message.headerHasLine(dt):
         raise PermanentFailure(LOOPING)
     owner, ownerDefault = dotqmail.ownerFiles(job.home, job.dash, job.ext)
     ns = newSender(job.sender, job.local, job.host, owner, ownerDefault)
-    return _Plan(dq, message, ns)
-
-
-def writeTemp(data: bytes) -> str:
-    """The message in a private temporary file (mode 0600), for a program's standard input."""
-    fd, path = tempfile.mkstemp(prefix="qmtwist-msg.")
-    try:
-        view = memoryview(data)
-        while view:
-            view = view[os.write(fd, view):]
-    finally:
-        os.close(fd)
-    return path
-
-
-def _unlink(path: str) -> None:
-    try:
-        os.unlink(path)
-    except OSError:
-        pass
+    return _Plan(dq, ns)
 
 
 def _resolve(home: str, path: bytes) -> bytes:
@@ -172,27 +145,34 @@ async def runJob(
     runInThread: Callable[[Callable[[], Any]], Any],
     baseEnv: dict[bytes, bytes],
     running: set[Any] | None = None,
-    message: bytes | None = None,
+    message: QueuedMessage | None = None,
 ) -> JobResult:
     """
     Deliver one recipient as qmail-local does; never raises.
 
     @param baseEnv: the environment programs start from (the daemon's).
     @param running: program transports in flight are kept here (so they can be stopped).
-    @param message: the message as queued, when C{job.messPath} cannot be read (the helper
-        child); programs then read it from a private temporary copy made on first need.
+    @param message: the message as queued, already open (the helper child gets it as a
+        descriptor because it cannot open the queue); otherwise C{job.messPath} is opened.
+        Either way it is read in chunks and never held whole; the caller closes what it gave.
     """
-    tempPath: list[str] = []
+    owned = message is None
     try:
-        return await _runJob(job, reactor, runInThread, baseEnv, running, message, tempPath)
+        if message is None:
+            message = await runInThread(lambda: QueuedMessage.open(job.messPath))
+    except MailError as e:
+        return JobResult(Outcome.DEFERRAL, _nl(e.text), dtline=dtline(job.local, job.host))
+    assert message is not None
+    try:
+        return await _runJob(job, reactor, runInThread, baseEnv, running, message)
     finally:
-        if tempPath:
-            await runInThread(lambda: _unlink(tempPath[0]))
+        if owned:
+            await runInThread(message.close)
 
 
 async def _runJob(job: Job, reactor: Any, runInThread: Callable[[Callable[[], Any]], Any],
                   baseEnv: dict[bytes, bytes], running: set[Any] | None,
-                  message: bytes | None, tempPath: list[str]) -> JobResult:
+                  message: QueuedMessage) -> JobResult:
     dt = dtline(job.local, job.host)
     try:
         plan: _Plan = await runInThread(lambda: _prepare(job, dt, message))
@@ -213,14 +193,14 @@ async def _runJob(job: Job, reactor: Any, runInThread: Callable[[Callable[[], An
         try:
             if ins.kind is Kind.MBOX:
                 path = _resolve(job.home, ins.value)
-                await runInThread(lambda p=path: mbox.deliver(p, (uf, rp, dt), plan.message))
+                await runInThread(lambda p=path: mbox.deliver(p, (uf, rp, dt), message.chunks()))
                 files += 1
                 continue
             if ins.kind is Kind.MAILDIR:
                 path = _resolve(job.home, ins.value)
                 ln = ins.lineno if plan.dq.path is not None else 1000 + ins.lineno
                 await runInThread(lambda p=path, n=ln: maildir.deliver(
-                    p, [rp, dt, plan.message], job.key, n, job.mayBeRepeat))
+                    p, itertools.chain((rp, dt), message.chunks()), job.key, n, job.mayBeRepeat))
                 files += 1
                 continue
         except MailError as e:
@@ -233,10 +213,7 @@ async def _runJob(job: Job, reactor: Any, runInThread: Callable[[Callable[[], An
                 baseEnv, sender=job.sender, newsender=plan.newsender, local=job.local,
                 host=job.host, user=job.user, home=job.home, ext=job.ext,
                 default=plan.dq.default, dt=dt, rp=rp, uf=uf, binDir=job.binDir)
-        if message is not None and not tempPath:
-            tempPath.append(await runInThread(lambda: writeTemp(plan.message)))
-        stdinPath = tempPath[0] if tempPath else job.messPath
-        r = await program.run(reactor, ins.value, stdinPath, env, job.home, runInThread, running)
+        r = await program.run(reactor, ins.value, message.fd, env, job.home, runInThread, running)
         programs += 1
         output += r.output
         if r.outcome is not Outcome.SUCCESS:

@@ -11,22 +11,19 @@ from __future__ import annotations
 
 import fcntl
 import os
-import re
+import itertools
 import time
 from typing import Callable, Iterable
 
 from qmtwist.errors import TemporaryFailure
+from qmtwist.local.message import mboxQuoted
 
 LOCK_TIMEOUT = 30.0
-_FROM = re.compile(rb"^>*From ", re.M)
 
 
 def quote(message: bytes) -> bytes:
     """mboxrd quoting: one C{>} before each line matching C{^>*From }, then the blank line."""
-    body = _FROM.sub(lambda m: b">" + m.group(0), message)
-    if body.endswith(b"\n"):
-        return body + b"\n"
-    return body + b"\n\n"
+    return b"".join(mboxQuoted([message]))
 
 
 def lock(fd: int, timeout: float = LOCK_TIMEOUT, clock: Callable[[], float] = time.monotonic,
@@ -56,14 +53,15 @@ def lock(fd: int, timeout: float = LOCK_TIMEOUT, clock: Callable[[], float] = ti
         sleep(0.02)
 
 
-def deliver(path: bytes | str, prefix: Iterable[bytes], message: bytes,
+def deliver(path: bytes | str, prefix: Iterable[bytes], message: bytes | Iterable[bytes],
             timeout: float = LOCK_TIMEOUT) -> None:
     """
     Append one message to an mbox file.
 
     @param path: the file (absolute, or relative to the current directory).
     @param prefix: UFLINE, RPLINE and DTLINE.
-    @param message: the message as queued (quoted here).
+    @param message: the message as queued (quoted here), whole or as chunks (streamed: memory
+        stays a few chunks whatever the message size).
     @raise TemporaryFailure: with qmail's texts; a partial write is truncated away.
     """
     name = os.fsdecode(path)
@@ -78,11 +76,18 @@ def deliver(path: bytes | str, prefix: Iterable[bytes], message: bytes,
         except OSError as e:
             raise TemporaryFailure(f"Unable to write {name}: {e.strerror}. (#4.3.0)")
         try:
-            data = b"".join(prefix) + quote(message)
-            view = memoryview(data)
-            while view:
-                view = view[os.write(fd, view):]
+            chunks = [message] if isinstance(message, bytes) else message
+            for data in itertools.chain(prefix, mboxQuoted(chunks)):
+                view = memoryview(data)
+                while view:
+                    view = view[os.write(fd, view):]
             os.fsync(fd)
+        except TemporaryFailure:  # the message could not be read: undo the partial append
+            try:
+                os.ftruncate(fd, length)
+            except OSError:
+                pass
+            raise
         except OSError as e:
             try:
                 os.ftruncate(fd, length)

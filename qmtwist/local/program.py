@@ -74,10 +74,18 @@ def _readOutput(fd: int) -> bytes:
         os.close(fd)
 
 
+def _prepareFds(stdinFd: int) -> tuple[int, int]:
+    """On a thread: the message rewound for the program, and an anonymous file for its output."""
+    os.lseek(stdinFd, 0, os.SEEK_SET)
+    out, outPath = tempfile.mkstemp(prefix="qmtwist-out.")
+    os.unlink(outPath)
+    return stdinFd, out
+
+
 async def run(
     reactor: Any,
     command: bytes,
-    stdinPath: str,
+    stdinFd: int,
     env: dict[bytes, bytes],
     cwd: str,
     runInThread: Any,
@@ -86,16 +94,16 @@ async def run(
     """
     Run one program delivery.
 
-    @param stdinPath: a regular file holding the message as queued (opened fresh, at offset 0).
+    @param stdinFd: a descriptor of the message as queued (qmail-local's descriptor 0): the
+        program gets it rewound to offset 0 as its seekable standard input; the caller keeps
+        and closes it.
     @param running: a set the process transport is kept in while it runs (for L{stop}).
     """
     try:
-        stdin = os.open(stdinPath, os.O_RDONLY)
+        stdin, out = await runInThread(lambda: _prepareFds(stdinFd))
     except OSError as e:
         return ProgramResult(Outcome.DEFERRAL, True,
                              b"Unable to read message: %s. (#4.3.0)\n" % os.fsencode(str(e)))
-    out, outPath = tempfile.mkstemp(prefix="qmtwist-out.")
-    os.unlink(outPath)
     waiter = _Waiter()
     try:
         transport = reactor.spawnProcess(
@@ -105,8 +113,6 @@ async def run(
         os.close(out)
         return ProgramResult(Outcome.DEFERRAL, True,
                              b"Unable to run /bin/sh: %s. (#4.3.0)\n" % str(e).encode())
-    finally:
-        os.close(stdin)
     if running is not None:
         running.add(transport)
     try:

@@ -68,31 +68,36 @@ class FileOps:
 
 
 
-def _readBounce(layout: QueueLayout, n: int) -> tuple[bytes, bytes] | None:
+COPY_CHUNK = 65536
+
+
+def _readParagraphs(layout: QueueLayout, n: int) -> bytes | None:
     try:
         with open(layout.bounce(n), "rb") as f:
-            paragraphs = f.read()
+            return f.read()
     except FileNotFoundError:
         return None
-    with open(layout.mess(n), "rb") as f:
-        return paragraphs, f.read()
 
 
 def _prepareBounce(layout: QueueLayout, control: Control, now: float, n: int, sender: bytes,
                    qp: int) -> PendingMessage | str | None:
     """
-    Thread side: read bounce/N and the message, build the bounce and write it into the queue
-    (not yet committed). L{None}: no bounce; C{"triple"}: a failed double bounce, dropped.
+    Thread side: read bounce/N, build the bounce and write it into the queue, the copy of the
+    message streamed from its file in chunks (memory does not grow with the message), not yet
+    committed. L{None}: no bounce; C{"triple"}: a failed double bounce, dropped.
     """
-    found = _readBounce(layout, n)
-    if found is None:
+    paragraphs = _readParagraphs(layout, n)
+    if paragraphs is None:
         return None
-    b = qbounce.makeBounce(control, sender, found[0], found[1], now)
+    b = qbounce.makeBounce(control, sender, paragraphs, b"", now)
     if b is None:
         return "triple"
     p = PendingMessage(layout, qp, b"for bounce", os.getuid(), now)
     try:
         p.write(b.message)
+        with open(layout.mess(n), "rb") as f:
+            while chunk := f.read(COPY_CHUNK):
+                p.write(chunk)
         p.setEnvelope(b.sender, [b.recipient])
     except BaseException:
         p.discard()
