@@ -52,6 +52,7 @@ class Job:
     defaultDelivery: bytes
     binDir: str
     now: float
+    timeout: float = 86400.0  # control/timeoutlocal: longest a program delivery may run
 
     def toJSON(self) -> dict[str, Any]:
         return {k: (base64.b64encode(v).decode() if isinstance(v, bytes) else v)
@@ -213,7 +214,8 @@ async def _runJob(job: Job, reactor: Any, runInThread: Callable[[Callable[[], An
                 baseEnv, sender=job.sender, newsender=plan.newsender, local=job.local,
                 host=job.host, user=job.user, home=job.home, ext=job.ext,
                 default=plan.dq.default, dt=dt, rp=rp, uf=uf, binDir=job.binDir)
-        r = await program.run(reactor, ins.value, message.fd, env, job.home, runInThread, running)
+        r = await program.run(reactor, ins.value, message.fd, env, job.home, runInThread, running,
+                              timeout=job.timeout)
         programs += 1
         output += r.output
         if r.outcome is not Outcome.SUCCESS:

@@ -39,6 +39,10 @@ class ProgramResult:
     output: bytes
 
 
+KILL_GRACE = 10.0
+TIMED_OUT = b"Program ran longer than %d seconds (control/timeoutlocal); killed. (#4.3.0)\n"
+
+
 def classify(exitCode: int | None, output: bytes) -> ProgramResult:
     """Map an exit status (C{None}: killed by a signal) to the result of docs/behaviour/local.md 4.4."""
     if exitCode is None:
@@ -90,9 +94,14 @@ async def run(
     cwd: str,
     runInThread: Any,
     running: set[Any] | None = None,
+    timeout: float | None = None,
 ) -> ProgramResult:
     """
     Run one program delivery.
+
+    A program still running after C{timeout} seconds (C{control/timeoutlocal}) gets SIGTERM,
+    then SIGKILL L{KILL_GRACE} seconds later, and the delivery is deferred with L{TIMED_OUT}: one
+    program that never exits cannot hold a delivery slot for ever [qmtwist].
 
     @param stdinFd: a descriptor of the message as queued (qmail-local's descriptor 0): the
         program gets it rewound to offset 0 as its seekable standard input; the caller keeps
@@ -115,10 +124,31 @@ async def run(
                              b"Unable to run /bin/sh: %s. (#4.3.0)\n" % str(e).encode())
     if running is not None:
         running.add(transport)
+    timedOut: list[bool] = []
+    timers: list[Any] = []
+
+    def signal(name: str) -> None:
+        try:
+            transport.signalProcess(name)
+        except Exception:
+            pass  # it has ended meanwhile
+
+    def expire() -> None:
+        timedOut.append(True)
+        signal("TERM")
+        timers.append(reactor.callLater(KILL_GRACE, signal, "KILL"))
+
+    if timeout is not None and timeout > 0:
+        timers.append(reactor.callLater(timeout, expire))
     try:
         code = await waiter.done
     finally:
+        for t in timers:
+            if t.active():
+                t.cancel()
         if running is not None:
             running.discard(transport)
     output = await runInThread(lambda: _readOutput(out))
+    if timedOut:
+        return ProgramResult(Outcome.DEFERRAL, True, output + TIMED_OUT % int(timeout or 0))
     return classify(code, output)

@@ -410,3 +410,21 @@ async def test_logNamesFailingLine(world, logEvents):
     [e] = [e for e in logEvents if e.get("line") == 3]
     assert e["file"] == os.path.join(h, ".qmail") and e["outcome"] == "failure"
     assert e["rcpt"] == "lg@test.example" and e["text"] == b"nope\n"
+
+
+@pytest_twisted.ensureDeferred
+async def test_programPastTimeoutlocalIsKilledAndDeferred(world):
+    """A program that never exits is killed after control/timeoutlocal and deferred [qmtwist]."""
+    with open(os.path.join(world.home.control, "timeoutlocal"), "wb") as f:
+        f.write(b"1\n")
+    world.dotqmail(world.home.alias, ".qmail-stuck",
+                   b"|echo started; echo $$ > ./stuck.pid; exec sleep 1000\n")
+    agent = world.agent()
+    r = await deliverOne(agent, world.request(b"alias-stuck@test.example"))
+    assert r.outcome is Outcome.DEFERRAL
+    assert r.text == (b"started\nProgram ran longer than 1 seconds (control/timeoutlocal); "
+                      b"killed. (#4.3.0)\n")
+    with open(os.path.join(world.home.alias, "stuck.pid")) as f:
+        pid = int(f.read())
+    with pytest.raises(ProcessLookupError):
+        os.kill(pid, 0)  # gone (sleep was exec'd in the shell's place)
