@@ -2,26 +2,33 @@
 What the running daemon's parts share: the home, the reactor, the injector and the controls.
 
 L{ControlCache} gives two views of C{control/}: L{ControlCache.snapshot}, the queue side's
-values that change only on SIGHUP, and L{ControlCache.current}, re-read when a file's mtime
-changed, for what docs/behaviour/control.md 2.2 marks "conn" and "deliv" (a change applies to the next
-connection
-or delivery without a signal).
+values that change only on SIGHUP, and L{ControlCache.current}, for what docs/behaviour/control.md
+2.2 marks "conn" and "deliv" (a change applies to the next connection or delivery without a
+signal). L{ControlCache.current} never touches the disk: L{ControlCache.refresh} compares the
+entries of C{control/} with what was read last and rereads them when anything changed, on a
+thread, and the listener (before each connection) and the delivery agents (before each
+delivery) wait for it. Files registered with L{ControlCache.watch} (C{servercert.pem}) are
+checked in the same thread job.
 """
 
 from __future__ import annotations
 
 import os
-from typing import Any, Callable
+from typing import Any, Callable, Protocol
 
 from attrs import define, field
+from twisted.internet.defer import Deferred, succeed
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 
 from qmtwist import control
 from qmtwist.control import Control
 from qmtwist.home import Home
 
+Stamp = tuple[tuple[str, int], ...]
 
-def _mtimes(controlDir: str) -> tuple[tuple[str, int], ...]:
+
+def _mtimes(controlDir: str) -> Stamp:
     try:
         entries = sorted(os.scandir(controlDir), key=lambda e: e.name)
     except OSError:
@@ -35,16 +42,28 @@ def _mtimes(controlDir: str) -> tuple[tuple[str, int], ...]:
     return tuple(out)
 
 
+class Watched(Protocol):
+    """A file checked together with the controls (L{qmtwist.tls.ServerCertificate})."""
+
+    def check(self) -> Callable[[], None] | None:
+        """Blocking check on a thread; returns what to run on the reactor thread, or None."""
+
+
 class ControlCache:
     """Control snapshots for the daemon; see module docstring."""
 
     log = Logger(namespace="qmail-send")
 
     def __init__(self, home: Home) -> None:
+        # Read at start-up, before the reactor serves anything.
         self.home = home
         self.snapshot, warnings = control.load(home.control)
         self._current = self.snapshot
         self._stamp = _mtimes(home.control)
+        self._watched: list[Watched] = []
+        self._waiting: list[Deferred[Control]] = []
+        self._checking = False
+        self._generation = 0
         for w in warnings:
             self.log.warn("{line}", line=w)
 
@@ -53,19 +72,96 @@ class ControlCache:
         self.snapshot, warnings = control.load(self.home.control, self.snapshot)
         self._current = self.snapshot
         self._stamp = _mtimes(self.home.control)
+        self._generation += 1
         for w in warnings:
             self.log.warn("{line}", line=w)
         return warnings
 
     def current(self) -> Control:
-        """The newest values (checked by mtime), for per-connection and per-delivery use."""
-        stamp = _mtimes(self.home.control)
-        if stamp != self._stamp:
-            self._current, warnings = control.load(self.home.control, self._current)
-            self._stamp = stamp
+        """
+        The newest values read so far, without touching the disk: callers that must see a
+        change at once wait for L{refresh} first (the listener and the delivery agents do).
+        """
+        return self._current
+
+    def watch(self, source: Watched) -> None:
+        """Check C{source} in every L{refresh} (its C{check} runs on the refresh's thread)."""
+        self._watched.append(source)
+
+    def refresh(self, runInThread: Callable[[Callable[[], Any]], Any]) -> Deferred[Control]:
+        """
+        Reread the control files if any entry of C{control/} changed (names, mtimes), on a
+        thread, and check the watched files.
+
+        Requests that arrive while a check runs share the next one (a change made during the
+        running check is seen by them), so under load at most one check is running.
+
+        @param runInThread: the context's runner (C{deferToThreadPool}); never blocks here.
+        @return: fires with L{current} once the check is done; never fails (a check that
+            crashes is logged and the values in force stay).
+        """
+        d: Deferred[Control] = Deferred()
+        self._waiting.append(d)
+        if not self._checking:
+            self._startCheck(runInThread)
+        return d
+
+    def _startCheck(self, runInThread: Callable[[Callable[[], Any]], Any]) -> None:
+        waiting, self._waiting = self._waiting, []
+        self._checking = True
+        controlDir, stamp, current = self.home.control, self._stamp, self._current
+        watched, generation = list(self._watched), self._generation
+
+        def check() -> tuple[Stamp, Control | None, list[str], list[Callable[[], None]]]:
+            newStamp = _mtimes(controlDir)
+            loaded: Control | None = None
+            warnings: list[str] = []
+            if newStamp != stamp:
+                loaded, warnings = control.load(controlDir, current)
+            applies = []
+            for source in watched:
+                apply = source.check()
+                if apply is not None:
+                    applies.append(apply)
+            return newStamp, loaded, warnings, applies
+
+        def done(result: tuple[Stamp, Control | None, list[str], list[Callable[[], None]]]
+                 ) -> None:
+            newStamp, loaded, warnings, applies = result
+            if generation == self._generation:
+                self._stamp = newStamp
+                if loaded is not None:
+                    self._current = loaded
             for w in warnings:
                 self.log.warn("{line}", line=w)
-        return self._current
+            for apply in applies:
+                apply()
+
+        def crashed(f: Failure) -> None:
+            self.log.failure("control files check failed", f)
+
+        def finished(_: object) -> None:
+            self._checking = False
+            for d in waiting:
+                d.callback(self._current)
+            if self._waiting and not self._checking:
+                self._startCheck(runInThread)
+
+        d = runInThread(check)
+        d.addCallbacks(done, crashed)
+        d.addErrback(crashed)
+        d.addBoth(finished)
+
+
+def freshControls(ctx: Any) -> Deferred[Control]:
+    """
+    The controls as they are now, for a delivery or a connection: L{ControlCache.refresh} with
+    the context's thread runner (a stand-in without C{refresh} gives its C{current()}).
+    """
+    refresh = getattr(ctx.controls, "refresh", None)
+    if refresh is None:
+        return succeed(ctx.controls.current())
+    return refresh(ctx.runInThread)  # type: ignore[no-any-return]
 
 
 @define

@@ -6,16 +6,25 @@ docs/behaviour/control.md 2.1 (C{warning: control/NAME line N: problem; ...}). A
 an
 alert: at start-up it is fatal (L{ControlError}); on reload the previous value is kept.
 Values that become parts of addresses stay C{bytes}.
+
+Every control file is read with L{readControlFile}: one that is not a regular file (a FIFO
+would block the reader for good) is never opened for reading and counts as missing. Values that
+end up in envelopes, headers or protocol lines (the LINE files, C{queueextra},
+C{virtualdomains}) are checked with L{unsafeValue}; a bad one keeps the default or the value in
+force. L{load} does blocking file I/O: the daemon calls it at start-up, on SIGHUP, or on a
+thread (L{qmtwist.context.ControlCache.refresh}).
 """
 
 from __future__ import annotations
 
 import os
+import stat
 from typing import Callable
 
 from attrs import evolve, field, frozen
 
 from qmtwist.errors import ControlError
+from qmtwist.rcpthosts import RcptHosts
 
 LINE, INT, LIST, MAP, TEXT = "LINE", "INT", "LIST", "MAP", "TEXT"
 
@@ -29,6 +38,7 @@ class Control:
     bouncefrom: bytes = b"MAILER-DAEMON"
     bouncehost: bytes = b""
     concurrencylocal: int = 10
+    concurrencyrecipient: int = 0  # [qmtwist] local deliveries at once to one address; 0: half
     concurrencyremote: int = 20
     databytes: int = 0
     defaultdelivery: bytes = b"./Maildir/\n"
@@ -41,6 +51,7 @@ class Control:
     idhost: bytes = b""
     localiphost: bytes = b""
     locals: frozenset[bytes] = frozenset()
+    maxrcpt: int = 1000
     morercpthosts: tuple[bytes, ...] = ()
     percenthack: frozenset[bytes] = frozenset()
     plusdomain: bytes = b""
@@ -52,9 +63,17 @@ class Control:
     smtproutes: dict[bytes, bytes] = field(factory=dict)
     timeoutconnect: int = 60
     timeoutremote: int = 1200
+    timeoutlocal: int = 86400  # [qmtwist] qmail has no limit on a program delivery
     timeoutsmtpd: int = 1200
     tlsverify: tuple[bytes, ...] = ()
     virtualdomains: dict[bytes, bytes] = field(factory=dict)
+    #: Derived, not a file: the rcpthosts lookup table, built once per snapshot here (where the
+    #: snapshot is loaded) rather than per RCPT or connection (docs/behaviour/smtp.md 7.5).
+    rcpthostsTable: RcptHosts = field(init=False, eq=False, repr=False)
+
+    def __attrs_post_init__(self) -> None:
+        object.__setattr__(self, "rcpthostsTable", RcptHosts.build(
+            self.rcpthosts, self.morercpthosts, self.locals, self.virtualdomains))
 
     def isLocal(self, domain: bytes) -> bool:
         """Whether C{domain} is listed in C{locals} (case-insensitive)."""
@@ -67,6 +86,7 @@ _FILES: dict[str, tuple[str, bool, bytes | None]] = {
     "bouncefrom": (LINE, False, None),
     "bouncehost": (LINE, True, b"bouncehost"),
     "concurrencylocal": (INT, False, None),
+    "concurrencyrecipient": (INT, False, None),
     "concurrencyremote": (INT, False, None),
     "databytes": (INT, False, None),
     "defaultdelivery": (TEXT, False, None),
@@ -79,6 +99,7 @@ _FILES: dict[str, tuple[str, bool, bytes | None]] = {
     "idhost": (LINE, True, b"idhost"),
     "localiphost": (LINE, True, b""),
     "locals": (LIST, True, None),
+    "maxrcpt": (INT, False, None),
     "morercpthosts": (LIST, False, None),
     "percenthack": (LIST, False, None),
     "plusdomain": (LINE, True, b"plusdomain"),
@@ -90,6 +111,7 @@ _FILES: dict[str, tuple[str, bool, bytes | None]] = {
     "smtproutes": (MAP, False, None),
     "timeoutconnect": (INT, False, None),
     "timeoutremote": (INT, False, None),
+    "timeoutlocal": (INT, False, None),
     "timeoutsmtpd": (INT, False, None),
     "tlsverify": (LIST, False, None),
     "virtualdomains": (MAP, False, None),
@@ -129,24 +151,150 @@ def parseList(data: bytes) -> list[tuple[int, bytes]]:
     return out
 
 
-def parseMap(data: bytes, warn: Callable[[int, str], None]) -> dict[bytes, bytes]:
-    """MAP: C{key:value} split at the first colon, keys lowered; the last repeated key wins."""
+def parseMap(
+    data: bytes, warn: Callable[[int, str], None], checkValues: bool = False
+) -> dict[bytes, bytes]:
+    """
+    MAP: C{key:value} split at the first colon, keys lowered; the last repeated key wins.
+
+    @param checkValues: the values become parts of addresses (C{virtualdomains} prefixes): a
+        line whose value L{unsafeValue} refuses is ignored.
+    """
     out: dict[bytes, bytes] = {}
     for n, line in parseList(data):
         if b":" not in line:
             warn(n, "no colon; line ignored")
             continue
         key, value = line.split(b":", 1)
+        problem = unsafeValue(value) if checkValues else None
+        if problem is not None:
+            warn(n, f"{problem}; line ignored")
+            continue
         out[key.lower()] = value
     return out
 
 
-def _readFile(path: str) -> bytes | None:
+class NotRegularFile(Exception):
+    """
+    A control file is a FIFO, a device, a directory or a socket: it is never read.
+
+    Not an L{OSError}, so that callers do not take it for an unreadable file (an alert); it
+    counts as missing, with the warning of L{notRegularWarning}.
+    """
+
+
+def notRegularWarning(name: str) -> str:
+    """The warning for a control file that is not a regular file (docs/behaviour/control.md 2.1)."""
+    return f"warning: control/{name} is not a regular file; ignored"
+
+
+def readControlFile(path: str) -> bytes | None:
+    """
+    The contents of one control file, or L{None} when it does not exist.
+
+    A FIFO would block the reader forever (and a device may do anything when opened), so the
+    file is checked with C{stat} before it is opened, opened with C{O_NONBLOCK} and checked
+    again with C{fstat} (it may have been replaced in between) before anything is read.
+
+    @raise NotRegularFile: it exists but is not a regular file.
+    @raise OSError: it exists but cannot be read.
+    """
     try:
-        with open(path, "rb") as f:
-            return f.read()
+        if not stat.S_ISREG(os.stat(path).st_mode):
+            raise NotRegularFile(path)
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC)
     except FileNotFoundError:
         return None
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise NotRegularFile(path)
+        chunks: list[bytes] = []
+        while True:
+            chunk = os.read(fd, 65536)
+            if not chunk:
+                return b"".join(chunks)
+            chunks.append(chunk)
+    finally:
+        os.close(fd)
+
+
+#: Envelope addresses (and so every value that becomes one) are shorter than this (qmail-queue).
+MAX_VALUE = 1003
+
+
+def unsafeValue(value: bytes, text: bool = False) -> str | None:
+    """
+    Why C{value} may not go into an envelope, a header or a protocol line, or L{None}.
+
+    A CR, LF, NUL or any other control character in a host name or address would let a control
+    file inject header lines or protocol commands, and the queue refuses such an envelope
+    address (qmail-queue's 91, "qq internal bug"), so one bad byte in C{queueextra} would make
+    every injection fail. Values of 1003 bytes or more cannot be envelope addresses.
+
+    @param text: the value is free text (C{smtpgreeting}): a TAB is allowed.
+    """
+    for ch in value:
+        if (ch < 32 and not (text and ch == 9)) or ch == 127:
+            return "contains a control character"
+    if len(value) >= MAX_VALUE:
+        return f"longer than {MAX_VALUE - 1} bytes"
+    return None
+
+
+#: LIST files whose entries become envelope addresses: a bad line is ignored.
+_ADDRESS_LISTS = {"queueextra"}
+#: MAP files whose values become parts of addresses: a bad line is ignored.
+_ADDRESS_MAPS = {"virtualdomains"}
+#: LINE files that are free text rather than a host or an address: a TAB may stay.
+_TEXT_LINES = {"smtpgreeting"}
+
+
+def parseListEntries(
+    name: str, data: bytes, warn: Callable[[int, str], None]
+) -> list[bytes]:
+    """
+    The entries of LIST file C{name}, as L{load} keeps them: a line with NUL is ignored, and so
+    is, in C{queueextra}, a line that L{unsafeValue} refuses; host lists are lower-cased.
+    """
+    entries = []
+    for n, entry in parseList(data):
+        if b"\0" in entry:
+            warn(n, "contains NUL; line ignored")
+            continue
+        if name in _ADDRESS_LISTS:
+            problem = unsafeValue(entry)
+            if problem is not None:
+                warn(n, f"{problem}; line ignored")
+                continue
+        entries.append(entry.lower() if name in _LOWERED else entry)
+    return entries
+
+
+def readList(controlDir: str, name: str) -> tuple[list[bytes], list[str]]:
+    """
+    One LIST file read on its own (C{queueextra}, read at every commit), with the checks and
+    warning lines of L{load}; a missing or non-regular file is an empty list.
+
+    @raise OSError: the file exists but cannot be read.
+    """
+    warnings: list[str] = []
+    try:
+        data = readControlFile(os.path.join(controlDir, name))
+    except NotRegularFile:
+        return [], [notRegularWarning(name)]
+    if data is None:
+        return [], warnings
+
+    def warn(n: int, problem: str) -> None:
+        warnings.append(f"warning: control/{name} line {n}: {problem}")
+
+    return parseListEntries(name, data, warn), warnings
+
+
+def _shown(value: object) -> str:
+    if isinstance(value, bytes):
+        return value.decode("utf-8", "backslashreplace") if value else "(empty)"
+    return str(value)
 
 
 def load(
@@ -168,7 +316,10 @@ def load(
     raw: dict[str, bytes | None] = {}
     for name in ["me", *_FILES]:
         try:
-            raw[name] = _readFile(os.path.join(controlDir, name))
+            raw[name] = readControlFile(os.path.join(controlDir, name))
+        except NotRegularFile:
+            warnings.append(notRegularWarning(name))
+            raw[name] = None
         except OSError:
             if previous is None:
                 raise ControlError(f"alert: unable to read control/{name}")
@@ -176,7 +327,7 @@ def load(
             raw[name] = None
             values[name] = getattr(previous, name)
     if "me" not in values:
-        values["me"] = parseLine(raw["me"]) if raw["me"] is not None else b""
+        values["me"] = _lineValue("me", raw["me"], b"", previous, warnings)
     me = values["me"]
     assert isinstance(me, bytes)
     if not me and raw["locals"] is None and "locals" not in values:
@@ -184,9 +335,9 @@ def load(
             raise ControlError("alert: cannot start: unable to read controls")
         return previous, warnings + ["alert: unable to reread control/me"]
     try:
-        if _readFile(os.path.join(controlDir, "recipientmap")) is not None:
+        if readControlFile(os.path.join(controlDir, "recipientmap")) is not None:
             warnings.append("warning: control/recipientmap is obsolete (qmail 1.01); ignored")
-    except OSError:
+    except (OSError, NotRegularFile):
         warnings.append("warning: control/recipientmap is obsolete (qmail 1.01); ignored")
 
     for name, (fmt, fromMe, literal) in _FILES.items():
@@ -202,7 +353,9 @@ def load(
             warnings.append(f"warning: control/{_name} line {n}: {problem}")
 
         if fmt == LINE:
-            values[name] = parseLine(data) or _defaultFor(name, fromMe, literal, me)
+            lineDefault = _defaultFor(name, fromMe, literal, me)
+            assert isinstance(lineDefault, bytes)
+            values[name] = _lineValue(name, data, lineDefault, previous, warnings)
         elif fmt == TEXT:
             values[name] = data if data.strip() else base.defaultdelivery
         elif fmt == INT:
@@ -217,18 +370,13 @@ def load(
                     number = 1
                 values[name] = number
         elif fmt == LIST:
-            entries = []
-            for n, entry in parseList(data):
-                if b"\0" in entry:
-                    warn(n, "contains NUL; line ignored")
-                    continue
-                entries.append(entry.lower() if name in _LOWERED else entry)
+            entries = parseListEntries(name, data, warn)
             if name in ("locals", "percenthack"):
                 values[name] = frozenset(entries)
             else:
                 values[name] = tuple(entries)
         elif fmt == MAP:
-            values[name] = parseMap(data, warn)
+            values[name] = parseMap(data, warn, checkValues=name in _ADDRESS_MAPS)
     if (
         raw["locals"] is None
         and "locals" in _FILES
@@ -237,6 +385,29 @@ def load(
     ):
         values["locals"] = frozenset([me.lower()]) if me else frozenset()
     return evolve(base, **values), warnings  # type: ignore[arg-type]
+
+
+def _lineValue(
+    name: str, data: bytes | None, default: bytes, previous: Control | None,
+    warnings: list[str],
+) -> bytes:
+    """
+    A LINE file's value; one that L{unsafeValue} refuses is replaced by the default (at start)
+    or by the value in force (at a reread), with a warning that does not repeat the bad bytes.
+    """
+    value = parseLine(data) if data is not None else b""
+    if not value:
+        return default
+    problem = unsafeValue(value, text=name in _TEXT_LINES)
+    if problem is None:
+        return value
+    if previous is not None:
+        fallback: bytes = getattr(previous, name)
+        what = "keeping previous value"
+    else:
+        fallback, what = default, "using default"
+    warnings.append(f"warning: control/{name} line 1: {problem}; {what} {_shown(fallback)}")
+    return fallback
 
 
 def _defaultFor(name: str, fromMe: bool, literal: bytes | None, me: bytes) -> object:

@@ -12,10 +12,11 @@ in C{+} gets C{.plusdomain}, a dotless host gets C{.defaultdomain}.
 from __future__ import annotations
 
 import os
-from typing import BinaryIO, Iterator, Mapping
+from typing import BinaryIO, Callable, Iterator, Mapping
 
 from attrs import frozen
 
+from qmtwist.control import NotRegularFile, notRegularWarning, parseLine, readControlFile, unsafeValue
 from qmtwist.tools import token822
 from qmtwist.tools.token822 import AT, ATOM, COLON, DOT, LITERAL, Token
 
@@ -164,33 +165,55 @@ def _tokens(text: bytes) -> list[Token]:
         return [(ATOM, text)]
 
 
-def readCompletion(controlDir: str, environ: Mapping[str, str]) -> Completion:
+def readCompletion(controlDir: str, environ: Mapping[str, str],
+                   warn: Callable[[str], None] | None = None) -> Completion:
     """
     Read C{defaulthost}, C{defaultdomain}, C{plusdomain} and C{idhost} (each defaulting to
     C{me}, else to its own name) and apply the C{QMAIL...} environment overrides.
 
+    A value with a control character (a CR would end up inside header lines and envelope
+    addresses) counts as missing, and so does a file that is not a regular file, each with
+    the C{warning: control/NAME ...} line of docs/behaviour/control.md 2.1 given to C{warn}.
+
     @raise OSError: a control file exists but cannot be read.
     """
-    me = _readLine(os.path.join(controlDir, "me"))
+    lines: list[str] = []
+    me = _readLine(controlDir, "me", None, lines)
     values = {}
     for name in ("defaulthost", "defaultdomain", "plusdomain", "idhost"):
-        value = _readLine(os.path.join(controlDir, name))
+        value = _readLine(controlDir, name, me if me is not None else name.encode(), lines)
         if value is None:
             value = me if me is not None else name.encode()
         override = environ.get("QMAIL" + name.upper())
         if override is not None:
             value = override.encode("utf-8", "surrogateescape")
         values[name] = value
+    if warn is not None:
+        for line in lines:
+            warn(line)
     return Completion(**values)
 
 
-def _readLine(path: str) -> bytes | None:
+def _readLine(controlDir: str, name: str, default: bytes | None,
+              warnings: list[str]) -> bytes | None:
+    """The first line of C{control/NAME}, or L{None} when missing, not regular or unsafe."""
     try:
-        with open(path, "rb") as f:
-            data = f.read()
-    except FileNotFoundError:
+        data = readControlFile(os.path.join(controlDir, name))
+    except NotRegularFile:
+        warnings.append(notRegularWarning(name))
         return None
-    return data.split(b"\n", 1)[0].rstrip(b" \t\r")
+    if data is None:
+        return None
+    value = parseLine(data)
+    problem = unsafeValue(value)
+    if problem is not None:
+        if default is None:
+            what = "ignored"
+        else:
+            what = "using default " + (default.decode("utf-8", "backslashreplace") or "(empty)")
+        warnings.append(f"warning: control/{name} line 1: {problem}; {what}")
+        return None
+    return value
 
 
 _QUOTE_OK = frozenset(

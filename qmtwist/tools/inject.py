@@ -297,7 +297,8 @@ def _run(argv: list[str], env: ProgramEnv) -> int:
         env.stdout.write(_enc(USAGE) + b"\n")
         return 0
     try:
-        completion = readCompletion(env.home.control, env.environ)
+        completion = readCompletion(env.home.control, env.environ,
+                                    lambda line: env.warn("qmail-inject: " + line))
     except OSError:
         raise _fatal(111, "read error")
     for name in ("QMAILDEFAULTHOST", "QMAILDEFAULTDOMAIN", "QMAILPLUSDOMAIN", "QMAILIDHOST",

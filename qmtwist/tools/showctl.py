@@ -22,6 +22,7 @@ _FILES: list[tuple[str, str, str, str, str, bool]] = [
     ("bouncefrom", STR, "MAILER-DAEMON", "Bounce user name is ", "", False),
     ("bouncehost", STR, "bouncehost", "Bounce host name is ", "", True),
     ("concurrencylocal", INT, "10", "Local concurrency is ", "", False),
+    ("concurrencyrecipient", INT, "0", "Local concurrency per recipient (0: half) is ", "", False),
     ("concurrencyremote", INT, "20", "Remote concurrency is ", "", False),
     ("databytes", INT, "0", "SMTP DATA limit is ", " bytes", False),
     ("defaultdelivery", STR, "./Maildir/", "Default delivery is ", "", False),
@@ -40,6 +41,7 @@ _FILES: list[tuple[str, str, str, str, str, bool]] = [
      "The percent hack is allowed for user%host@", ".", False),
     ("plusdomain", STR, "plusdomain", "Plus domain name is ", "", True),
     ("qmtproutes", LST, "No QMTP routes.", "QMTP route: ", "", False),
+    ("maxrcpt", INT, "1000", "Most recipients per message: ", "", False),
     ("queueextra", LST, "No extra recipients.", "Every message is also sent to ", ".", False),
     ("queuelifetime", INT, "604800", "Message lifetime in the queue is ", " seconds", False),
     ("rcpthosts", LST, "SMTP clients may send messages only to local and virtual domains.",
@@ -51,6 +53,7 @@ _FILES: list[tuple[str, str, str, str, str, bool]] = [
     ("timeoutconnect", INT, "60", "SMTP client connection timeout is ", " seconds", False),
     ("timeoutremote", INT, "1200", "SMTP client data timeout is ", " seconds", False),
     ("timeoutsmtpd", INT, "1200", "SMTP server data timeout is ", " seconds", False),
+    ("timeoutlocal", INT, "86400", "Program delivery time limit is ", " seconds", False),
     ("tlsverify", LST, "No TLS requirements.", "TLS required for ", ".", False),
     ("virtualdomains", LST, "No virtual domains.", "Virtual domain: ", "", False),
 ]

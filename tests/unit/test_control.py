@@ -4,14 +4,18 @@ reload."""
 from __future__ import annotations
 
 import os
+import threading
+from typing import Any, Callable
 
 import pytest
+from twisted.internet.defer import Deferred, maybeDeferred
 
 from qmtwist import control
 from qmtwist.context import ControlCache
 from qmtwist.control import Control, load, parseInt, parseLine, parseList, parseMap
 from qmtwist.errors import ControlError
 from qmtwist.home import Home
+from tests.conftest import logLines
 
 
 def write(directory, name: str, data: bytes) -> None:
@@ -20,11 +24,36 @@ def write(directory, name: str, data: bytes) -> None:
 
 
 def unreadable(directory, name: str) -> None:
-    """Make control/NAME unreadable even for root: a directory cannot be read as a file."""
+    """
+    Make control/NAME unreadable even for root: a symbolic link to itself exists but every
+    open or stat fails (ELOOP). (A directory no longer serves: it is not a regular file, so it
+    counts as missing, with a warning.)
+    """
     path = os.path.join(str(directory), name)
-    if os.path.exists(path):
+    if os.path.lexists(path):
         os.unlink(path)
-    os.mkdir(path)
+    os.symlink(name, path)
+
+
+def withoutHanging(fifo: str, fn: Callable[[], Any]) -> Any:
+    """
+    C{fn()}, which must not hang on the FIFO C{fifo}: run on a thread; if it is still running
+    after a while, a writer releases it and the test fails instead of hanging.
+    """
+    out: list = []
+    t = threading.Thread(target=lambda: out.append(fn()), daemon=True)
+    t.start()
+    t.join(10)
+    hung = t.is_alive()
+    while t.is_alive():
+        try:
+            os.close(os.open(fifo, os.O_WRONLY | os.O_NONBLOCK))
+        except OSError:
+            pass
+        t.join(0.1)
+    assert not hung, f"blocked on the FIFO {fifo}"
+    [result] = out
+    return result
 
 
 @pytest.fixture
@@ -256,6 +285,111 @@ def test_recipientmapObsoleteWarning(cdir):
     assert warnings == ["warning: control/recipientmap is obsolete (qmail 1.01); ignored"]
 
 
+# --- values that would break envelopes, headers and protocol lines ---------------------------
+
+
+def test_lineWithControlCharacterUsesDefaultThenKeepsPrevious(cdir):
+    """A CR inside a LINE value would end up in bounces, headers, HELO; it is refused."""
+    write(cdir, "bouncehost", b"bad\rhost.example\n")
+    write(cdir, "helohost", b"helo\x1bthere\n")
+    c, warnings = load(str(cdir))
+    assert (c.bouncehost, c.helohost) == (b"Mail.Example", b"Mail.Example")
+    assert warnings == [
+        "warning: control/bouncehost line 1: contains a control character; "
+        "using default Mail.Example",
+        "warning: control/helohost line 1: contains a control character; "
+        "using default Mail.Example",
+    ]
+    write(cdir, "bouncehost", b"good.example\n")
+    good, _ = load(str(cdir), c)
+    write(cdir, "bouncehost", b"bad\rhost.example\n")
+    again, warnings = load(str(cdir), good)
+    assert again.bouncehost == b"good.example"
+    assert ("warning: control/bouncehost line 1: contains a control character; "
+            "keeping previous value good.example") in warnings
+
+
+def test_everyLineFileIsChecked(cdir):
+    names = [n for n, (fmt, _m, _l) in control._FILES.items() if fmt == control.LINE] + ["me"]
+    for name in names:
+        write(cdir, name, b"x\ry\n")
+    write(cdir, "locals", b"mail.example\n")
+    c, warnings = load(str(cdir))
+    for name in names:
+        assert b"\r" not in getattr(c, name), name
+        assert any(w.startswith(f"warning: control/{name} line 1: contains a control character")
+                   for w in warnings), name
+
+
+def test_meWithControlCharacterKeepsPreviousOnReload(cdir):
+    first, _ = load(str(cdir))
+    write(cdir, "me", b"evil\r\nRCPT TO:<x>\n")  # only the first line counts: "evil"
+    write(cdir, "me", b"ev\ril.example\n")
+    second, warnings = load(str(cdir), first)
+    assert second.me == b"Mail.Example"
+    assert second.bouncehost == b"Mail.Example"
+    assert warnings == ["warning: control/me line 1: contains a control character; "
+                        "keeping previous value Mail.Example"]
+
+
+def test_smtpgreetingMayHoldATab(cdir):
+    write(cdir, "smtpgreeting", b"mail.example\tthe mail host\n")
+    c, warnings = load(str(cdir))
+    assert (c.smtpgreeting, warnings) == (b"mail.example\tthe mail host", [])
+
+
+def test_queueextraBadLinesIgnored(cdir):
+    write(cdir, "queueextra", b"log\r@x.example\ncopy@x.example\n" + b"a" * 1003 + b"\n")
+    c, warnings = load(str(cdir))
+    assert c.queueextra == (b"copy@x.example",)
+    assert warnings == [
+        "warning: control/queueextra line 1: contains a control character; line ignored",
+        "warning: control/queueextra line 3: longer than 1002 bytes; line ignored",
+    ]
+    assert control.readList(str(cdir), "queueextra") == ([b"copy@x.example"], warnings)
+
+
+def test_virtualdomainsValueWithControlCharacterIgnored(cdir):
+    write(cdir, "virtualdomains", b"a.example:pre\x7ffix\nb.example:ok\n")
+    c, warnings = load(str(cdir))
+    assert c.virtualdomains == {b"b.example": b"ok"}
+    assert warnings == [
+        "warning: control/virtualdomains line 1: contains a control character; line ignored"]
+
+
+# --- files that are not regular files ----------------------------------------------------------
+
+
+def test_fifoIsMissingWithWarningAndNeverBlocks(cdir):
+    write(cdir, "rcpthosts", b"a.example\n")
+    first, _ = load(str(cdir))
+    os.unlink(os.path.join(str(cdir), "rcpthosts"))
+    fifo = os.path.join(str(cdir), "rcpthosts")
+    os.mkfifo(fifo)
+    for previous in (None, first):
+        c, warnings = withoutHanging(fifo, lambda p=previous: load(str(cdir), p))
+        assert c.rcpthosts is None
+        assert warnings == ["warning: control/rcpthosts is not a regular file; ignored"]
+
+
+def test_directoryIsNotARegularFile(cdir):
+    os.mkdir(os.path.join(str(cdir), "smtproutes"))
+    c, warnings = load(str(cdir))
+    assert c.smtproutes == {}
+    assert warnings == ["warning: control/smtproutes is not a regular file; ignored"]
+
+
+def test_readControlFile(cdir):
+    path = os.path.join(str(cdir), "x")
+    assert control.readControlFile(path) is None
+    write(cdir, "x", b"data\n")
+    assert control.readControlFile(path) == b"data\n"
+    os.symlink("x", os.path.join(str(cdir), "link"))  # a link to a regular file is fine
+    assert control.readControlFile(os.path.join(str(cdir), "link")) == b"data\n"
+    with pytest.raises(control.NotRegularFile):
+        control.readControlFile("/dev/null")
+
+
 # --- unreadable files -------------------------------------------------------------------------
 
 
@@ -324,17 +458,29 @@ def test_cacheSnapshotChangesOnlyOnReload(home: Home):
     assert cache.current().concurrencyremote == 4
 
 
+def _fresh(cache: ControlCache) -> Control:
+    """L{ControlCache.refresh} with a runner that runs the check at once (no thread)."""
+    got: list = []
+    cache.refresh(maybeDeferred).addBoth(got.append)
+    [result] = got
+    assert isinstance(result, Control), result
+    assert result is cache.current()
+    return result
+
+
 def test_cacheCurrentRereadsAfterMtimeChange(home: Home):
     cache = ControlCache(home)
-    assert cache.current().databytes == 0
+    before = cache.current().databytes
+    assert before != 100
     write(home.control, "databytes", b"100\n")
     _bump(os.path.join(home.control, "databytes"), 5)
-    assert cache.current().databytes == 100
-    assert cache.snapshot.databytes == 0
+    assert cache.current().databytes == before  # current() never reads: refresh() does
+    assert _fresh(cache).databytes == 100
+    assert cache.snapshot.databytes == before
     # an in-place rewrite with a new mtime is also noticed
     write(home.control, "databytes", b"200\n")
     _bump(os.path.join(home.control, "databytes"), 10)
-    assert cache.current().databytes == 200
+    assert _fresh(cache).databytes == 200
 
 
 def test_cacheCurrentUnchangedWithoutChange(home: Home):
@@ -348,7 +494,77 @@ def test_cacheCurrentSeesNewFile(home: Home):
     cache = ControlCache(home)
     assert cache.current().smtproutes == {}
     write(home.control, "smtproutes", b":relay.example\n")
-    assert cache.current().smtproutes == {b"": b"relay.example"}
+    assert _fresh(cache).smtproutes == {b"": b"relay.example"}
+
+
+class ManualRunner:
+    """A thread runner whose jobs run only when the test says so."""
+
+    def __init__(self) -> None:
+        self.jobs: list = []
+
+    def __call__(self, fn):
+        d: Deferred = Deferred()
+        self.jobs.append((fn, d))
+        return d
+
+    def runOne(self) -> None:
+        fn, d = self.jobs.pop(0)
+        d.callback(fn())
+
+
+def test_cacheRefreshReadsOnlyInTheRunnerAndShares(home: Home, monkeypatch):
+    """Nothing is read by refresh() itself; requests during a check share the next one."""
+    cache = ControlCache(home)
+    reads: list = []
+    real = control.readControlFile
+    monkeypatch.setattr(control, "readControlFile", lambda p: reads.append(p) or real(p))
+    runner = ManualRunner()
+    write(home.control, "smtproutes", b":one.example\n")
+    got: list = []
+    cache.refresh(runner).addCallback(got.append)
+    assert (reads, got, len(runner.jobs)) == ([], [], 1)
+    second = cache.refresh(runner)
+    third = cache.refresh(runner)
+    assert len(runner.jobs) == 1  # one check at a time
+    runner.runOne()
+    assert reads and got[0].smtproutes == {b"": b"one.example"}
+    # the two that came while the first check was under way wait for the next one, which
+    # sees what changed meanwhile
+    assert not second.called and len(runner.jobs) == 1
+    write(home.control, "smtproutes", b":two.example\n")
+    _bump(os.path.join(home.control, "smtproutes"), 5)
+    runner.runOne()
+    assert second.result.smtproutes == third.result.smtproutes == {b"": b"two.example"}
+    assert runner.jobs == []
+
+
+def test_cacheRefreshRunsWatchedChecksAndAppliesThem(home: Home):
+    applied: list = []
+
+    class Source:
+        def check(self):
+            return lambda: applied.append("on the caller's side")
+
+    cache = ControlCache(home)
+    cache.watch(Source())
+    runner = ManualRunner()
+    d = cache.refresh(runner)
+    assert applied == []
+    runner.runOne()
+    assert applied == ["on the caller's side"] and d.called
+
+
+def test_cacheRefreshThatCrashesKeepsValues(home: Home, logEvents):
+    class Broken:
+        def check(self):
+            raise RuntimeError("boom")
+
+    cache = ControlCache(home)
+    before = cache.current()
+    cache.watch(Broken())
+    assert _fresh(cache) is before
+    assert "control files check failed" in logLines(logEvents)
 
 
 def test_cacheReloadWithoutMeAndLocalsKeepsPrevious(home: Home):
@@ -389,8 +605,9 @@ def test_moduleNamesEveryFileOfTheTable():
         "me", "badmailfrom", "bouncefrom", "bouncehost", "concurrencylocal",
         "concurrencyremote", "databytes", "defaultdelivery", "defaultdomain", "defaulthost",
         "doublebouncehost", "doublebounceto", "envnoathost", "helohost", "idhost",
-        "localiphost", "locals", "morercpthosts", "percenthack", "plusdomain", "qmtproutes",
+        "localiphost", "locals", "maxrcpt", "morercpthosts", "percenthack", "plusdomain", "qmtproutes",
         "queueextra", "queuelifetime", "rcpthosts", "smtpgreeting", "smtproutes",
         "timeoutconnect", "timeoutremote", "timeoutsmtpd", "tlsverify", "virtualdomains",
+        "timeoutlocal", "concurrencyrecipient",
     }
     assert names == expected

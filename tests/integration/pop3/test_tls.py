@@ -6,15 +6,19 @@ import os
 import poplib
 import ssl
 
+import pytest
 import pytest_twisted
 from twisted.internet import reactor
 from twisted.internet.threads import deferToThread
 
 from qmtwist.context import Context, ControlCache
 from qmtwist.pop3.listener import makePOP3Service
+from qmtwist.pop3.transaction import UNIMPLEMENTED
 from tests.integration.pop3.test_listener import (
     FILES, TWO, addUser, asLines, fill)
-from tests.integration.smtp.test_tls import writeCertificate
+from tests.conftest import logLines
+from tests.integration.smtp.test_tls import (
+    MISMATCH, writeCertificate, writeMismatchedCertificate)
 
 
 def noVerify() -> ssl.SSLContext:
@@ -90,3 +94,46 @@ async def test_pop3s_endpoint(pop3home):
         assert two == asLines(TWO)
     finally:
         await s.stopService()
+
+
+@pytest_twisted.ensureDeferred
+async def test_mismatched_key_no_stls(pop3home, logEvents):
+    """A key that is not the certificate's: CAPA offers no STLS and STLS is refused."""
+    home = pop3home
+    uid, gid, userHome = addUser(home, "joe", b"pw")
+    fill(os.path.join(userHome, "Maildir"), uid, gid)
+    writeMismatchedCertificate(os.path.join(home.control, "servercert.pem"))
+    s, port = start(home, "tcp:0:interface=127.0.0.1")
+    try:
+        def talk():
+            p = poplib.POP3("127.0.0.1", port, timeout=30)
+            capa = p.capa()
+            try:
+                p._shortcmd("STLS")  # poplib itself refuses when CAPA has no STLS
+            except poplib.error_proto as e:
+                refused = e.args[0]
+            else:
+                refused = None
+            p.user("joe")
+            p.pass_("pw")
+            stat = p.stat()
+            p.quit()
+            return capa, refused, stat
+
+        capa, refused, stat = await deferToThread(talk)
+        assert capa == {"TOP": [], "UIDL": [], "USER": []}
+        assert refused == UNIMPLEMENTED.rstrip(b"\r\n")
+        assert stat[0] == len(FILES)
+        assert logLines(logEvents).count(MISMATCH) == 1
+    finally:
+        await s.stopService()
+
+
+def test_pop3s_endpoint_mismatched_key_fails_at_start(pop3home, logEvents):
+    """An ssl: endpoint serving such a control/servercert.pem does not start; one clear line."""
+    writeMismatchedCertificate(os.path.join(pop3home.control, "servercert.pem"))
+    with pytest.raises(ValueError):
+        start(pop3home, "ssl:0:interface=127.0.0.1")
+    assert [line for line in logLines(logEvents) if line.startswith("alert:")] == [
+        "alert: cannot start: unable to listen on ssl:0:interface=127.0.0.1: "
+        "control/servercert.pem: private key does not match certificate"]

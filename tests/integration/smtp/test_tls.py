@@ -14,6 +14,7 @@ import pytest_twisted
 from twisted.internet.threads import deferToThread
 from twisted.internet.utils import getProcessOutputAndValue
 
+from tests.conftest import logLines
 from tests.integration.smtp.conftest import Client, queuedMessages
 from tests.integration.smtp.test_listener import MSG, checkMessage
 
@@ -36,6 +37,24 @@ def writeCertificate(path: str) -> None:
         f.write(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
                                   serialization.NoEncryption()))
         f.write(cert.public_bytes(serialization.Encoding.PEM))
+
+
+def writeMismatchedCertificate(path: str) -> None:
+    """A PEM file whose private key is not the key of its certificate (two fresh pairs mixed)."""
+    writeCertificate(path + ".a")
+    writeCertificate(path + ".b")
+    with open(path + ".a", "rb") as f:
+        key = f.read().split(b"-----BEGIN CERTIFICATE-----")[0]
+    with open(path + ".b", "rb") as f:
+        cert = b"-----BEGIN CERTIFICATE-----" + f.read().split(b"-----BEGIN CERTIFICATE-----")[1]
+    os.unlink(path + ".a")
+    os.unlink(path + ".b")
+    with open(path, "wb") as f:
+        f.write(key + cert)
+
+
+MISMATCH = ("warning: control/servercert.pem: private key does not match certificate; "
+            "STARTTLS disabled")
 
 
 @pytest.fixture
@@ -61,7 +80,7 @@ def test_smtplib_starttls(certHome, startSMTP):
             assert text.split(b"\n")[-1] == b"STARTTLS"
             assert s.starttls(context=noVerify()) == (220, b"ready for tls")
             code, text = s.ehlo()
-            assert text == b"test.example\nPIPELINING\n8BITMIME"
+            assert text == b"test.example\nPIPELINING\n8BITMIME\nSIZE 52428800"
             return s.sendmail("alice@example.org", ["bob@test.example"], MSG)
 
     assert (yield deferToThread(talk)) == {}
@@ -89,7 +108,7 @@ def test_pipelined_after_starttls_discarded(certHome, startSMTP):
 
     before, after = yield deferToThread(talk)
     assert before == (b"220 test.example ESMTP\r\n250-test.example\r\n250-PIPELINING\r\n"
-                      b"250-8BITMIME\r\n250 STARTTLS\r\n220 ready for tls\r\n")
+                      b"250-8BITMIME\r\n250-SIZE 52428800\r\n250 STARTTLS\r\n220 ready for tls\r\n")
     assert after == b"250 ok\r\n503 MAIL first (#5.5.1)\r\n221 test.example\r\n"
 
 
@@ -102,7 +121,7 @@ def test_smtps_endpoint(certHome, startSMTP):
         with smtplib.SMTP_SSL("127.0.0.1", srv.port, local_hostname="client.example",
                               context=noVerify()) as s:
             code, text = s.ehlo()
-            assert text == b"test.example\nPIPELINING\n8BITMIME"
+            assert text == b"test.example\nPIPELINING\n8BITMIME\nSIZE 52428800"
             return s.sendmail("alice@example.org", ["bob@test.example"], MSG)
 
     assert (yield deferToThread(talk)) == {}
@@ -155,3 +174,56 @@ def test_smtps_endpoint_defaults_to_servercert(certHome, startSMTP):
             return s.noop()
 
     assert (yield deferToThread(talk)) == (250, b"ok")
+
+
+@pytest_twisted.inlineCallbacks
+def test_mismatched_key_no_starttls(home, startSMTP, logEvents):
+    """
+    A key that is not the certificate's: STARTTLS was advertised and every handshake then
+    failed (no 220, an unhandled error; a Postfix peer defers all its mail). Now it is not
+    offered, one warning says why, and mail goes on in plaintext.
+    """
+    writeMismatchedCertificate(os.path.join(home.control, "servercert.pem"))
+    srv = startSMTP()
+
+    def talk():
+        c = Client(srv.port)
+        c.send(b"EHLO client.example\r\nSTARTTLS\r\nMAIL FROM:<a@x.example>\r\n"
+               b"RCPT TO:<bob@test.example>\r\nDATA\r\n" + MSG + b".\r\nQUIT\r\n")
+        return c.readAll()
+
+    out = yield deferToThread(talk)
+    ehlo = out.split(b"\r\n")[1:5]
+    assert ehlo[-1].startswith(b"250 ") and b"STARTTLS" not in out.split(b"502")[0], out
+    assert b"\r\n502 unimplemented (#5.5.1)\r\n250 ok\r\n" in out
+    assert len(queuedMessages(srv.home)) == 1
+    lines = logLines(logEvents)
+    assert lines.count(MISMATCH) == 1
+    assert not [e for e in logEvents if e.get("isError") or e.get("log_failure")]
+
+
+@pytest_twisted.inlineCallbacks
+def test_mismatched_key_then_fixed_offers_starttls(home, startSMTP, logEvents):
+    """The file is checked again for the next connection once it changes."""
+    pem = os.path.join(home.control, "servercert.pem")
+    writeMismatchedCertificate(pem)
+    srv = startSMTP()
+
+    def ehlo():
+        with smtplib.SMTP("127.0.0.1", srv.port, local_hostname="client.example") as s:
+            return s.ehlo()[1]
+
+    assert b"STARTTLS" not in (yield deferToThread(ehlo))
+    writeCertificate(pem + ".new")
+    os.replace(pem + ".new", pem)
+    assert (yield deferToThread(ehlo)).split(b"\n")[-1] == b"STARTTLS"
+
+
+def test_smtps_endpoint_mismatched_key_fails_at_start(home, startSMTP, logEvents):
+    """An ssl: endpoint that serves such a file does not start, with one line naming it."""
+    writeMismatchedCertificate(os.path.join(home.control, "servercert.pem"))
+    with pytest.raises(ValueError):
+        startSMTP(endpoint="ssl:0:interface=127.0.0.1")
+    assert [line for line in logLines(logEvents) if line.startswith("alert:")] == [
+        "alert: cannot start: unable to listen on ssl:0:interface=127.0.0.1: "
+        "control/servercert.pem: private key does not match certificate"]

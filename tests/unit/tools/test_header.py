@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import os
 
 import pytest
 
@@ -153,3 +154,21 @@ def test_readCompletionDefaults(tmp_path):
 def test_readCompletionNoMe(tmp_path):
     c = readCompletion(str(tmp_path), {})
     assert c == Completion(b"defaulthost", b"defaultdomain", b"plusdomain", b"idhost")
+
+
+def test_readCompletionRefusesControlCharactersAndFifos(tmp_path):
+    from tests.unit.test_control import withoutHanging
+
+    (tmp_path / "me").write_bytes(b"zippy.af.mil\n")
+    (tmp_path / "idhost").write_bytes(b"id\r\n.example\n")  # trailing CR is stripped: fine
+    (tmp_path / "plusdomain").write_bytes(b"plus\rexample\n")
+    fifo = str(tmp_path / "defaultdomain")
+    os.mkfifo(fifo)
+    lines: list[str] = []
+    c = withoutHanging(fifo, lambda: readCompletion(str(tmp_path), {}, lines.append))
+    assert c == Completion(b"zippy.af.mil", b"zippy.af.mil", b"zippy.af.mil", b"id")
+    assert lines == [
+        "warning: control/defaultdomain is not a regular file; ignored",
+        "warning: control/plusdomain line 1: contains a control character; "
+        "using default zippy.af.mil",
+    ]

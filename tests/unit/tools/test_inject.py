@@ -394,3 +394,18 @@ def test_daemonSocketFailures(home, monkeypatch, reply, code, text):
         t.join(10)
         server.close()
     assert (r.code, r.err) == (code, b"qmail-inject: fatal: " + text + b"\n")
+
+
+def test_crInDefaulthostIsIgnoredWithWarning(home):
+    """A CR in control/defaulthost would go into the From line and make the envelope
+    unstorable ("qq internal bug"); it counts as missing (me), with a warning naming it."""
+    with open(os.path.join(home.control, "defaulthost"), "wb") as f:
+        f.write(b"af.mil\rBcc: spy@evil.example\n")
+    r = run(home, [], b"To: fred\n\nhi\n", USER="joe")
+    assert r.code == 0
+    assert r.err == (b"qmail-inject: warning: control/defaulthost line 1: contains a control "
+                     b"character; using default test.example\n")
+    [(env, mess)] = queuedMessages(home)
+    assert env == envelope(b"joe@test.example", b"fred@test.example")
+    assert stripReceived(mess) == (
+        STAMP % b"test.example" + b"From: joe@test.example\nTo: fred@test.example\n\nhi\n")
