@@ -26,6 +26,7 @@ PROGRAMS = {
     "smtp-sink": "postfix",
     "setpriv": "util-linux",
     "useradd": "passwd",
+    "ip": "iproute2",  # adds interface addresses for the remote self-check test
 }
 
 # Perl modules swaks --tls needs; swaks only Recommends them, so --no-install-recommends skips them.

@@ -6,18 +6,19 @@ L{RemoteAgent.deliver} takes the remote recipients of one message, groups those 
 route (or a recipient domain, hence an MX set) and an envelope sender, and runs one connection
 per group: route selection (L{routes}), DNS (L{mx}), the timeout table (L{tcpto}), then the
 SMTP (L{smtpclient}) or QMTP (L{qmtpclient}) transaction. Each recipient gets its own
-L{Report}. Control values are read from C{ctx.controls.current()} for every delivery.
+L{Report}. Control values are reread (on a thread, L{freshControls}) for every delivery.
 Simultaneous connections never exceed C{concurrencyremote} (the HUP value).
 
 Differences from qmail: see the modules named above; the self check ("I'm listed as a
 best-preference MX") compares addresses with L{RemoteAgent.localAddresses} (wired by the plugin
-to the SMTP listeners' addresses; C{0.0.0.0} counts the loopback range only) and host names with
-C{control/me}.
+to the addresses the SMTP and QMTP listeners are bound to; a wildcard listener stands for every
+interface address of the machine, L{ipme}) and host names with C{control/me}. After a 4xx
+greeting, a connect timeout or no greeting at all, the next address (the next MX) is tried at
+once, as Postfix does; qmail waits for the next retry.
 """
 
 from __future__ import annotations
 
-import ipaddress
 import random
 from typing import Any, Callable, Iterable
 
@@ -26,12 +27,12 @@ from twisted.logger import Logger
 from zope.interface import implementer
 
 from qmtwist import tls as tlsOptions
-from qmtwist.context import Context
+from qmtwist.context import Context, freshControls
 from qmtwist.control import Control
 from qmtwist.delivery import DeliveryRequest, Report
 from qmtwist.errors import MailError, PermanentFailure
 from qmtwist.interfaces import IDeliveryAgent
-from qmtwist.remote import qmtpclient, routes, smtpclient
+from qmtwist.remote import ipme, qmtpclient, routes, smtpclient
 from qmtwist.remote.concurrency import Limiter, descriptorWarning
 from qmtwist.remote.mx import DNS_TIMEOUT, NO_HOST, MailHost, MXResolver, makeResolver
 from qmtwist.remote.tcpto import TimeoutTable
@@ -78,10 +79,15 @@ class RemoteAgent:
     @param dnsTimeout: the retry timeouts of each DNS lookup (docs/behaviour/remote.md 11.2: 1, 3, 11).
     @param mxPort: the SMTP port of hosts found by MX or A lookup (25; tests and unprivileged
         set-ups such as FAQ 7.4 on one machine use another).
+    @param interfaces: returns the machine's interface addresses (blocking; run on
+        C{ctx.runInThread}, at most every L{interfaceCacheSeconds}); needed only when
+        C{localAddresses} has a wildcard address (C{0.0.0.0}, C{::}).
     """
 
     channel = "remote"
     log = Logger(namespace="qmail-remote")
+    #: how long the interface addresses read for the self check are reused
+    interfaceCacheSeconds = 10.0
 
     def __init__(
         self,
@@ -92,6 +98,7 @@ class RemoteAgent:
         dnsTimeout: tuple[float, ...] = DNS_TIMEOUT,
         mxPort: int = 25,
         rng: random.Random | None = None,
+        interfaces: Callable[[], Iterable[str]] = ipme.interfaceAddresses,
     ) -> None:
         self.ctx = ctx
         self.reactor = ctx.reactor
@@ -99,6 +106,9 @@ class RemoteAgent:
         self.mx = MXResolver(self.resolver, dnsTimeout, rng)
         self.tcpto = TimeoutTable(ctx.home.queue.tcpto, ctx.reactor, rng)
         self.localAddresses = localAddresses
+        self.interfaces = interfaces
+        self._interfaceCache: tuple[float, frozenset[str]] | None = None
+        self._interfaceLock = defer.DeferredLock()
         self.mxPort = mxPort
         self.limiter = Limiter(max(1, ctx.controls.snapshot.concurrencyremote))
         self._inflight: set[defer.Deferred[Any]] = set()
@@ -110,8 +120,23 @@ class RemoteAgent:
     # -- IDeliveryAgent ---------------------------------------------------------------------
     def deliver(self, requests: list[DeliveryRequest]) -> list[defer.Deferred[Report]]:
         results: list[defer.Deferred[Report]] = [defer.Deferred() for _ in requests]
+        # the control files as they are now, read on a thread (docs/behaviour/control.md 2.2)
+        d = freshControls(self.ctx).addCallback(self._dispatch, requests, results)
+        d.addErrback(self._dispatchFailed, results)
+        if not d.called:
+            self._inflight.add(d)  # stop() waits for it too
+            d.addBoth(lambda _: self._inflight.discard(d))
+        return results
+
+    def _dispatchFailed(self, f: Any, results: list[defer.Deferred[Report]]) -> None:
+        self.log.failure("remote delivery setup failed", f)
+        for d in results:
+            if not d.called:
+                d.callback(Report.deferral(BUG))
+
+    def _dispatch(self, control: Control, requests: list[DeliveryRequest],
+                  results: list[defer.Deferred[Report]]) -> None:
         try:
-            control = self.ctx.controls.current()
             groups: dict[tuple[Any, ...], list[int]] = {}
             for i, req in enumerate(requests):
                 bad = _unsafe(req.sender, BAD_SENDER) or _unsafe(req.recipient, BAD_RECIPIENT)
@@ -120,19 +145,23 @@ class RemoteAgent:
                     continue
                 _local, domain = splitAddress(req.recipient)
                 route = routes.selectRoute(control, domain)
-                key = (route, domain.lower() if route.relay is None else b"", req.sender)
+                # Recipients of one route connection share its TLS policy: a tlsverify
+                # domain never rides on the connection of a domain without it (remote.md 11.5).
+                policy = (routes.tlsPolicy(control, domain, self.ctx.home.control)
+                          if route.protocol == routes.SMTP else routes.TLSPolicy(False))
+                key = (route, domain.lower() if route.relay is None else b"", req.sender, policy)
                 groups.setdefault(key, []).append(i)
         except Exception:
             self.log.failure("remote delivery setup failed")
             for d in results:
-                d.callback(Report.deferral(BUG))
-            return results
-        for (route, _domain, _sender), indices in groups.items():
+                if not d.called:
+                    d.callback(Report.deferral(BUG))
+            return
+        for (route, _domain, _sender, policy), indices in groups.items():
             reqs = [requests[i] for i in indices]
-            d = defer.ensureDeferred(self._deliverGroup(control, route, reqs))
+            d = defer.ensureDeferred(self._deliverGroup(control, route, policy, reqs))
             self._inflight.add(d)
             d.addBoth(self._finished, d, reqs, [results[i] for i in indices])
-        return results
 
     def _finished(
         self, outcome: Any, d: Any, reqs: list[DeliveryRequest], targets: list[Any]
@@ -164,7 +193,8 @@ class RemoteAgent:
 
     # -- one connection's worth of recipients ------------------------------------------------
     async def _deliverGroup(
-        self, control: Control, route: routes.Route, reqs: list[DeliveryRequest]
+        self, control: Control, route: routes.Route, policy: routes.TLSPolicy,
+        reqs: list[DeliveryRequest],
     ) -> list[Report]:
         n = len(reqs)
         messPath = reqs[0].messPath
@@ -198,7 +228,6 @@ class RemoteAgent:
                         proto, ip, sender, recipients, messPath),
                     lambda: qmtpclient.QMTPClientProtocol(self.reactor, control.timeoutremote),
                 )
-            policy = routes.tlsPolicy(control, domain, self.ctx.home.control)
             return await self._trySMTP(control, hosts, port, sender, recipients, messPath, policy)
         finally:
             self.limiter.release()
@@ -220,16 +249,18 @@ class RemoteAgent:
             if scanon != sdomain:
                 sender = slocal + b"@" + scanon
         hosts = await self.mx.mailHosts(canon)
-        return self._selfCheck(control, hosts), recipients, sender
+        return self._selfCheck(control, hosts, await self._myAddresses()), recipients, sender
 
-    def _selfCheck(self, control: Control, hosts: list[MailHost]) -> list[MailHost]:
-        mine = self._myAddresses()
+    def _selfCheck(
+        self, control: Control, hosts: list[MailHost], mine: frozenset[ipme.IPAddress]
+    ) -> list[MailHost]:
+        """qmail's "best-preference MX" rule (docs/behaviour/remote.md 11.2)."""
         me = control.me.lower().rstrip(b".")
 
         def isSelf(h: MailHost) -> bool:
             if me and h.name.lower().rstrip(b".") == me:
                 return True
-            return any(_isMine(ip, mine) for ip in h.addresses)
+            return any(ipme.isMine(ip, mine) for ip in h.addresses)
 
         selfPrefs = [h.preference for h in hosts if isSelf(h)]
         if not selfPrefs:
@@ -240,10 +271,36 @@ class RemoteAgent:
             raise PermanentFailure(SELF_MX)
         return left
 
-    def _myAddresses(self) -> set[str]:
+    async def _myAddresses(self) -> frozenset[ipme.IPAddress]:
+        """
+        The addresses that are this instance: those the listeners are bound to, a wildcard
+        standing for every interface address of the machine (L{ipme.selfAddresses}).
+        """
         source = self.localAddresses
-        values = source() if callable(source) else source
-        return {str(v) for v in values}
+        listening = [str(v) for v in (source() if callable(source) else source)]
+        interfaces: Iterable[str] = ()
+        if ipme.hasWildcard(listening):
+            interfaces = await self._interfaceAddresses()
+        return ipme.selfAddresses(listening, interfaces)
+
+    async def _interfaceAddresses(self) -> frozenset[str]:
+        """
+        L{interfaces}, read on a pool thread and reused for L{interfaceCacheSeconds}; when
+        they cannot be read, the loopback addresses (logged).
+        """
+        async with self._interfaceLock:
+            now = self.reactor.seconds()
+            cached = self._interfaceCache
+            if cached is not None and now < cached[0]:
+                return cached[1]
+            try:
+                found = frozenset(str(a) for a in await self.ctx.runInThread(self.interfaces))
+            except Exception as e:
+                self.log.warn("warning: unable to read the interface addresses ({why}); the self "
+                              "check counts the loopback addresses only", why=str(e))
+                found = ipme.LOOPBACK
+            self._interfaceCache = (now + self.interfaceCacheSeconds, found)
+            return found
 
     async def _trySMTP(
         self,
@@ -294,55 +351,74 @@ class RemoteAgent:
         makeProto: Callable[[], Any],
         tlsRetry: bool = False,
     ) -> list[Report]:
-        """Connect to each address in turn (docs/behaviour/remote.md 11.3); the first connection decides."""
-        for host in hosts:
-            for ip in host.addresses:
-                if self._stopping:
+        """
+        Connect to each address in turn (docs/behaviour/remote.md 11.3). The first connection
+        that gets past the greeting decides; after a connect failure, a 4xx greeting or no
+        greeting the next address is tried at once, and the last such report stands when none
+        is left.
+        """
+        candidates = [(host, ip) for host in hosts for ip in host.addresses]
+        last: list[Report] | None = None
+        for k, (host, ip) in enumerate(candidates):
+            more = k + 1 < len(candidates)
+            if self._stopping:
+                return [Report.deferral(STOPPING)] * n
+            if self.tcpto.skip(ip):
+                continue
+            allowTLS = True
+            while True:
+                proto = makeProto()
+                connecting = self._connect(ip, port, control.timeoutconnect, proto)
+                self._connecting.add(connecting)
+                try:
+                    await connecting
+                except (defer.CancelledError, error.ConnectingCancelledError):
                     return [Report.deferral(STOPPING)] * n
-                if self.tcpto.skip(ip):
-                    continue
-                allowTLS = True
-                while True:
-                    proto = makeProto()
-                    connecting = self._connect(ip, port, control.timeoutconnect, proto)
-                    self._connecting.add(connecting)
-                    try:
-                        await connecting
-                    except (defer.CancelledError, error.ConnectingCancelledError):
-                        return [Report.deferral(STOPPING)] * n
-                    except error.TimeoutError:
-                        self.tcpto.timedOut(ip)
-                        break
-                    except (error.ConnectError, OSError):
-                        self.tcpto.ok(ip)
-                        break
-                    finally:
-                        self._connecting.discard(connecting)
+                except error.TimeoutError:
+                    self.tcpto.timedOut(ip)
+                    self._nextMX(ip, f"connect timed out after {control.timeoutconnect} s", more)
+                    break
+                except (error.ConnectError, OSError) as e:
                     self.tcpto.ok(ip)
-                    self._connections.add(proto)
-                    try:
-                        if tlsRetry:
-                            result = list(await run(proto, ip, host, allowTLS))
-                        else:
-                            result = list(await run(proto, ip, host))
-                    except smtpclient.TLSBroken as e:
-                        self.log.info("TLS to {ip} failed ({why}); retrying without STARTTLS",
-                                      ip=ip, why=str(e))
-                        if proto.transport is not None:
-                            proto.transport.abortConnection()
-                        await proto.whenClosed()
-                        allowTLS = False
-                        continue
-                    except BaseException:
-                        if proto.transport is not None:
-                            proto.transport.abortConnection()
-                        raise
-                    finally:
-                        self._connections.discard(proto)
-                    # hold the concurrency slot until the connection is really gone
+                    self._nextMX(ip, _connectError(e), more)
+                    break
+                finally:
+                    self._connecting.discard(connecting)
+                self.tcpto.ok(ip)
+                self._connections.add(proto)
+                try:
+                    if tlsRetry:
+                        result = list(await run(proto, ip, host, allowTLS))
+                    else:
+                        result = list(await run(proto, ip, host))
+                except smtpclient.TLSBroken as e:
+                    self.log.info("TLS to {ip} failed ({why}); retrying without STARTTLS",
+                                  ip=ip, why=str(e))
+                    if proto.transport is not None:
+                        proto.transport.abortConnection()
                     await proto.whenClosed()
-                    return result
-        return [Report.deferral(NO_CONNECTION)] * n
+                    allowTLS = False
+                    continue
+                except smtpclient.GreetingFailed as e:
+                    self._nextMX(ip, e.why, more)
+                    last = e.reports
+                    await proto.whenClosed()  # one connection per slot (FAQ 8.1)
+                    break
+                except BaseException:
+                    if proto.transport is not None:
+                        proto.transport.abortConnection()
+                    raise
+                finally:
+                    self._connections.discard(proto)
+                # hold the concurrency slot until the connection is really gone
+                await proto.whenClosed()
+                return result
+        return last if last is not None else [Report.deferral(NO_CONNECTION)] * n
+
+    def _nextMX(self, ip: str, why: str, more: bool) -> None:
+        """Log why an address did not take the message, and whether another one is tried."""
+        then = "; trying next MX" if more else "; no more MX to try"
+        self.log.info("delivery to {ip} failed: {why}{then}", ip=ip, why=why, then=then)
 
     def _connect(self, ip: str, port: int, timeout: int, proto: Any) -> defer.Deferred[Any]:
         if ":" in ip:
@@ -364,15 +440,8 @@ def _observe(d: defer.Deferred[Any]) -> defer.Deferred[Any]:
     return out
 
 
-def _isMine(ip: str, mine: set[str]) -> bool:
-    if ip in mine:
-        return True
-    try:
-        addr = ipaddress.ip_address(ip)
-    except ValueError:
-        return False
-    if "0.0.0.0" in mine and addr.version == 4 and addr.is_loopback:
-        return True
-    if "::" in mine and addr.is_loopback:
-        return True
-    return False
+def _connectError(e: BaseException) -> str:
+    """A connect failure for the log: C{connection refused} rather than Twisted's wording."""
+    if isinstance(e, error.ConnectionRefusedError):
+        return "connection refused"
+    return " ".join(str(e).split()) or type(e).__name__

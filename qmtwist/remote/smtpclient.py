@@ -45,6 +45,21 @@ class TLSBroken(Exception):
     """The STARTTLS handshake failed on an opportunistic attempt: reconnect in plaintext."""
 
 
+class GreetingFailed(Exception):
+    """
+    The server greeted with a 4xx code, or gave no greeting in time (or closed first): nothing
+    was sent, so the caller tries the next address at once (docs/behaviour/remote.md 11.3).
+
+    @ivar why: for the log line, e.g. C{greeting 421 busy}.
+    @ivar reports: what the recipients get if no later address takes the message.
+    """
+
+    def __init__(self, why: str, reports: list[Report]) -> None:
+        super().__init__(why)
+        self.why = why
+        self.reports = reports
+
+
 def clean(text: bytes) -> bytes:
     """
     Peer text for a report: decoded tolerantly as UTF-8, NUL as C{?} (as qmail), other control
@@ -113,6 +128,7 @@ class ReplyProtocol(Protocol):
         self._waiter: defer.Deferred[Reply] | None = None
         self._timer: Any = None
         self.lost: Failure | None = None
+        self.timedOut = False  # a reply did not come within timeout
         self.connected = False
         self._quitTimer: Any = None
         self._closed: list[defer.Deferred[None]] = []
@@ -182,6 +198,7 @@ class ReplyProtocol(Protocol):
 
     def _timedOut(self) -> None:
         self._timer = None
+        self.timedOut = True
         self._fail(ConnectionDied("timeout"))
 
     def _fail(self, exc: Exception) -> None:
@@ -360,6 +377,8 @@ async def transact(
 
     @return: one L{Report} per recipient, in order.
     @raise TLSBroken: an opportunistic STARTTLS failed; the caller reconnects without it.
+    @raise GreetingFailed: a 4xx greeting, or none within C{timeoutremote}; the caller tries
+        the next address.
     """
     host = ip.encode("ascii")
     results: list[Report | None] = [None] * len(recipients)
@@ -376,8 +395,19 @@ async def transact(
         return Outcome.FAILURE if code >= 500 else Outcome.DEFERRAL
 
     try:
-        r = await proto.reply()
+        try:
+            r = await proto.reply()
+        except ConnectionDied as e:
+            proto.close()
+            why = (f"no greeting within {proto.timeout:g} s" if proto.timedOut
+                   else f"connection lost before the greeting ({e})")
+            died = f"Connected to {ip} but connection died. (#4.4.2)"
+            raise GreetingFailed(why, rest(Report.deferral(died))) from e
         if r.code != 220:
+            if 400 <= r.code < 500:
+                reports = quit(Outcome.DEFERRAL, b"Connected to %s but greeting failed.\n" % host, r)
+                first = clean(r.lines[0] if r.lines else b"")[:200].decode("utf-8", "replace")
+                raise GreetingFailed(f"greeting {first}", reports)
             return quit(Outcome.DEFERRAL, b"Connected to %s but greeting failed.\n" % host, r)
         proto.send(b"EHLO " + helohost)
         r = await proto.reply()

@@ -7,7 +7,9 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 import socket
+import subprocess
 
 import pytest
 import pytest_twisted
@@ -516,3 +518,167 @@ async def test_selfCheck(home, tmp_path, loopbackDNS, ports) -> None:
         Report.success(b"127.0.0.2 accepted message.\n" + OK),
         Report.failure(selfText),
     ]
+
+
+# -- the next MX after a failed greeting (docs/behaviour/remote.md 11.3) -----------------------
+
+
+def twoMX(ports, loopbackDNS, best: SMTPSinkFactory) -> tuple[SMTPSinkFactory, int]:
+    second = SMTPSinkFactory()
+    port = sinkOn(ports, best, "127.0.0.2")
+    sinkOn(ports, second, "127.0.0.3", port)
+    loopbackDNS.mx(b"busy.example", [(10, b"mx1.busy.example"), (20, b"mx2.busy.example")])
+    loopbackDNS.a(b"mx1.busy.example", "127.0.0.2")
+    loopbackDNS.a(b"mx2.busy.example", "127.0.0.3")
+    return second, port
+
+
+@pytest_twisted.ensureDeferred
+async def test_busyBestMXThenSecondAtOnce(home, tmp_path, loopbackDNS, ports, logEvents) -> None:
+    """A best MX that greets with 421 does not block the domain: the next MX, same attempt."""
+    best = SMTPSinkFactory(greeting=b"421 mx1.busy.example too busy")
+    second, port = twoMX(ports, loopbackDNS, best)
+    [r] = await deliverAll(agent(home, loopbackDNS, mxPort=port),
+                           [request(message(tmp_path), b"bob@busy.example")])
+    assert r == Report.success(b"127.0.0.3 accepted message.\n" + OK)
+    assert best.connections == 1 and best.commands == [b"QUIT"]
+    assert second.messages[0].recipients == [b"bob@busy.example"]
+    assert ("delivery to 127.0.0.2 failed: greeting 421 mx1.busy.example too busy; "
+            "trying next MX") in logLines(logEvents)
+
+
+@pytest_twisted.ensureDeferred
+async def test_silentBestMXThenSecond(home, tmp_path, loopbackDNS, ports, logEvents) -> None:
+    """A best MX that never greets: the next MX once timeoutremote has passed."""
+    held: list = []
+    best = SMTPSinkFactory(holdConnections=held)
+    second, port = twoMX(ports, loopbackDNS, best)
+    control(home, "timeoutremote", b"1\n")
+    [r] = await deliverAll(agent(home, loopbackDNS, mxPort=port),
+                           [request(message(tmp_path), b"bob@busy.example")])
+    assert r == Report.success(b"127.0.0.3 accepted message.\n" + OK)
+    assert len(held) == 1 and best.messages == []
+    assert len(second.messages) == 1
+    assert ("delivery to 127.0.0.2 failed: no greeting within 1 s; trying next MX"
+            in logLines(logEvents))
+
+
+@pytest_twisted.ensureDeferred
+async def test_everyMXBusyKeepsTheLastReport(home, tmp_path, loopbackDNS, ports) -> None:
+    best = SMTPSinkFactory(greeting=b"421 busy")
+    second, port = twoMX(ports, loopbackDNS, best)
+    second.greeting = b"451 also busy"
+    [r] = await deliverAll(agent(home, loopbackDNS, mxPort=port),
+                           [request(message(tmp_path), b"bob@busy.example")])
+    assert r == Report.deferral(
+        b"Connected to 127.0.0.3 but greeting failed.\nRemote host said: 451 also busy\n")
+    assert (best.connections, second.connections) == (1, 1)
+
+
+# -- tlsverify with recipients of several domains on one route (remote.md 11.5) ------------
+
+
+@pytest_twisted.ensureDeferred
+async def test_tlsverifyPerDomainOnASharedRoute(home, tmp_path, ports) -> None:
+    """
+    A tlsverify domain never rides along on the connection of a domain without it: the route
+    groups recipients by their TLS policy, so the secure recipient is not sent in plaintext.
+    """
+    sink = SMTPSinkFactory()  # no STARTTLS
+    port = sinkOn(ports, sink)
+    control(home, "smtproutes", b":127.0.0.1:%d\n" % port)
+    control(home, "tlsverify", b"secure.example\n")
+    path = message(tmp_path)
+    reports = await deliverAll(agent(home, None), [
+        request(path, b"a@plain.example"),
+        request(path, b"b@secure.example", pos=1),
+        request(path, b"c@other.example", pos=2),
+    ])
+    assert reports == [
+        Report.success(b"127.0.0.1 accepted message.\n" + OK),
+        Report.deferral("TLS required but not verified for 127.0.0.1 at 127.0.0.1: "
+                        "STARTTLS not offered. (#4.7.1)"),
+        Report.success(b"127.0.0.1 accepted message.\n" + OK),
+    ]
+    assert [m.recipients for m in sink.messages] == [[b"a@plain.example", b"c@other.example"]]
+
+
+# -- the self check with a wildcard listener (docs/behaviour/remote.md 11.2) -------------------
+
+SPARE_LOOPBACK = "127.0.83.9"  # loopback, but no interface has it unless a test adds it
+SPARE_EXTERNAL = "198.51.100.25"  # TEST-NET-2, added to lo as a non-loopback interface address
+IP_COMMAND = shutil.which("ip", path=os.environ.get("PATH", "") + ":/usr/sbin:/sbin")
+SELF_TEXT = Report.failure(
+    "Sorry. Although I'm listed as a best-preference MX or A for that host,\n"
+    "it isn't in my control/locals file, so I don't treat it as local. (#5.4.6)")
+
+
+@pytest.fixture
+def interfaceAddress():
+    """Adds an address to lo for the test (root and iproute2 needed); removed afterwards."""
+    ip = IP_COMMAND
+    if os.getuid() != 0 or ip is None:
+        pytest.skip("needs root and ip(8) to add an interface address")
+    added: list[str] = []
+
+    def add(address: str) -> None:
+        done = subprocess.run([ip, "addr", "add", f"{address}/32", "dev", "lo"],
+                              capture_output=True, text=True)
+        assert done.returncode == 0 or "File exists" in done.stderr, done.stderr
+        added.append(address)
+
+    yield add
+    for address in added:
+        subprocess.run([ip, "addr", "del", f"{address}/32", "dev", "lo"], capture_output=True)
+
+
+def globalAddresses() -> list[str]:
+    """This machine's non-loopback IPv4 addresses as `ip -o addr` lists them."""
+    ip = IP_COMMAND
+    if ip is None:
+        return []
+    out = subprocess.run([ip, "-o", "-4", "addr", "show", "scope", "global"],
+                         capture_output=True, text=True).stdout
+    return [line.split()[3].split("/")[0] for line in out.splitlines() if len(line.split()) > 3]
+
+
+@pytest_twisted.ensureDeferred
+async def test_selfCheckWildcardSparesLoopbackNonInterface(home, tmp_path, loopbackDNS, ports) -> None:
+    """
+    `--smtp tcp:25`: an MX on a 127/8 address that no interface has is someone else (here a
+    sink), not "me": the wildcard listener stands for the interface addresses, not all of 127/8.
+    """
+    sink = SMTPSinkFactory()
+    port = sinkOn(ports, sink, SPARE_LOOPBACK)
+    loopbackDNS.mx(b"loop.example", [(10, b"mx.loop.example")])
+    loopbackDNS.a(b"mx.loop.example", SPARE_LOOPBACK)
+    a = agent(home, loopbackDNS, mxPort=port, localAddresses=("0.0.0.0",))
+    [r] = await deliverAll(a, [request(message(tmp_path), b"bob@loop.example")])
+    assert r == Report.success(SPARE_LOOPBACK.encode() + b" accepted message.\n" + OK)
+
+
+@pytest_twisted.ensureDeferred
+async def test_selfCheckWildcardCountsInterfaceAddresses(
+    home, tmp_path, loopbackDNS, ports, interfaceAddress
+) -> None:
+    """
+    `--smtp tcp:25`: an MX on any interface address of this machine is "me" (qmail's ipme), a
+    non-loopback one included; a listener bound to one address still counts that one only.
+    """
+    await deferToThread(interfaceAddress, SPARE_LOOPBACK)
+    await deferToThread(interfaceAddress, SPARE_EXTERNAL)
+    sink = SMTPSinkFactory()
+    port = sinkOn(ports, sink, SPARE_LOOPBACK)
+    mine = [SPARE_LOOPBACK, SPARE_EXTERNAL, *await deferToThread(globalAddresses)]
+    path = message(tmp_path)
+    reqs = []
+    for i, address in enumerate(mine):
+        loopbackDNS.mx(b"d%d.example" % i, [(10, b"mx.d%d.example" % i)])
+        loopbackDNS.a(b"mx.d%d.example" % i, address)
+        reqs.append(request(path, b"bob@d%d.example" % i, pos=i))
+    wildcard = agent(home, loopbackDNS, mxPort=port, localAddresses=("0.0.0.0",))
+    assert await deliverAll(wildcard, reqs) == [SELF_TEXT] * len(mine)
+    assert sink.connections == 0
+    bound = agent(home, loopbackDNS, mxPort=port, localAddresses=("127.0.0.1",))
+    [r] = await deliverAll(bound, reqs[:1])
+    assert r == Report.success(SPARE_LOOPBACK.encode() + b" accepted message.\n" + OK)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 
+import pytest
 from twisted.internet import defer, error
 from twisted.internet.testing import MemoryReactorClock, StringTransport
 from twisted.python.failure import Failure
@@ -14,6 +15,7 @@ from qmtwist.delivery import DeliveryRequest, Report
 from qmtwist.interfaces import IDeliveryAgent
 from qmtwist.remote import tcpto
 from qmtwist.remote.agent import NO_CONNECTION, Limiter, RemoteAgent, descriptorWarning
+from tests.conftest import logLines
 
 BODY = b"Received: (qmail 1 invoked by uid 0); 25 Nov 2026 09:00:00 -0000\n\nhi\n"
 
@@ -165,3 +167,90 @@ def test_lineBreaksNeverReachTheWire(home, tmp_path) -> None:
         Report.failure("Sorry, the envelope sender contains a line break or NUL. (#5.1.7)"),
     ]
     assert reactor.tcpClients == []
+
+
+# -- the next MX after a failed greeting (docs/behaviour/remote.md 11.3) -----------------------
+
+
+def twoHosts(home, tmp_path):
+    """An agent whose route's relay resolves to 10.0.0.1 and 10.0.0.2 (MemoryReactorClock)."""
+    from qmtwist.remote.mx import MailHost
+
+    agent, reactor, req = setUp(home, tmp_path, b":relay.example\n")
+
+    async def relayHosts(relay: bytes) -> list:
+        return [MailHost(relay, 0, ("10.0.0.1", "10.0.0.2"))]
+
+    agent.mx.relayHosts = relayHosts  # type: ignore[method-assign]
+    return agent, reactor, req
+
+
+def connectLast(reactor) -> tuple:
+    """Complete the most recent connection attempt; return (host, protocol, transport)."""
+    host, _p, factory, _t, _b = reactor.tcpClients[-1]
+    wrapped = factory.buildProtocol(None)
+    transport = AbortingTransport(wrapped)
+    wrapped.makeConnection(transport)
+    return host, wrapped, transport
+
+
+@pytest.mark.parametrize("greeting", [b"421 too busy\r\n", b"450-wait\r\n450 more\r\n",
+                                      b"garbage\r\n"])
+def test_4xxGreetingTriesNextAddress(home, tmp_path, logEvents, greeting) -> None:
+    agent, reactor, req = twoHosts(home, tmp_path)
+    got = results(agent.deliver([req]))
+    host, first, transport = connectLast(reactor)
+    assert host == "10.0.0.1"
+    first.dataReceived(greeting)
+    assert transport.value() == b"QUIT\r\n"
+    assert len(reactor.tcpClients) == 1  # waits until the first connection is gone
+    first.connectionLost(Failure(error.ConnectionDone()))
+    assert [c[0] for c in reactor.tcpClients] == ["10.0.0.1", "10.0.0.2"]
+    host, second, transport = connectLast(reactor)
+    second.dataReceived(b"421 me too\r\n")
+    second.connectionLost(Failure(error.ConnectionDone()))
+    assert got == [Report.deferral(
+        b"Connected to 10.0.0.2 but greeting failed.\nRemote host said: 421 me too\n")]
+    first = greeting.split(b"\r\n")[0].decode()
+    lines = logLines(logEvents)
+    assert f"delivery to 10.0.0.1 failed: greeting {first}; trying next MX" in lines
+    assert "delivery to 10.0.0.2 failed: greeting 421 me too; no more MX to try" in lines
+
+
+def test_5xxGreetingDecides(home, tmp_path) -> None:
+    agent, reactor, req = twoHosts(home, tmp_path)
+    got = results(agent.deliver([req]))
+    _h, first, _t = connectLast(reactor)
+    first.dataReceived(b"554 go away\r\n")
+    first.connectionLost(Failure(error.ConnectionDone()))
+    assert got == [Report.deferral(
+        b"Connected to 10.0.0.1 but greeting failed.\nRemote host said: 554 go away\n")]
+    assert len(reactor.tcpClients) == 1
+
+
+def test_noGreetingTriesNextAddress(home, tmp_path, logEvents) -> None:
+    agent, reactor, req = twoHosts(home, tmp_path)
+    got = results(agent.deliver([req]))
+    connectLast(reactor)
+    reactor.advance(1199)
+    assert len(reactor.tcpClients) == 1
+    reactor.advance(1)  # timeoutremote passes without a greeting
+    assert [c[0] for c in reactor.tcpClients] == ["10.0.0.1", "10.0.0.2"]
+    _h, second, _t = connectLast(reactor)
+    second.connectionLost(Failure(error.ConnectionLost()))  # closes before greeting
+    assert got == [Report.deferral("Connected to 10.0.0.2 but connection died. (#4.4.2)")]
+    lines = logLines(logEvents)
+    assert "delivery to 10.0.0.1 failed: no greeting within 1200 s; trying next MX" in lines
+    assert any(line.startswith("delivery to 10.0.0.2 failed: connection lost before the greeting")
+               for line in lines)
+    assert tcpto.read(home.queue.tcpto) == {}  # only connect timeouts count
+
+
+def test_connectTimeoutTriesNextAddressAndLogs(home, tmp_path, logEvents) -> None:
+    agent, reactor, req = twoHosts(home, tmp_path)
+    results(agent.deliver([req]))
+    _h, _p, factory, _t, _b = reactor.tcpClients[-1]
+    factory.clientConnectionFailed(reactor.connectors[-1], Failure(error.TimeoutError()))
+    assert [c[0] for c in reactor.tcpClients] == ["10.0.0.1", "10.0.0.2"]
+    assert ("delivery to 10.0.0.1 failed: connect timed out after 60 s; trying next MX"
+            in logLines(logEvents))
