@@ -6,6 +6,11 @@ qmail-smtpd's rcpthosts.c: the domain after the last C{@}, lower-cased, is allow
 suffix of it starting with a dot is listed in C{rcpthosts} or C{morercpthosts}. A recipient without
 C{@} is always allowed.
 
+The table is built once per control snapshot, where the snapshot is loaded
+(L{qmtwist.control.Control} builds it with L{RcptHosts.build} when it is constructed), never per
+RCPT or per connection: like qmail's C{morercpthosts.cdb} it is a lookup table, and a check costs
+one set lookup per label of the domain however long the lists are.
+
 Deviation [qmtwist]: when C{rcpthosts} is missing qmail accepts everything (an open relay);
 qmtwist then accepts only C{locals} and the domains of C{virtualdomains}, and the caller logs
 L{MISSING_WARNING}.
@@ -13,9 +18,12 @@ L{MISSING_WARNING}.
 
 from __future__ import annotations
 
-from attrs import frozen
+from typing import TYPE_CHECKING, Iterable, Mapping
 
-from qmtwist.control import Control
+from attrs import field, frozen
+
+if TYPE_CHECKING:
+    from qmtwist.control import Control
 
 MISSING_WARNING = "warning: control/rcpthosts missing; accepting only local and virtual domains"
 
@@ -23,45 +31,59 @@ MISSING_WARNING = "warning: control/rcpthosts missing; accepting only local and 
 @frozen
 class RcptHosts:
     """
-    The allowed domains, built once per connection from a control snapshot.
+    The allowed domains of one control snapshot.
 
-    @ivar entries: lower-cased entries (C{host} or C{.suffix}).
+    @ivar entries: lower-cased entries (C{host} or C{.suffix}), exact and wildcard in one set.
     @ivar missing: C{control/rcpthosts} does not exist (the fallback set is in use).
     """
 
-    entries: frozenset[bytes]
+    entries: frozenset[bytes] = field(repr=lambda e: f"<{len(e)} entries>")
     missing: bool = False
 
     @classmethod
-    def fromControl(cls, control: Control) -> RcptHosts:
-        """The rule in force for C{control} (docs/behaviour/smtp.md 7.5)."""
-        if control.rcpthosts is not None:
-            return cls(frozenset(control.rcpthosts) | frozenset(control.morercpthosts))
-        entries = set(control.locals)
-        for key, value in control.virtualdomains.items():
+    def build(cls, rcpthosts: Iterable[bytes] | None, morercpthosts: Iterable[bytes],
+              locals: Iterable[bytes], virtualdomains: Mapping[bytes, bytes]) -> RcptHosts:
+        """
+        The table for these control values (docs/behaviour/smtp.md 7.5): C{rcpthosts} plus
+        C{morercpthosts}, or, with C{rcpthosts} missing (L{None}), C{locals} and every
+        C{virtualdomains} key without C{@} whose value is not empty. Costs one pass over the
+        lists: call it once per snapshot.
+        """
+        if rcpthosts is not None:
+            entries = {e.lower() for e in rcpthosts}
+            entries.update(e.lower() for e in morercpthosts)
+            return cls(frozenset(entries))
+        fallback = {e.lower() for e in locals}
+        for key, value in virtualdomains.items():
             if value and b"@" not in key:
-                entries.add(key.lower())
-        return cls(frozenset(entries), missing=True)
+                fallback.add(key.lower())
+        return cls(frozenset(fallback), missing=True)
+
+    @classmethod
+    def fromControl(cls, control: Control) -> RcptHosts:
+        """The rule in force for C{control}: the table its snapshot built (no work here)."""
+        return control.rcpthostsTable
 
     def allows(self, recipient: bytes) -> bool:
         """Whether C{recipient} (already parsed, docs/behaviour/smtp.md 7.3) may be accepted without
-        RELAYCLIENT."""
+        RELAYCLIENT: the domain, then each suffix of it that starts with a dot (O(labels))."""
         at = recipient.rfind(b"@")
         if at < 0:
             return True
         domain = recipient[at + 1:].lower()
-        if domain in self.entries:
+        entries = self.entries
+        if domain in entries:
             return True
         i = domain.find(b".")
         while i >= 0:
-            if domain[i:] in self.entries:
+            if domain[i:] in entries:
                 return True
             i = domain.find(b".", i + 1)
         return False
 
 
 def relayDecision(
-    control: Control, env: dict[str, bytes], recipient: bytes
+    control: Control, env: Mapping[str, bytes], recipient: bytes
 ) -> bytes | None:
     """
     The recipient to queue, or L{None} when it must be refused (qmail's 553 rcpthosts reply).
@@ -72,6 +94,6 @@ def relayDecision(
     relay = env.get("RELAYCLIENT")
     if relay is not None:
         return recipient + relay
-    if RcptHosts.fromControl(control).allows(recipient):
+    if control.rcpthostsTable.allows(recipient):
         return recipient
     return None

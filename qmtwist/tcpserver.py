@@ -24,13 +24,23 @@ new clients wait in the kernel's backlog with no greeting. Connections that the 
 accepted in the same batch are held: their transport is paused and the wrapped protocol is not
 built until a slot frees. Denied connections count until they are closed.
 
+Per-address limit [qmtwist] (C{--smtp-per-ip N} and friends, default 10, 0 = none): one client
+address may hold at most that many sessions (held ones included). A connection over it is refused
+at once, before the rules are consulted and without taking a slot: it is logged
+C{tcpserver: deny N ... per-ip limit L}, gets the listener's C{overLimit} bytes (SMTP: a 421
+line; QMTP and POP3: nothing) and is closed.
+
 Rules are reread for a new connection when the file's mtime changed, and by L{reload} (SIGHUP;
-makeListener appends it to C{ctx.reloaders}).
+makeListener appends it to C{ctx.reloaders}). Before that, each connection waits for
+C{ctx.controls.refresh} (L{qmtwist.context.ControlCache}), which rereads changed control files
+and C{servercert.pem} on a thread, so that the session gets them as they are now without the
+reactor ever opening a control file.
 
 Log lines (namespace C{qmtwist.NAME}): C{tcpserver: status: A/L}, C{tcpserver: pid N from IP},
 C{tcpserver: ok N ...}, C{tcpserver: deny N ...}, C{tcpserver: end N status S}, and
 C{alert: cannot start: unable to listen on ENDPOINT: REASON} when binding fails (startService
-then raises). An C{ssl:} endpoint without C{privateKey=} serves C{control/servercert.pem}.
+then raises). An C{ssl:} endpoint without C{privateKey=} serves C{control/servercert.pem}; it
+does not start when that file's key is not its certificate's.
 """
 
 from __future__ import annotations
@@ -161,6 +171,7 @@ class _Session(Protocol):
         self.inner: Protocol | None = None
         self.started = False
         self.denied = False
+        self.ip = ""
         self.closed = False
         self._early: list[bytes] = []
         self._readClosed = False
@@ -226,18 +237,23 @@ class TCPServerService(Service):
 
     def __init__(self, ctx: Any, name: str, endpoint: str, rulesPath: str | None,
                  concurrency: int, protocolFactory: Any,
-                 lookupHost: LookupHost | None = None) -> None:
+                 lookupHost: LookupHost | None = None, perIP: int = 10,
+                 overLimit: bytes = b"") -> None:
         self.ctx = ctx
         self.name = name
         self.endpoint = endpoint
         self.rules = RulesFile(rulesPath, name)
         self.concurrency = max(1, concurrency)
+        self.perIP = max(0, perIP)
+        self.overLimit = overLimit
         self.protocolFactory = protocolFactory
         self.log = Logger(namespace=f"qmtwist.{name}")
         self.lookupHost = lookupHost or makeHostLookup(ctx.reactor)
         self.port: Any = None
         self.active = 0
         self._held: deque[_Session] = deque()
+        # sessions (started or held) per client address, for the per-address limit
+        self._perAddress: dict[str, int] = {}
         self._numbers = itertools.count(1)
         self._portPaused = False
         for line in self.rules.reload():
@@ -264,9 +280,33 @@ class TCPServerService(Service):
             desc += ":privateKey=" + pem.replace("\\", "\\\\").replace(":", "\\:")
         return desc
 
+    def _checkServerCert(self) -> None:
+        """
+        An C{ssl:} endpoint that serves C{control/servercert.pem} refuses to start, with one
+        line naming the file, when that file's key is not its certificate's (Twisted would
+        only say that the keys do not match) or it is not a regular file.
+
+        @raise ValueError: the reason for the C{alert: cannot start} line.
+        """
+        from qmtwist.control import NotRegularFile
+        from qmtwist.tls import KeyMismatch, loadServerOptions
+
+        home = getattr(self.ctx, "home", None)
+        if not self.endpoint.startswith("ssl:") or "privateKey=" in self.endpoint or home is None:
+            return
+        try:
+            loadServerOptions(os.path.join(home.control, "servercert.pem"))
+        except KeyMismatch as e:
+            raise ValueError(f"control/servercert.pem: {e}") from None
+        except NotRegularFile:
+            raise ValueError("control/servercert.pem is not a regular file") from None
+        except (OSError, ValueError):
+            pass  # missing or unreadable: the endpoint's own error says so
+
     def _listen(self) -> None:
         result: list[Any] = []
         try:
+            self._checkServerCert()
             ep = serverFromString(self.ctx.reactor, self._endpointString())
         except Exception:
             self._listened(Failure())
@@ -315,12 +355,40 @@ class TCPServerService(Service):
             fn()
 
     def _arrived(self, s: _Session) -> None:
+        s.ip = plainIP(getattr(s.transport.getPeer(), "host", ""))
+        count = self._perAddress.get(s.ip, 0)
+        if self.perIP and s.ip and count >= self.perIP:  # (a peer without an address: no limit)
+            self._refuseOverLimit(s)
+            return
+        self._perAddress[s.ip] = count + 1
         if self.active >= self.concurrency:
             s.transport.pauseProducing()
             self._held.append(s)
             self._pausePort(True)
             return
         self._start(s)
+
+    def _refuseOverLimit(self, s: _Session) -> None:
+        """Refuse a connection from an address that holds its share: no slot, no session."""
+        s.denied = True
+        peer = s.transport.getPeer()
+        local = s.transport.getHost()
+        me = self.ctx.controls.current().me
+        self.log.info(
+            "tcpserver: deny {n} {me}:{lip}:{lport} :{ip}::{port} per-ip limit {limit}",
+            n=next(self._numbers), me=me.decode("ascii", "replace"),
+            lip=getattr(local, "host", ""), lport=getattr(local, "port", ""), ip=s.ip,
+            port=getattr(peer, "port", ""), limit=self.perIP)
+        if self.overLimit:
+            s.transport.write(self.overLimit)
+        s.transport.loseConnection()
+
+    def _release(self, s: _Session) -> None:
+        count = self._perAddress.get(s.ip, 0) - 1
+        if count > 0:
+            self._perAddress[s.ip] = count
+        else:
+            self._perAddress.pop(s.ip, None)
 
     def _start(self, s: _Session) -> None:
         s.started = True
@@ -333,6 +401,20 @@ class TCPServerService(Service):
         peer = s.transport.getPeer()
         ip = plainIP(getattr(peer, "host", ""))
         self.log.info("tcpserver: pid {n} from {ip}", n=s.number, ip=ip)
+        refresh = getattr(self.ctx.controls, "refresh", None)
+        runInThread = getattr(self.ctx, "runInThread", None)
+        if refresh is not None and runInThread is not None:
+            # The session sees the control files as they are now, read on a thread: nothing
+            # here opens a control file (docs/behaviour/control.md 2.2).
+            d = refresh(runInThread)
+            d.addCallback(lambda _: self._checkRules(s, ip))
+            d.addErrback(self._decisionFailed, s)
+        else:
+            self._checkRules(s, ip)
+
+    def _checkRules(self, s: _Session, ip: str) -> None:
+        if s.closed:
+            return
         ruleSet, warnings = self.rules.current()
         for line in warnings:
             self.log.warn("{line}", line=line)
@@ -390,8 +472,10 @@ class TCPServerService(Service):
             try:
                 self._held.remove(s)
             except ValueError:
-                pass
+                return  # refused over the per-address limit: it was never counted
+            self._release(s)
             return
+        self._release(s)
         if s.denied or s.inner is None:
             status = 256
         else:
@@ -410,7 +494,8 @@ class TCPServerService(Service):
 
 
 def makeListener(ctx: Any, name: str, endpoint: str, rulesPath: str | None, concurrency: int,
-                 protocolFactory: Any, lookupHost: LookupHost | None = None) -> IService:
+                 protocolFactory: Any, lookupHost: LookupHost | None = None, perIP: int = 10,
+                 overLimit: bytes = b"") -> IService:
     """
     A tcpserver-style listening service (see the module docstring).
 
@@ -422,9 +507,11 @@ def makeListener(ctx: Any, name: str, endpoint: str, rulesPath: str | None, conc
     @param protocolFactory: builds the session protocols; each gets C{env} before
         C{makeConnection}.
     @param lookupHost: PTR lookup for C{=host} rules (default: twisted.names).
+    @param perIP: the most sessions one client address may hold; 0 = no such limit.
+    @param overLimit: what a connection over C{perIP} is sent before it is closed.
     """
     service = TCPServerService(ctx, name, endpoint, rulesPath, concurrency, protocolFactory,
-                               lookupHost)
+                               lookupHost, perIP, overLimit)
     reloaders = getattr(ctx, "reloaders", None)
     if reloaders is not None:
         reloaders.append(service.reload)

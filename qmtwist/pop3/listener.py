@@ -29,7 +29,8 @@ def makeLogin(ctx: Any, checkpassword: str | None, root: bool | None = None) -> 
 
 def makePOP3Service(ctx: Any, endpoint: str, rulesPath: str | None, concurrency: int,
                     checkpassword: str | None = None,
-                    lookupHost: LookupHost | None = None, root: bool | None = None) -> IService:
+                    lookupHost: LookupHost | None = None, root: bool | None = None,
+                    perIP: int = 10) -> IService:
     """
     The POP3 listening service.
 
@@ -41,7 +42,9 @@ def makePOP3Service(ctx: Any, endpoint: str, rulesPath: str | None, concurrency:
     @param lookupHost: PTR lookup for C{=host} rules (default: twisted.names).
     @param root: whether the built-in checker serves each session from a child running as the
         user (default: when we run as root; tests choose).
+    @param perIP: C{--pop3-per-ip}: sessions one client address may hold (0 = no limit).
     """
-    certificate = ServerCertificate(os.path.join(ctx.home.control, "servercert.pem"))
+    certificate = ServerCertificate(os.path.join(ctx.home.control, "servercert.pem"), ctx.controls)
     factory = POP3Factory(ctx, makeLogin(ctx, checkpassword, root), certificate.options)
-    return makeListener(ctx, "pop3", endpoint, rulesPath, concurrency, factory, lookupHost)
+    return makeListener(ctx, "pop3", endpoint, rulesPath, concurrency, factory, lookupHost,
+                        perIP)

@@ -10,7 +10,9 @@ L{Transaction} or relays the connection to a child (external checkpassword, or t
 checker when the daemon runs as root). L{Pop3dServer} is C{bin/qmail-pop3d} on stdio.
 
 Deviations [qmtwist]: CAPA and STLS (docs/behaviour/pop3.md 10.1); a failed login is answered after at least
-one second and logged; command lines longer than 4096 octets are discarded up to their LF and
+one second and logged; after 3 failed logins from one address within a minute, logins from it
+are refused without a check for a growing period (L{qmtwist.ratelimit.FailureLimiter}, shared by
+the listener's sessions); command lines longer than 4096 octets are discarded up to their LF and
 answered C{-ERR line too long}.
 """
 
@@ -29,6 +31,7 @@ from zope.interface import implementer
 from qmtwist.queue.state import logSafe
 from qmtwist.pop3.checkpassword import ILogin, Relay, Result
 from qmtwist.pop3.transaction import OK, SYNTAX, UNIMPLEMENTED, RunInThread, Transaction
+from qmtwist.ratelimit import FailureLimiter, addressKey
 
 MAX_LINE = 4096
 IDLE_SECONDS = 1200
@@ -36,6 +39,7 @@ FAIL_DELAY = 1.0
 
 AUTH_FAILED = b"-ERR authorization failed\r\n"
 CRASHED = b"-ERR aack, child crashed\r\n"
+TOO_MANY = b"-ERR too many failed logins, try later\r\n"
 
 
 @implementer(IHalfCloseableProtocol)
@@ -154,17 +158,21 @@ class POP3Server(LineSession):
     @param number: the greeting's ⟨n⟩.
     @param runInThread: for the in-process transaction's Maildir work.
     @param tlsOptions: returns server TLS options, or L{None} when there is no certificate.
+    @param limiter: failed logins per client address (C{TCPREMOTEIP}); L{None}: no limit
+        (C{bin/qmail-popup}, one process per connection, has nobody to share it with).
     """
 
     def __init__(self, login: ILogin, clock: IReactorTime, hostname: bytes, number: int,
                  runInThread: RunInThread,
-                 tlsOptions: Callable[[], Any] | None = None) -> None:
+                 tlsOptions: Callable[[], Any] | None = None,
+                 limiter: FailureLimiter | None = None) -> None:
         super().__init__(clock)
         self.login = login
         self.hostname = hostname
         self.number = number
         self.runInThread = runInThread
         self.tlsOptions = tlsOptions or (lambda: None)
+        self.limiter = limiter
         self.user: bytes | None = None
         self.timestamp = b""
         self.tls = False
@@ -249,7 +257,23 @@ class POP3Server(LineSession):
         if pending:
             relay.fromClient(pending)
 
-    def _login(self, user: bytes, password: bytes, apop: bool) -> Deferred[None]:
+    def _clientIP(self) -> str:
+        return self.env.get("TCPREMOTEIP", b"unknown").decode("ascii", "replace")
+
+    def _limitKey(self) -> str | None:
+        ip = self.env.get("TCPREMOTEIP")
+        return addressKey(ip) if self.limiter is not None and ip else None
+
+    def _login(self, user: bytes, password: bytes, apop: bool) -> Deferred[None] | None:
+        key = self._limitKey()
+        if key is not None and self.limiter is not None and self.limiter.refusedFor(key) > 0:
+            # not even checked: guessing from this address has to wait
+            self.log.info("pop3: too many failed logins from {ip}; refused {name} unchecked",
+                          ip=self._clientIP(), name=logSafe(user))
+            self.write(TOO_MANY)
+            self.exitStatus = 256
+            self.end()
+            return None
         d = self.login.start(self, user, password, self.timestamp, apop)
         return d.addCallback(self._loggedIn, user)
 
@@ -269,8 +293,14 @@ class POP3Server(LineSession):
             self.end()
             return None
         self.log.info("pop3: authorization failed for {name} from {ip}",
-                      name=logSafe(user),
-                      ip=self.env.get("TCPREMOTEIP", b"unknown").decode("ascii", "replace"))
+                      name=logSafe(user), ip=self._clientIP())
+        key = self._limitKey()
+        if key is not None and self.limiter is not None:
+            period = self.limiter.failed(key)
+            if period:
+                self.log.info("pop3: too many failed logins from {ip}; refusing logins from "
+                              "{key} for {period} seconds", ip=self._clientIP(), key=key,
+                              period=int(period))
         self.exitStatus = 256
         d: Deferred[None] = Deferred()
 
@@ -306,17 +336,21 @@ class POP3Factory(ServerFactory):
     @param ctx: a L{qmtwist.context.Context}.
     @param login: the L{ILogin} strategy.
     @param tlsOptions: see L{POP3Server}.
+    @param limiter: the failed-login limit shared by this listener's sessions (default: 3
+        failures a minute, see L{FailureLimiter}, on the context's reactor).
     """
 
-    def __init__(self, ctx: Any, login: ILogin, tlsOptions: Callable[[], Any] | None) -> None:
+    def __init__(self, ctx: Any, login: ILogin, tlsOptions: Callable[[], Any] | None,
+                 limiter: FailureLimiter | None = None) -> None:
         self.ctx = ctx
         self.login = login
         self.tlsOptions = tlsOptions
+        self.limiter = limiter if limiter is not None else FailureLimiter(ctx.reactor)
         self._numbers = itertools.count(1)
 
     def buildProtocol(self, addr: Any) -> POP3Server:
         me = self.ctx.controls.current().me
         p = POP3Server(self.login, self.ctx.reactor, me, next(self._numbers), self.ctx.runInThread,
-                       self.tlsOptions)
+                       self.tlsOptions, self.limiter)
         p.factory = self
         return p

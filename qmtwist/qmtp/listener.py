@@ -32,7 +32,7 @@ class QMTPFactory(ServerFactory):
 
 
 def makeQMTPService(ctx: Any, endpoint: str, rulesPath: str | None, concurrency: int,
-                    lookupHost: LookupHost | None = None) -> IService:
+                    lookupHost: LookupHost | None = None, perIP: int = 10) -> IService:
     """
     The QMTP listening service.
 
@@ -41,6 +41,7 @@ def makeQMTPService(ctx: Any, endpoint: str, rulesPath: str | None, concurrency:
     @param rulesPath: the tcprules text file (C{HOME/rules/qmtp} by default); missing = allow all.
     @param concurrency: C{--qmtp-concurrency}.
     @param lookupHost: PTR lookup for C{=host} rules (default: twisted.names).
+    @param perIP: C{--qmtp-per-ip}: sessions one client address may hold (0 = no limit).
     """
     return makeListener(ctx, "qmtp", endpoint, rulesPath, concurrency, QMTPFactory(ctx),
-                        lookupHost)
+                        lookupHost, perIP)

@@ -11,6 +11,12 @@ and the sender and recipients are kept only up to the 1000 bytes qmail accepts. 
 taken apart while earlier ones are still being committed (the injector's group commit serves them
 together); responses are written strictly in package order, each only after its commit returned.
 
+A package holds at most C{control/maxrcpt} recipients (0: no limit): the later ones are only
+counted, never stored, and each gets L{TOOMANY_TEXT}; the first ones are judged and queued as
+usual, as the SMTP server answers 452 past the limit. Those answers are written through a pull
+producer (L{FileSender}), so even a package of millions of empty recipients is answered in
+bounded memory. What a session holds is released when its connection ends.
+
 A protocol error (docs/behaviour/qmtp.md 9.2) aborts the package being read; the answers of earlier packages
 are still sent, then the connection is closed. A session lasts at most one hour [qmail].
 """
@@ -23,6 +29,7 @@ from twisted.internet.defer import Deferred, succeed
 from twisted.internet.interfaces import IHalfCloseableProtocol, IReactorTime
 from twisted.internet.protocol import Protocol
 from twisted.logger import Logger
+from twisted.protocols.basic import FileSender
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
@@ -48,6 +55,7 @@ def _unstorable(addr: bytes) -> bool:
     return b"\0" in addr or b"\r" in addr or b"\n" in addr
 SENDER_TEXT = b"Dunacceptable sender (#5.1.7)"
 DATABYTES_TEXT = b"Dsorry, that message size exceeds my databytes limit (#5.3.4)"
+TOOMANY_TEXT = b"Ztoo many recipients (#4.5.3)"
 
 #: Commits that may be outstanding before reading pauses. Packages that start meanwhile (within
 #: the input already received) are held in memory and get their queue file in turn, so a burst
@@ -102,8 +110,10 @@ class _Package:
         self.sender = b""
         self.senderLength = 0
         self.recipients: list[bytes] = []
-        # per recipient: None (acceptable) or the refusal text
+        # per recipient up to maxrcpt: None (acceptable) or the refusal text
         self.verdicts: list[bytes | None] = []
+        # recipients past maxrcpt: counted only, each answered TOOMANY_TEXT
+        self.excess = 0
 
     def abort(self) -> None:
         self.held = None
@@ -164,6 +174,7 @@ class QMTPServer(Protocol):
 
     def connectionMade(self) -> None:
         self.databytes = parseDatabytes(self.env, self.control.databytes)
+        self.maxrcpt = self.control.maxrcpt
         self.relayclient = self.env.get("RELAYCLIENT")
         self.allowed = RcptHosts.fromControl(self.control).allows
         self._timer = self.clock.callLater(SESSION_SECONDS, self._timeout)
@@ -173,11 +184,20 @@ class QMTPServer(Protocol):
         self.exitStatus = 256
         self._broken = True
         self._package.abort()
-        self.transport.loseConnection()
+        # as qmail's alarm(3600) ends the process: do not wait for a client that stopped
+        # reading answers still being written (abortConnection where the transport has one)
+        getattr(self.transport, "abortConnection", self.transport.loseConnection)()
 
     def connectionLost(self, reason: Failure = None) -> None:  # type: ignore[assignment]
+        """Abort the package being read and release everything the session buffered; answers
+        still owed are dropped (commits already started finish and are kept)."""
         self._lost = True
+        self._broken = True
         self._package.abort()
+        self._package = _Package()
+        self._input = b""
+        self._rcptParser = None
+        self._rcpt = b""
         if self._timer is not None and self._timer.active():
             self._timer.cancel()
         self._timer = None
@@ -281,6 +301,9 @@ class QMTPServer(Protocol):
         rcpt, length = self._rcpt, self._rcptLength
         self._rcpt, self._rcptLength = b"", 0
         p = self._package
+        if self.maxrcpt > 0 and len(p.verdicts) >= self.maxrcpt:
+            p.excess += 1
+            return
         relay = self.relayclient
         if length + len(relay or b"") >= ADDRESS_LIMIT or _unstorable(rcpt):
             p.verdicts.append(RECIPIENT_TEXT)
@@ -364,14 +387,17 @@ class QMTPServer(Protocol):
             result: Any = self._result(p)  # commit now: it joins the current commit round
         else:
             result = lambda _: self._result(p)  # noqa: E731  (its turn comes after the earlier)
-        verdicts = p.verdicts
+        verdicts, excess = p.verdicts, p.excess
 
-        def answer(text: bytes) -> None:
+        def answer(text: bytes) -> Deferred[None] | None:
             if self._lost:
-                return
+                return None
             out = b"".join(encode(v if v is not None else text) for v in verdicts)
             if out:
                 self.transport.write(out)
+            if excess:
+                return self._writeRepeated(encode(TOOMANY_TEXT), excess)
+            return None
 
         if callable(result):
             self._tail.addCallback(result)
@@ -422,6 +448,28 @@ class QMTPServer(Protocol):
             return _queueText(QueueError(QQ_BUG))
 
         return d.addCallbacks(ok, failed)
+
+    def _writeRepeated(self, piece: bytes, count: int) -> Deferred[None] | None:
+        """Write C{piece} C{count} times; beyond one slice through a pull producer, so the
+        answer is never built whole (the next package's answers wait for it)."""
+        if len(piece) * count <= SLICE:
+            self.transport.write(piece * count)
+            return None
+        d = FileSender().beginFileTransfer(_Repeated(piece, count), self.transport)
+        return d.addCallbacks(lambda _: None, lambda f: None)  # a lost client: nothing owed
+
+
+class _Repeated:
+    """A file-like source of C{count} copies of C{piece}, read by L{FileSender}."""
+
+    def __init__(self, piece: bytes, count: int) -> None:
+        self.piece = piece
+        self.count = count
+
+    def read(self, size: int) -> bytes:
+        n = min(self.count, max(1, size // len(self.piece)))
+        self.count -= n
+        return self.piece * n
 
 
 def _queueText(e: QueueError) -> bytes:

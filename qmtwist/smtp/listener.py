@@ -17,6 +17,9 @@ from qmtwist.rcpthosts import MISSING_WARNING
 from qmtwist.smtp.server import SMTPFactory
 from qmtwist.tcpserver import LookupHost, makeListener
 
+#: What a client over the per-address limit gets before the close (docs/behaviour/smtp.md 7.10).
+R_OVERLIMIT = b"421 too many connections from your address (#4.7.0)\r\n"
+
 log = Logger(namespace="qmtwist.smtp")
 
 
@@ -27,7 +30,7 @@ def warnIfNoRcpthosts(ctx: Any) -> None:
 
 
 def makeSMTPService(ctx: Any, endpoint: str, rulesPath: str | None, concurrency: int,
-                    lookupHost: LookupHost | None = None) -> IService:
+                    lookupHost: LookupHost | None = None, perIP: int = 10) -> IService:
     """
     The SMTP listening service.
 
@@ -36,9 +39,11 @@ def makeSMTPService(ctx: Any, endpoint: str, rulesPath: str | None, concurrency:
     @param rulesPath: the tcprules text file (C{HOME/rules/smtp} by default); missing = allow all.
     @param concurrency: C{--smtp-concurrency}.
     @param lookupHost: PTR lookup for C{=host} rules (default: twisted.names).
+    @param perIP: C{--smtp-per-ip}: sessions one client address may hold (0 = no limit); one
+        more is answered L{R_OVERLIMIT} and closed.
     """
     service = makeListener(ctx, "smtp", endpoint, rulesPath, concurrency, SMTPFactory(ctx),
-                           lookupHost)
+                           lookupHost, perIP, R_OVERLIMIT)
     warnIfNoRcpthosts(ctx)
     ctx.reloaders.append(lambda: warnIfNoRcpthosts(ctx))
     return service

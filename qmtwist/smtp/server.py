@@ -13,7 +13,9 @@ plain L{Protocol}:
     paused), so pipelined commands after DATA are answered after the C{250 ok};
   - DATA is converted as it arrives by L{qmtwist.smtp.data.DataSection} and streamed into an
     L{IMessageWriter}; a message is never held whole in memory;
-  - STARTTLS discards everything buffered after the command and resets the session (RFC 3207).
+  - STARTTLS discards everything buffered after the command and resets the session (RFC 3207);
+  - a transaction holds at most C{control/maxrcpt} recipients (452 for the rest), and a session
+    that ends releases what it buffered (docs/behaviour/smtp.md 7.11).
 
 The session's environment (docs/behaviour/smtp.md 7.1) comes from the attribute C{env: dict[str, bytes]}
 which L{qmtwist.tcpserver} (or L{qmtwist.smtp.stdio}) sets before C{makeConnection}. The
@@ -52,6 +54,7 @@ R_WANTRCPT = b"503 RCPT first (#5.5.1)"
 R_QQT = b"451 qqt failure (#4.3.0)"
 R_UNIMPL = b"502 unimplemented (#5.5.1)"
 R_LONGLINE = b"500 line too long (#5.5.2)"
+R_TOOMANY = b"452 too many recipients (#4.5.3)"
 
 
 def _unstorable(addr: bytes) -> bool:
@@ -124,6 +127,7 @@ class SMTPServer(Protocol):
         envBytes = _envInt(env.get("DATABYTES"))
         self.databytes = envBytes if envBytes is not None else c.databytes
         self.timeout = max(c.timeoutsmtpd, 1)
+        self.maxrcpt = c.maxrcpt
         self._tls = ISSLTransport.providedBy(self.transport)
         localIP = env.get("TCPLOCALIP")
         self._localIPs = frozenset([localIP]) if localIP else frozenset()
@@ -132,6 +136,9 @@ class SMTPServer(Protocol):
         self._flush()
 
     def connectionLost(self, reason: Any = None) -> None:
+        """End the session and release what it holds (recipients, buffered input and replies,
+        the DATA converter), so a dead session keeps no memory even while a commit it started is
+        still running (that commit already has its own copy of the envelope)."""
         self._closed = True
         if self._timer is not None and self._timer.active():
             self._timer.cancel()
@@ -139,6 +146,12 @@ class SMTPServer(Protocol):
         if self._writer is not None:
             self._writer.abort()
             self._writer = None
+        self._inData = False
+        self._data = None
+        self._resetTransaction()
+        del self._buf[:]
+        self._pos = 0
+        self._out = []
 
     def _resetTimer(self) -> None:
         if self._timer is not None and self._timer.active():
@@ -278,6 +291,10 @@ class SMTPServer(Protocol):
         queued = relayDecision(self.control, self.env, addr)
         if queued is None:
             self._reply(R_NOGATEWAY)
+            return
+        if self.maxrcpt > 0 and len(self.recipients) >= self.maxrcpt:
+            # bounds the session's memory; the accepted ones still get the message
+            self._reply(R_TOOMANY)
             return
         self.recipients.append(queued)
         self._reply(b"250 ok")
@@ -424,7 +441,8 @@ class SMTPFactory(ServerFactory):
 
     def __init__(self, ctx: Any) -> None:
         self.ctx = ctx
-        self.certificate = ServerCertificate(os.path.join(ctx.home.control, "servercert.pem"))
+        self.certificate = ServerCertificate(os.path.join(ctx.home.control, "servercert.pem"),
+                                             ctx.controls)
 
     def buildProtocol(self, addr: Any) -> SMTPServer:
         p = SMTPServer(self.ctx.injector, self.ctx.controls.current(), self.ctx.reactor,

@@ -30,14 +30,16 @@ class Running:
 def startSMTP(home):
     started = []
 
-    def start(rules: bytes | None = None, concurrency: int = 40, endpoint: str | None = None):
+    def start(rules: bytes | None = None, concurrency: int = 40, endpoint: str | None = None,
+              **kw):
         rulesPath = os.path.join(home.rules, "smtp")
         if rules is not None:
             with open(rulesPath, "wb") as f:
                 f.write(rules)
         injector = Injector(home.queue, home.control, reactor, deferToThread)
         ctx = Context(home, reactor, injector, ControlCache(home), deferToThread)
-        svc = makeSMTPService(ctx, endpoint or "tcp:0:interface=127.0.0.1", rulesPath, concurrency)
+        svc = makeSMTPService(ctx, endpoint or "tcp:0:interface=127.0.0.1", rulesPath, concurrency,
+                              **kw)
         svc.startService()
         started.append(svc)
         return Running(home, svc, ctx)
@@ -74,8 +76,9 @@ def queueFiles(home) -> list[str]:
 class Client:
     """A blocking line client, used on a thread."""
 
-    def __init__(self, port: int, timeout: float = 20) -> None:
-        self.sock = socket.create_connection(("127.0.0.1", port), timeout=timeout)
+    def __init__(self, port: int, timeout: float = 20, source: str | None = None) -> None:
+        self.sock = socket.create_connection(("127.0.0.1", port), timeout=timeout,
+                                             source_address=(source, 0) if source else None)
         self.buf = b""
 
     def send(self, data: bytes) -> None:

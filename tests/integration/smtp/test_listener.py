@@ -36,7 +36,7 @@ def test_smtplib_queues_message(startSMTP):
     def talk():
         with smtplib.SMTP("127.0.0.1", srv.port, local_hostname="client.example") as s:
             code, text = s.ehlo()
-            assert (code, text) == (250, b"test.example\nPIPELINING\n8BITMIME")
+            assert (code, text) == (250, b"test.example\nPIPELINING\n8BITMIME\nSIZE 52428800")
             s.mail("alice@example.org")
             s.rcpt("bob@test.example")
             return s.data(MSG)
@@ -64,7 +64,8 @@ def test_pipelined_dialogue_in_order(startSMTP):
 
     out = yield deferToThread(talk)
     assert re.fullmatch(
-        rb"220 test.example ESMTP\r\n250-test.example\r\n250-PIPELINING\r\n250 8BITMIME\r\n"
+        rb"220 test.example ESMTP\r\n250-test.example\r\n250-PIPELINING\r\n250-8BITMIME\r\n"
+        rb"250 SIZE 52428800\r\n"
         rb"250 ok\r\n250 ok\r\n354 go ahead\r\n250 ok \d+ qp \d+\r\n"
         rb"250 ok\r\n553 sorry, that domain isn't in my list of allowed rcpthosts \(#5.7.1\)\r\n"
         rb"250 ok\r\n354 go ahead\r\n250 ok \d+ qp \d+\r\n250 ok\r\n221 test.example\r\n", out)
