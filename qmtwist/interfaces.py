@@ -35,10 +35,16 @@ class IMessageWriter(Interface):
         @raise qmtwist.errors.QueueError: a write error; the caller should abort.
         """
 
-    def commit(sender: bytes, recipients: list[bytes]) -> "Deferred[Queued]":  # noqa: F821
+    def commit(
+        sender: bytes, recipients: list[bytes], onceKey: str | None = None,
+    ) -> "Deferred[Queued]":  # noqa: F821
         """
         Write the envelope and make the message durable; fires only after the fsync round.
 
+        @param onceKey: given by local delivery for a forward (its delivery's C{uniqueKey}): the
+            commit also records the forward under that key (C{queue/fwd/}), so that a repeated
+            delivery does not queue it again (docs/behaviour/queue.md 5.10). Only local
+            delivery passes it, to the daemon's own injector.
         @return: a Deferred firing with L{qmtwist.queue.store.Queued}, or failing with
             L{qmtwist.errors.QueueError} after removing every file of this message.
         """

@@ -17,7 +17,9 @@ For each request: split the recipient at its last C{@}, find the controlling use
 
 Forwards are queued here, after qmail-local succeeded, as one message (DTLINE + the message as
 queued, copied in chunks on a thread) through C{ctx.injector} with sender NEWSENDER
-(docs/behaviour/local.md 4.6); the report is
+(docs/behaviour/local.md 4.6), exactly once: the commit records the forward under the
+delivery's C{uniqueKey} in C{queue/fwd/} (L{qmtwist.queue.fwd}), and a repeated delivery that
+finds the record reports it instead of queueing again; the report is
 qmail-local's
 C{did F+W+P} and C{qp Q} (docs/behaviour/local.md 4.10).
 """
@@ -42,6 +44,7 @@ from qmtwist.local.env import daemonEnv
 from qmtwist.local.helper import Helper
 from qmtwist.local.message import QueuedMessage
 from qmtwist.local.program import CRASHED
+from qmtwist.queue import fwd
 from qmtwist.queue.state import logSafe
 from qmtwist.users import User, UserTable
 
@@ -207,7 +210,7 @@ class LocalAgent:
                           capReport(e.text.encode() + b"\n"))
         job = Job(user.name, user.home, user.dash, user.ext, local, host, req.sender,
                   req.messPath, req.uniqueKey, req.mayBeRepeat, controls.defaultdelivery,
-                  self.ctx.home.bin, self.reactor.seconds())
+                  self.ctx.home.bin, self.reactor.seconds(), float(controls.timeoutlocal))
         if message is not None:
             try:
                 helper = self._helper(user)
@@ -236,7 +239,16 @@ class LocalAgent:
         qpLine = b""
         if result.forwards:
             how = b"by alias" if user.isAlias else b"by uid %d" % uid
+            layout, key = self.ctx.home.queue, req.uniqueKey
             try:
+                # Exactly once: an earlier run of this delivery may have queued the forward
+                # and crashed before the queue recorded the result (docs/behaviour/local.md 4.6).
+                earlier = await self.ctx.runInThread(lambda: fwd.readRecord(layout, key))
+                if earlier is not None:
+                    qpLine = b"qp %d\n" % earlier.qp
+                    did = b"did %d+%d+%d\n" % (
+                        result.files, len(result.forwards), result.programs)
+                    return Report(Outcome.SUCCESS, capReport(text + did + qpLine))
                 writer = self.ctx.injector.newMessage(how, uid)
                 try:
                     await self.ctx.runInThread(
@@ -244,7 +256,8 @@ class LocalAgent:
                 except BaseException:
                     writer.abort()
                     raise
-                queued = await writer.commit(result.newsender, list(result.forwards))
+                queued = await writer.commit(
+                    result.newsender, list(result.forwards), onceKey=key)
             except TemporaryFailure as e:
                 return Report.deferral(text + e.text.encode() + b"\n")
             except QueueError as e:

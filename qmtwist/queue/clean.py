@@ -7,9 +7,11 @@ Everything here runs on a thread: it scans directories and unlinks files.
 from __future__ import annotations
 
 import os
+from typing import Iterable
 
 from attrs import frozen
 
+from qmtwist.queue import fwd
 from qmtwist.queue.envelope import ChannelEntry, CorruptQueueFile, decodeChannel, decodeInfo
 from qmtwist.queue.layout import SPLIT, QueueLayout
 from qmtwist.queue.preprocess import messStamp
@@ -55,7 +57,8 @@ def _unlink(path: str) -> None:
 
 
 def removeMessage(layout: QueueLayout, n: int) -> None:
-    """Remove every file of a finished message; the info file goes last."""
+    """Remove every file of a finished message (its forward records first); info goes last."""
+    fwd.dropMessageRecords(layout, n)
     for path in (layout.local(n), layout.remote(n), layout.bounce(n), layout.todo(n),
                  layout.intd(n), layout.mess(n), layout.info(n)):
         _unlink(path)
@@ -94,12 +97,14 @@ class Scan:
 
 def recover(layout: QueueLayout, now: float) -> Scan:
     """
-    Scan the queue at start-up: todo entries to preprocess, preprocessed messages to resume,
-    and orphans older than 36 hours removed.
+    Scan the queue at start-up: forwards whose commit a crash interrupted are completed first
+    (L{qmtwist.queue.fwd.recoverRecords}), then todo entries to preprocess, preprocessed
+    messages to resume, and orphans older than 36 hours removed.
     """
+    forwards = fwd.recoverRecords(layout)
     todo = set(_ids(layout.sub("todo")))
     messages: list[LoadedMessage] = []
-    problems: list[str] = []
+    problems: list[str] = list(forwards.problems)
     infos: set[int] = set()
     for i in range(SPLIT):
         for n in _ids(layout.sub("info", i)):
@@ -118,11 +123,11 @@ def recover(layout: QueueLayout, now: float) -> Scan:
                 messages.append(m)
     for i in range(SPLIT):
         for n in _ids(layout.sub("mess", i)):
-            if n in todo or n in infos:
+            if n in todo or n in infos or n in forwards.keep:
                 continue
             _removeIfOld(layout.mess(n), now)
     for n in _ids(layout.sub("intd")):
-        if n not in todo:
+        if n not in todo and n not in forwards.keep:
             _removeIfOld(layout.intd(n), now)
     try:
         for name in os.listdir(layout.sub("pid")):
@@ -145,8 +150,13 @@ def listTodo(layout: QueueLayout) -> list[int]:
     return sorted(_ids(layout.sub("todo")))
 
 
-def markDone(path: str, offsets: list[int]) -> None:
-    """Overwrite the C{T} of each recipient at C{offsets} with C{D}, then fsync."""
+def markDone(path: str, offsets: list[int], layout: QueueLayout | None = None,
+             forwardKeys: Iterable[str] = ()) -> None:
+    """
+    Overwrite the C{T} of each recipient at C{offsets} with C{D}, then fsync; then remove the
+    C{fwd/} records of C{forwardKeys} (those deliveries' keys), which the durable C{D} makes
+    unnecessary: the delivery never runs again.
+    """
     fd = os.open(path, os.O_WRONLY)
     try:
         for off in offsets:
@@ -154,3 +164,6 @@ def markDone(path: str, offsets: list[int]) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+    if layout is not None:
+        for key in forwardKeys:
+            fwd.dropRecord(layout, key)

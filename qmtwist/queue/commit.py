@@ -48,10 +48,16 @@ class _Writer:
     def write(self, data: bytes) -> None:
         self._pending.write(data)
 
-    def commit(self, sender: bytes, recipients: list[bytes]) -> Deferred[Queued]:
+    def commit(self, sender: bytes, recipients: list[bytes],
+               onceKey: str | None = None) -> Deferred[Queued]:
+        """
+        @param onceKey: a forward's delivery key: the round also writes C{fwd/<onceKey>}, the
+            forward's commit point (L{qmtwist.queue.fwd}, docs/behaviour/queue.md 5.10).
+        """
         if self._done:
             raise RuntimeError("message already finished")
         self._done = True
+        self._pending.onceKey = onceKey
         try:
             self._pending.setEnvelope(sender, recipients)
         except QueueError:
@@ -101,6 +107,7 @@ class Injector:
         self._waiting: list[tuple[PendingMessage, Deferred[Queued]]] = []
         self._running = False
         self.rounds = 0
+        self._controlWarnings: tuple[str, ...] = ()
 
     def newMessage(self, how: bytes, uid: int | None = None) -> _Writer:
         pending = PendingMessage(
@@ -140,15 +147,28 @@ class Injector:
             self._startRound()
         return d
 
+    def _logControlWarnings(self, lines: list[str]) -> None:
+        """
+        Log what the round found wrong with C{control/queueextra}, once per change: the file
+        is read for every round, and a bad line would otherwise be logged for every message.
+        """
+        if tuple(lines) != self._controlWarnings:
+            self._controlWarnings = tuple(lines)
+            for line in lines:
+                self.log.warn("{line}", line=line)
+
     def _startRound(self) -> None:
         batch, self._waiting = self._waiting, []
         self._running = True
         self.rounds += 1
         pendings = [p for p, _ in batch]
-        d = self.runInThread(lambda: commitRound(pendings, self.syncer, self.controlDir))
+        warnings: list[str] = []
+        d = self.runInThread(
+            lambda: commitRound(pendings, self.syncer, self.controlDir, warnings))
 
         def done(failed: dict[int, QueueError]) -> None:
             self._running = False
+            self._logControlWarnings(warnings)
             committed = [p.id for p in pendings if p.id not in failed]
             if committed and self.onCommitted is not None:
                 self.onCommitted(committed)

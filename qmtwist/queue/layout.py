@@ -1,5 +1,8 @@
 """
 Paths of qmail's queue (docs/behaviour/queue.md 5.2): split 23, message files named by their inode number.
+
+qmail's layout plus one directory, C{fwd/}: the records that make local delivery's forwards
+exactly-once (L{qmtwist.queue.fwd}).
 """
 
 from __future__ import annotations
@@ -10,7 +13,7 @@ from attrs import frozen
 
 SPLIT = 23
 SPLIT_DIRS = ("mess", "info", "local", "remote")
-FLAT_DIRS = ("pid", "intd", "todo", "bounce", "lock")
+FLAT_DIRS = ("pid", "intd", "todo", "bounce", "fwd", "lock")
 
 
 @frozen

@@ -8,7 +8,9 @@ so that they share the directory syncs (group commit); the daemon runs it on a t
 
 Durability order: message and envelope files are fsynced before the todo link exists, and the
 directory entries (C{mess/N}, C{todo}) are synced before anyone is told "queued". C{intd/} needs
-no directory sync: the todo link names the same inode, and intd entries are scratch.
+no directory sync: the todo link names the same inode, and intd entries are scratch. A forward
+queued by local delivery also gets its C{fwd/} record (L{qmtwist.queue.fwd}) between the two:
+after its files are durable, before its todo link.
 """
 
 from __future__ import annotations
@@ -21,8 +23,10 @@ from typing import BinaryIO, Callable, Iterable
 
 from attrs import define, field, frozen
 
+from qmtwist.control import readList
 from qmtwist.errors import (
     QQ_INTD, QQ_MESS, QQ_PID, QQ_QUEUE_DIR, QQ_READ_ERROR, QQ_TODO, QQ_WRITE_ERROR, QueueError)
+from qmtwist.queue import fwd
 from qmtwist.queue.envelope import Envelope, checkAddress, encodeTodo
 from qmtwist.queue.layout import QueueLayout
 from qmtwist.received import queueReceived
@@ -130,6 +134,9 @@ class PendingMessage:
         self.size = 0
         self.envelope: Envelope | None = None
         self._linked = False
+        # a forward's delivery key and, once written, its fwd/ record (docs/behaviour/queue.md 5.10)
+        self.onceKey: str | None = None
+        self.record: str | None = None
         pidPath = layout.sub("pid", f"{os.getpid()}.{qp}.{time.monotonic_ns()}")
         try:
             self._fd = os.open(pidPath, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
@@ -226,6 +233,12 @@ class PendingMessage:
         if self._fd >= 0:
             os.close(self._fd)
             self._fd = -1
+        if self.record is not None:
+            # The record is the forward's commit point: it goes first, durably. If it cannot,
+            # the files stay and recovery completes the commit the record stands for.
+            if not fwd.removeRecord(self.record):
+                return
+            self.record = None
         if self._linked:
             _unlink(self.layout.todo(self.id))
         _unlink(self.layout.intd(self.id))
@@ -235,35 +248,40 @@ class PendingMessage:
         return Queued(self.id, self.qp, self.time)
 
 
-def readQueueExtra(controlDir: str | None) -> list[bytes]:
-    """C{control/queueextra}: recipients added to every message (FAQ 8.2)."""
+def readQueueExtra(controlDir: str | None, warnings: list[str] | None = None) -> list[bytes]:
+    """
+    C{control/queueextra}: recipients added to every message (FAQ 8.2).
+
+    Read with the checks of L{qmtwist.control.load}: a line that could not be stored as an
+    envelope address (a CR or other control character, 1003 bytes or more) is left out, so
+    that it cannot make every injection fail; a FIFO or other non-regular file is never opened
+    for reading and counts as missing.
+
+    @param warnings: receives the C{warning: control/queueextra ...} lines.
+    @raise OSError: the file exists but cannot be read.
+    """
     if controlDir is None:
         return []
-    try:
-        with open(os.path.join(controlDir, "queueextra"), "rb") as f:
-            data = f.read()
-    except FileNotFoundError:
-        return []
-    out = []
-    for line in data.split(b"\n"):
-        line = line.rstrip(b" \t\r")
-        if line and not line.startswith(b"#") and b"\0" not in line:
-            out.append(line)
-    return out
+    entries, lines = readList(controlDir, "queueextra")
+    if warnings is not None:
+        warnings.extend(lines)
+    return entries
 
 
 def commitRound(
-    batch: list[PendingMessage], syncer: Syncer, controlDir: str | None
+    batch: list[PendingMessage], syncer: Syncer, controlDir: str | None,
+    warnings: list[str] | None = None,
 ) -> dict[int, QueueError]:
     """
     Commit C{batch} with shared directory syncs.
 
+    @param warnings: receives the warning lines about C{control/queueextra}.
     @return: the messages that failed, by id; they have been removed. Every other message of the
         batch is durable when this returns.
     """
     failed: dict[int, QueueError] = {}
     try:
-        extra = readQueueExtra(controlDir)
+        extra = readQueueExtra(controlDir, warnings)
     except OSError as e:
         extra = []
         for p in batch:
@@ -295,6 +313,9 @@ def commitRound(
             for p in ok:
                 failed[p.id] = QueueError(QQ_WRITE_ERROR, str(e))
         ok = [p for p in ok if p.id not in failed]
+    # a forward's fwd/ record: after its files are durable, before its todo link
+    fwd.writeRecords(ok, syncer, failed)
+    ok = [p for p in ok if p.id not in failed]
     for p in ok:
         try:
             p.linkTodo()

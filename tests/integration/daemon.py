@@ -27,10 +27,12 @@ def waitFor(predicate, what: str, deadline: float = 30.0, interval: float = 0.05
 class Daemon:
     """One twistd qmtwist child with its log in C{logPath}."""
 
-    def __init__(self, cwd: str, args: list[str], logPath: str) -> None:
+    def __init__(self, cwd: str, args: list[str], logPath: str,
+                 twistd: list[str] | None = None) -> None:
         self.cwd = cwd
         self.args = args
         self.logPath = logPath
+        self.twistd = twistd or TWISTD
         self.proc: subprocess.Popen | None = None
         self._offset = 0
 
@@ -38,7 +40,7 @@ class Daemon:
         self._offset = os.path.getsize(self.logPath) if os.path.exists(self.logPath) else 0
         log = open(self.logPath, "ab")
         self.proc = subprocess.Popen(
-            TWISTD + ["-n", "--pidfile=", "qmtwist", *self.args],
+            self.twistd + ["-n", "--pidfile=", "qmtwist", *self.args],
             cwd=self.cwd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
         log.close()
 

@@ -66,8 +66,11 @@ class World:
 
     def request(self, rcpt: bytes, mess: str | None = None, sender: bytes = SENDER,
                 position: int = 0, repeat: bool = False) -> DeliveryRequest:
-        return DeliveryRequest(7, mess or self.mess(), sender, rcpt, position,
-                               "1700000000123.4242", repeat)
+        """A delivery of C{mess} (default: a new message), stamped as the queue stamps it."""
+        mess = mess or self.mess()
+        st = os.stat(mess)
+        return DeliveryRequest(7, mess, sender, rcpt, position,
+                               f"{st.st_mtime_ns // 1000}.P{st.st_ino}", repeat)
 
     def userHome(self, name: str, uid: int | None = None, gid: int | None = None,
                  maildir: bool = True) -> str:
