@@ -68,14 +68,37 @@ def _ctl(home: Home, argv: list[str]) -> int:
     opts = p.parse_args(argv)
     if opts.home:
         home = chooseHome(opts.home)
-    try:
-        with open(home.pidfile) as f:
-            pid = int(f.read().strip())
-        os.kill(pid, _SIGNALS[opts.signal])
-    except (OSError, ValueError) as e:
-        sys.stderr.write(f"qmtwist ctl: fatal: unable to signal the daemon: {e}\n")
+    problem = signalDaemon(home, _SIGNALS[opts.signal])
+    if problem:
+        sys.stderr.write(f"qmtwist ctl: fatal: {problem}\n")
         return 111
     return 0
+
+
+def signalDaemon(home: Home, sig: int) -> str | None:
+    """
+    Send C{sig} to the pid in C{HOME/run/qmtwist.pid}; L{None} on success, else the reason as
+    one line. A pid file without a pid greater than 1 is refused: C{kill(0)} or C{kill(-1)}
+    would signal this process's group or every process the caller may signal.
+    """
+    path = home.pidfile
+    try:
+        with open(path) as f:
+            text = f.read().strip()
+    except FileNotFoundError:
+        return f"not running (no {path})"
+    except OSError as e:
+        return f"unable to read {path}: {e.strerror}"
+    if not text.isdigit() or int(text) <= 1:
+        return f"{path} holds no pid"
+    pid = int(text)
+    try:
+        os.kill(pid, sig)
+    except ProcessLookupError:
+        return f"not running (stale {path}: no process {pid})"
+    except OSError as e:
+        return f"unable to signal pid {pid}: {e.strerror}"
+    return None
 
 
 def _popHome(argv: list[str]) -> tuple[str | None, list[str]]:

@@ -54,6 +54,9 @@ class Options(usage.Options):
         ["smtp-concurrency", None, 40, "most simultaneous SMTP sessions", int],
         ["qmtp-concurrency", None, 40, "most simultaneous QMTP sessions", int],
         ["pop3-concurrency", None, 40, "most simultaneous POP3 sessions", int],
+        ["smtp-per-ip", None, 10, "most SMTP sessions of one client address (0: no limit)", int],
+        ["qmtp-per-ip", None, 10, "most QMTP sessions of one client address (0: no limit)", int],
+        ["pop3-per-ip", None, 10, "most POP3 sessions of one client address (0: no limit)", int],
         ["checkpassword", None, None, "POP3 checkpassword program (default: built-in)"],
     ]
 
@@ -98,14 +101,22 @@ def _optional(modname: str, attr: str) -> Any:
 
 
 class SignalService(service.Service):
-    """Turns SIGHUP and SIGALRM into calls on the reactor thread, and owns the pid file."""
+    """
+    Turns SIGHUP, SIGALRM and SIGTERM/SIGINT into calls on the reactor thread, and owns the pid
+    file. The first TERM stops the reactor (the services then stop, waiting for deliveries); the
+    second calls C{abandon} (the queue service stops waiting); a third exits at once. The pid
+    file stays until the reactor has shut down, so C{qmtwist ctl term} reaches a daemon that is
+    still waiting (docs/behaviour/queue.md 6.1).
+    """
 
     def __init__(self, reactor: Any, home: Home, hup: Callable[[], None],
-                 alrm: Callable[[], None], pidfile: str | None = None) -> None:
+                 alrm: Callable[[], None], pidfile: str | None = None,
+                 abandon: Callable[[], None] | None = None) -> None:
         self.reactor = reactor
         self.pidfile = pidfile
         self.onHup = hup
         self.onAlrm = alrm
+        self.onAbandon = abandon
 
     def startService(self) -> None:
         super().startService()
@@ -120,6 +131,8 @@ class SignalService(service.Service):
             with open(tmp, "w") as f:
                 f.write(f"{os.getpid()}\n")
             os.replace(tmp, self.pidfile)
+            # not in stopService: that runs at the first TERM, long before the deliveries end
+            self.reactor.addSystemEventTrigger("after", "shutdown", self._removePidfile)
 
     _terms = 0
 
@@ -132,11 +145,15 @@ class SignalService(service.Service):
         if self._terms == 1:
             self.reactor.callFromThread(self.reactor.stop)
             return
+        if self._terms == 2 and self.onAbandon is not None:
+            self.reactor.callFromThread(self.onAbandon)
+            return
         log.info("status: exiting")
+        self._removePidfile()
         os._exit(0)
 
-    def stopService(self) -> None:
-        super().stopService()
+    def _removePidfile(self) -> None:
+        """Remove the pid file if it still names this process (the reactor is done by now)."""
         if not self.pidfile:
             return
         try:
@@ -206,6 +223,7 @@ def buildServices(options: dict[str, Any], reactor: Any = None) -> Built:
     top = service.MultiService()
     queue: QueueService | None = None
     noQueue = bool(options.get("no-queue"))
+    listeners: list[Any] = []  # the SMTP and QMTP services, for the remote self check
 
     def committed(ids: list[int]) -> None:
         if queue is not None:
@@ -219,7 +237,8 @@ def buildServices(options: dict[str, Any], reactor: Any = None) -> Built:
     if not noQueue:
         agents = {
             "local": _makeAgent(ctx, "qmtwist.local.agent", "LocalAgent", "local", options),
-            "remote": _makeAgent(ctx, "qmtwist.remote.agent", "RemoteAgent", "remote", options),
+            "remote": _makeAgent(ctx, "qmtwist.remote.agent", "RemoteAgent", "remote", options,
+                                 listeners),
         }
         queue = QueueService(home.queue, controls, reactor, runInThread, agents, injector)
         try:
@@ -234,7 +253,8 @@ def buildServices(options: dict[str, Any], reactor: Any = None) -> Built:
             for reload in ctx.reloaders:
                 reload()
 
-        SignalService(reactor, home, hup, queue.alrm, home.pidfile).setServiceParent(top)
+        SignalService(reactor, home, hup, queue.alrm, home.pidfile,
+                      abandon=queue.abandon).setServiceParent(top)
         prepareSocketPath(home.queueSocket)
         sock = strports.service(f"unix:{home.queueSocket}:mode=666", QueueSocketFactory(injector))
         sock.setServiceParent(top)
@@ -269,16 +289,20 @@ def buildServices(options: dict[str, Any], reactor: Any = None) -> Built:
             continue
         rules = options.get(f"{name}-rules") or os.path.join(home.rules, name)
         concurrency = int(options.get(f"{name}-concurrency") or 40)
+        perIP = options.get(f"{name}-per-ip")
+        perIP = 10 if perIP is None else int(perIP)
         if name == "pop3":
-            svc = make(ctx, endpoint, rules, concurrency, options.get("checkpassword"))
+            svc = make(ctx, endpoint, rules, concurrency, options.get("checkpassword"),
+                       perIP=perIP)
         else:
-            svc = make(ctx, endpoint, rules, concurrency)
+            svc = make(ctx, endpoint, rules, concurrency, perIP=perIP)
+            listeners.append(svc)
         svc.setServiceParent(top)
     return Built(top, ctx, queue)
 
 
 def _makeAgent(ctx: Context, modname: str, clsname: str, channel: str,
-               options: dict[str, Any]) -> Any:
+               options: dict[str, Any], listeners: list[Any] | None = None) -> Any:
     cls = _optional(modname, clsname)
     if cls is None:
         log.warn("warning: no {channel} delivery in this installation; deferring", channel=channel)
@@ -286,25 +310,32 @@ def _makeAgent(ctx: Context, modname: str, clsname: str, channel: str,
     if channel == "remote":
         makeResolver = _optional("qmtwist.remote.mx", "makeResolver")
         resolver = makeResolver(ctx.reactor, options.get("dns") or None) if makeResolver else None
-        return cls(ctx, resolver, localAddresses=listenerAddresses(options))
+        return cls(ctx, resolver,
+                   localAddresses=partial(listenerAddresses, options,
+                                          [] if listeners is None else listeners))
     return cls(ctx)
 
 
-def listenerAddresses(options: dict[str, Any]) -> tuple[str, ...]:
+def listenerAddresses(options: dict[str, Any],
+                      services: list[Any] | tuple[Any, ...] = ()) -> tuple[str, ...]:
     """
-    The addresses this host accepts mail on (from the SMTP and QMTP endpoints), so remote
-    delivery recognises an MX that points back at us; C{0.0.0.0} when an endpoint names none.
+    The addresses the SMTP and QMTP listeners are bound to, so remote delivery recognises an MX
+    that points back at us (docs/behaviour/remote.md 11.2). A listening service tells its real
+    address (a C{systemd:} socket too); otherwise it comes from the endpoint string
+    (C{qmtwist.remote.ipme.endpointAddresses}). C{0.0.0.0} or C{::} (a wildcard listener) stands
+    for all of the machine's interface addresses.
     """
-    out = []
+    from qmtwist.remote import ipme
+
+    bound = {getattr(s, "name", None): ipme.boundAddress(getattr(s, "port", None))
+             for s in services}
+    out: list[str] = []
     for name in ("smtp", "qmtp"):
         endpoint = options.get(name) or "none"
         if endpoint == "none":
             continue
-        interface = "0.0.0.0"
-        for part in endpoint.split(":")[1:]:
-            if part.startswith("interface="):
-                interface = part.split("=", 1)[1].strip("[]")
-        out.append(interface)
+        host = bound.get(name)
+        out.extend([host] if host is not None else ipme.endpointAddresses(endpoint))
     return tuple(dict.fromkeys(out))
 
 

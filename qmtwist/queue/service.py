@@ -12,11 +12,11 @@ from __future__ import annotations
 import fcntl
 import heapq
 import os
-from collections import deque
+from collections import Counter, deque
 from typing import Any, Callable
 
 from twisted.application import service
-from twisted.internet.defer import Deferred, succeed
+from twisted.internet.defer import Deferred, gatherResults, maybeDeferred, succeed
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 
@@ -39,6 +39,14 @@ log = Logger(namespace="qmail-send")
 RunInThread = Callable[[Callable[[], Any]], "Deferred[Any]"]
 TODO_SCAN_INTERVAL = 25 * 60
 RETRY_SOON = 10
+MAX_PASSED_OVER = 1000  # ready local entries looked past per pump, at most
+
+
+def recipientLimit(control: Any) -> int:
+    """Local deliveries at once to one address: concurrencyrecipient, else half the slots."""
+    if control.concurrencyrecipient > 0:
+        return int(control.concurrencyrecipient)
+    return max(1, int(control.concurrencylocal) // 2)
 
 
 class QueueService(service.Service):
@@ -78,9 +86,13 @@ class QueueService(service.Service):
         self._wakeCall: Any = None
         self._ready: dict[str, deque[tuple[int, int]]] = {"local": deque(), "remote": deque()}
         self.active: dict[str, int] = {"local": 0, "remote": 0}
+        # local deliveries in flight per recipient address (control/concurrencyrecipient)
+        self._perRecipient: Counter[bytes] = Counter()
         self._deliveryCounter = 0
         self._stopping = False
+        self._abandoned = False
         self._idleWaiters: list[Deferred[None]] = []
+        self._abandonWaiters: list[Deferred[None]] = []
         self._todoScan: LoopingCall | None = None
         self._mutexFd = -1
         self._recoveryDone = False
@@ -167,10 +179,49 @@ class QueueService(service.Service):
         d.addCallback(lambda _: self._exit())
         return d
 
-    def _stopAgents(self) -> Deferred[Any]:
-        from twisted.internet.defer import gatherResults
+    def _stopAgents(self) -> Deferred[None]:
+        stopping = gatherResults([maybeDeferred(a.stop) for a in self.agents.values()],
+                                 consumeErrors=True)
+        stopping.addErrback(lambda f: log.failure("stopping a delivery agent failed", f))
+        return self._unlessAbandoned(stopping)
 
-        return gatherResults([a.stop() for a in self.agents.values()], consumeErrors=True)
+    def abandon(self) -> None:
+        """
+        The second TERM: stop waiting for the deliveries in flight (docs/behaviour/queue.md 6.1).
+
+        Their recipients stay as they are in the channel files (still C{T}), so they are retried
+        after the restart, as possibly repeated; a report that still arrives is ignored, so
+        nothing is marked done or bounced that this run did not already record. Preprocessing,
+        finishing and the file operations already submitted are short and crash-safe, and are
+        still waited for (the thread pool is joined at exit anyway). The agents are still
+        stopped (connections aborted, programs sent TERM), but not waited for.
+        """
+        if self._abandoned:
+            return
+        self._abandoned = True
+        self._stopping = True
+        log.info("status: second TERM: abandoning {n} deliveries in flight",
+                 n=sum(self.active.values()))
+        waiters, self._abandonWaiters = self._abandonWaiters, []
+        for d in waiters:
+            d.callback(None)
+        self._checkIdle()
+
+    def _unlessAbandoned(self, d: Deferred[Any]) -> Deferred[None]:
+        """Fire when C{d} does, or at L{abandon}, whichever comes first."""
+        out: Deferred[None] = Deferred()
+        if self._abandoned:
+            out.callback(None)
+            return out
+        self._abandonWaiters.append(out)
+
+        def fire(_: Any) -> None:
+            if out in self._abandonWaiters:
+                self._abandonWaiters.remove(out)
+                out.callback(None)
+
+        d.addBoth(fire)
+        return out
 
     def _exit(self) -> None:
         if self._mutexFd >= 0:
@@ -179,7 +230,8 @@ class QueueService(service.Service):
         log.info("status: exiting")
 
     def _idle(self) -> bool:
-        return not any(self.active.values()) and not self._preprocessing and not self._finishing
+        deliveriesDone = self._abandoned or not any(self.active.values())
+        return deliveriesDone and not self._preprocessing and not self._finishing
 
     def _whenIdle(self) -> Deferred[None]:
         if self._idle():
@@ -358,6 +410,9 @@ class QueueService(service.Service):
         limits = {"local": control.concurrencylocal, "remote": control.concurrencyremote}
         for name, ready in self._ready.items():
             agent = self.agents.get(name)
+            if name == "local" and agent is not None:
+                self._pumpLocal(agent, ready, limits[name], recipientLimit(control))
+                continue
             while ready and self.active[name] < limits[name] and agent is not None:
                 room = limits[name] - self.active[name]
                 n, _ = ready[0]
@@ -368,6 +423,29 @@ class QueueService(service.Service):
                 if m is None or name not in m.channels:
                     continue
                 self._start(agent, m, m.channels[name], batch)
+
+    def _pumpLocal(self, agent: IDeliveryAgent, ready: deque[tuple[int, int]], limit: int,
+                   perRecipient: int) -> None:
+        """
+        Start local deliveries in queue order, but at most C{perRecipient} at once to one
+        address: a user whose program never exits (or a flood to one address) holds at most
+        that share of the C{concurrencylocal} slots, and the others keep being delivered.
+        Entries passed over keep their place.
+        """
+        skipped: list[tuple[int, int]] = []
+        while ready and self.active["local"] < limit and len(skipped) < MAX_PASSED_OVER:
+            n, pos = ready.popleft()
+            m = self.messages.get(n)
+            if m is None or "local" not in m.channels:
+                continue
+            ch = m.channels["local"]
+            address = ch.entries[pos].address.lower()
+            if self._perRecipient[address] >= perRecipient:
+                skipped.append((n, pos))
+                continue
+            self._perRecipient[address] += 1
+            self._start(agent, m, ch, [pos])
+        ready.extendleft(reversed(skipped))
 
     def _start(self, agent: IDeliveryAgent, m: _Message, ch: _Channel, positions: list[int]) -> None:
         requests, numbers, entries = [], [], []
@@ -404,6 +482,13 @@ class QueueService(service.Service):
             d.addCallback(self._result, m, ch, e, number)
 
     def _result(self, report: Report, m: _Message, ch: _Channel, e: ChannelEntry, number: int) -> None:
+        if self._abandoned:
+            return  # left as it is on disk: retried after the restart (abandon)
+        if ch.name == "local":
+            address = e.address.lower()
+            self._perRecipient[address] -= 1
+            if self._perRecipient[address] <= 0:
+                del self._perRecipient[address]
         if not isinstance(report, Report):
             report = Report.deferral(b"Unexpected report from delivery agent. (#4.3.0)")
         if report.outcome is Outcome.DEFERRAL and ch.lastPass:
@@ -445,7 +530,9 @@ class QueueService(service.Service):
                      path=path)
             self._entryFinished(m, ch, e, done=True)
 
-        self.ops.submit(lambda: clean.markDone(path, [e.offset])).addCallbacks(
+        # once D is durable, a local delivery's forward record has done its work (queue.md 5.10)
+        keys = [f"{m.stamp}Q{e.position}"] if ch.name == "local" else []
+        self.ops.submit(lambda: clean.markDone(path, [e.offset], self.layout, keys)).addCallbacks(
             lambda _: self._entryFinished(m, ch, e, done=True), failed)
 
     def _entryFinished(self, m: _Message, ch: _Channel, e: ChannelEntry, done: bool) -> None:
@@ -471,8 +558,8 @@ class QueueService(service.Service):
     # -- finishing ---------------------------------------------------------------------------
 
     def _finish(self, m: _Message) -> None:
-        if m.finishing:
-            return
+        if m.finishing or self._abandoned:
+            return  # after abandon, recovery at the next start finishes it
         m.finishing = True
         self._finishing += 1
         d = finishMessage(self.layout, self.ops, self.controls.snapshot, self.clock.seconds(),

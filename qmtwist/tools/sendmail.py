@@ -81,6 +81,8 @@ def _alarm(env: ProgramEnv) -> int:
     try:
         with open(env.home.pidfile) as f:
             pid = int(f.read().strip())
+        if pid <= 1:  # kill(0) or kill(-1) would alarm a whole group, or everyone
+            raise ValueError(pid)
         os.kill(pid, signal.SIGALRM)
     except (OSError, ValueError):
         env.stderr.write(b"sendmail: fatal: qmtwist is not running\n")

@@ -41,7 +41,8 @@ def test_setup_is_idempotent_and_home_from_environment(tmp_path, monkeypatch, ca
 
 def test_ctl_without_daemon_is_111(home, capsys):
     assert main(["--home", home.path, "ctl", "alrm"]) == 111
-    assert "unable to signal the daemon" in capsys.readouterr().err
+    assert capsys.readouterr().err == (
+        f"qmtwist ctl: fatal: not running (no {home.pidfile})\n")
 
 
 def test_unknown_subcommand_is_100(capsys):

@@ -504,3 +504,119 @@ def test_bounce_append_failure_is_retried_without_redelivery(home, monkeypatch, 
     assert len([r for r in h.local.requests if r.recipient == b"nobody@test.example"]) == 1
     assert [r.recipient for r in h.local.requests if r.sender == b""] == [b"joe@test.example"]
     assert h.queueFiles() == []
+
+
+def test_second_term_abandons_deliveries_in_flight_and_records_nothing(home, logEvents):
+    """docs/behaviour/queue.md 6.1: abandon() ends the wait; late reports change nothing."""
+    h = makeHarness(home, local=None, remote=None)
+    q = h.inject(b"joe@test.example", [b"a@test.example", b"b@test.example",
+                                       b"c@elsewhere.example"])
+    assert len(h.local.held) == 2 and len(h.remote.held) == 1
+    stopped: list = []
+    h.service.stopService().addBoth(stopped.append)
+    assert stopped == []
+    h.service.abandon()
+    assert stopped == [None]
+    lines = logLines(logEvents)
+    assert lines.count("status: second TERM: abandoning 3 deliveries in flight") == 1
+    assert lines[-1] == "status: exiting"
+    # the reports arrive after all: a success, a permanent failure, a last-pass deferral
+    h.local.held[0].callback(ok(None))
+    h.local.held[1].callback(no(None))
+    h.remote.held[0].callback(later(None))
+    h.clock.advance(3600)
+    assert logLines(logEvents)[len(lines):] == []
+    for path in (home.queue.local(q.id), home.queue.remote(q.id)):
+        with open(path, "rb") as f:
+            assert not any(e.done for e in decodeChannel(f.read()))
+    assert not os.path.exists(home.queue.bounce(q.id))
+    # the restart delivers each recipient once, as possibly repeated
+    h2 = makeHarness(home, local=ok, remote=ok)
+    assert sorted(r.recipient for r in h2.local.requests + h2.remote.requests) == [
+        b"a@test.example", b"b@test.example", b"c@elsewhere.example"]
+    assert all(r.mayBeRepeat for r in h2.local.requests + h2.remote.requests)
+    assert h2.queueFiles() == []
+
+
+def test_second_term_cuts_short_an_agent_that_does_not_stop(home, logEvents):
+    h = makeHarness(home, local=ok)
+    h.inject(b"joe@test.example", [b"a@test.example"])
+
+    @implementer(IDeliveryAgent)
+    class Stuck(SpyAgent):
+        def stop(self):
+            return Deferred()  # e.g. a .qmail program that ignores TERM
+
+    h.service.agents["local"] = Stuck("local")
+    stopped: list = []
+    h.service.stopService().addBoth(stopped.append)
+    assert stopped == []  # no delivery in flight, but the local agent has not stopped yet
+    h.service.abandon()
+    assert stopped == [None]
+    lines = logLines(logEvents)
+    assert "status: second TERM: abandoning 0 deliveries in flight" in lines
+    assert lines[-1] == "status: exiting"
+    assert h.service._mutexFd < 0
+
+
+def test_second_term_still_waits_for_preprocessing(home, logEvents):
+    """Preprocessing is short and crash-safe; its results are written before the exit."""
+    held: list[Deferred] = []
+
+    def runInThread(f):
+        d: Deferred = Deferred()
+        held.append(d)
+        d.addCallback(lambda _: f())
+        return d
+
+    h = makeHarness(home, local=ok, start=False, runInThread=runInThread)
+    h.service.startService()
+    held.pop(0).callback(None)  # the start-up scan
+    h.inject(b"joe@test.example", [b"a@test.example"])
+    assert len(held) == 1  # the preprocessing of the new message
+    stopped: list = []
+    h.service.stopService().addBoth(stopped.append)
+    h.service.abandon()
+    assert stopped == []
+    held.pop(0).callback(None)
+    while held:
+        held.pop(0).callback(None)
+    assert stopped == [None]
+    assert logLines(logEvents)[-1] == "status: exiting"
+    assert h.local.requests == []
+    assert h.todo() == []
+
+
+def test_one_stuck_recipient_holds_at_most_its_share_of_local_slots(home):
+    """
+    A user whose deliveries never end (a program that hangs) takes at most
+    concurrencyrecipient of the concurrencylocal slots; mail for everyone else still flows, and
+    the passed-over deliveries start, in order, as slots of that address free up.
+    """
+    with open(os.path.join(home.control, "concurrencylocal"), "wb") as f:
+        f.write(b"4\n")
+    h = makeHarness(home)  # the local spy holds every delivery until answered
+    for _ in range(6):
+        h.inject(b"joe@test.example", [b"stuck@test.example"])
+    h.inject(b"joe@test.example", [b"bob@test.example"])
+    h.inject(b"joe@test.example", [b"carol@test.example"])
+    started = [r.recipient for r in h.local.requests]
+    assert started.count(b"stuck@test.example") == 2  # half of 4: the default share
+    assert b"bob@test.example" in started and b"carol@test.example" in started
+    assert h.service.active["local"] == 4
+    stuck = [d for d, r in zip(h.local.held, h.local.requests) if r.recipient == b"stuck@test.example"]
+    stuck[0].callback(Report.success(b"did 1+0+0\n"))  # one of them ends: the next one starts
+    started = [r.recipient for r in h.local.requests]
+    assert started.count(b"stuck@test.example") == 3
+    assert h.service.active["local"] == 4
+
+
+def test_concurrencyrecipient_control(home):
+    for name, value in (("concurrencylocal", b"10\n"), ("concurrencyrecipient", b"1\n")):
+        with open(os.path.join(home.control, name), "wb") as f:
+            f.write(value)
+    h = makeHarness(home)
+    for _ in range(3):
+        h.inject(b"joe@test.example", [b"Stuck@test.example"])
+    h.inject(b"joe@test.example", [b"stuck@test.example"])  # the same address, other case
+    assert [r.recipient.lower() for r in h.local.requests] == [b"stuck@test.example"]
