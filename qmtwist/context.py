@@ -18,14 +18,29 @@ from typing import Any, Callable, Protocol
 
 from attrs import define, field
 from twisted.internet.defer import Deferred, succeed
+from twisted.internet.interfaces import (
+    IReactorCore, IReactorFDSet, IReactorProcess, IReactorSocket, IReactorTCP, IReactorThreads,
+    IReactorTime)
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from qmtwist import control
 from qmtwist.control import Control
 from qmtwist.home import Home
+from qmtwist.interfaces import IInjector
 
 Stamp = tuple[tuple[str, int], ...]
+#: Runs a blocking callable on the reactor's thread pool; fires with its result.
+RunInThread = Callable[[Callable[[], Any]], "Deferred[Any]"]
+
+
+class IDaemonReactor(IReactorCore, IReactorTime, IReactorTCP, IReactorSocket, IReactorProcess,
+                     IReactorThreads, IReactorFDSet):
+    """
+    The reactor interfaces the daemon's parts use (a type for L{Context.reactor}): the clock,
+    listening and connecting, adopting a socket, spawning, threads, and watching a descriptor.
+    The real reactor provides them all; a test passes a fake with what its part needs.
+    """
 
 
 def _mtimes(controlDir: str) -> Stamp:
@@ -153,7 +168,7 @@ class ControlCache:
         d.addBoth(finished)
 
 
-def freshControls(ctx: Any) -> Deferred[Control]:
+def freshControls(ctx: Context) -> Deferred[Control]:
     """
     The controls as they are now, for a delivery or a connection: L{ControlCache.refresh} with
     the context's thread runner (a stand-in without C{refresh} gives its C{current()}).
@@ -169,16 +184,16 @@ class Context:
     """
     Everything a listener or agent constructor may need, built once by L{qmtwist.plugin}.
 
-    @ivar reactor: the reactor (tests pass a fake).
-    @ivar injector: an L{qmtwist.interfaces.IInjector}.
+    @ivar reactor: the reactor (tests pass a C{MemoryReactorClock} or a C{Clock}).
+    @ivar injector: the daemon's injector.
     @ivar controls: the L{ControlCache}.
     @ivar runInThread: runs a blocking callable on the thread pool, returns a Deferred.
     @ivar reloaders: callables run on SIGHUP after the controls were re-read.
     """
 
     home: Home
-    reactor: Any
-    injector: Any
+    reactor: IDaemonReactor
+    injector: IInjector
     controls: ControlCache
-    runInThread: Callable[[Callable[[], Any]], Any]
+    runInThread: RunInThread
     reloaders: list[Callable[[], None]] = field(factory=list)

@@ -2,27 +2,27 @@
 qmail's control files, read into one frozen snapshot (docs/behaviour/control.md 2).
 
 L{load} is pure apart from reading files: it returns a L{Control} and the warning lines of
-docs/behaviour/control.md 2.1 (C{warning: control/NAME line N: problem; ...}). A file that cannot be read is
-an
-alert: at start-up it is fatal (L{ControlError}); on reload the previous value is kept.
-Values that become parts of addresses stay C{bytes}.
+docs/behaviour/control.md 2.1 (C{warning: control/NAME line N: problem; ...}). A file that
+cannot be read is an alert: at start-up it is fatal (L{ControlError}); on reload the previous
+value is kept. Values that become parts of addresses stay C{bytes}.
 
-Every control file is read with L{readControlFile}: one that is not a regular file (a FIFO
-would block the reader for good) is never opened for reading and counts as missing. Values that
-end up in envelopes, headers or protocol lines (the LINE files, C{queueextra},
-C{virtualdomains}) are checked with L{unsafeValue}; a bad one keeps the default or the value in
-force. L{load} does blocking file I/O: the daemon calls it at start-up, on SIGHUP, or on a
-thread (L{qmtwist.context.ControlCache.refresh}).
+Every control file is read with L{readControlFile} (L{qmtwist.controlfile}): one that is not a
+regular file (a FIFO would block the reader for good) is never opened for reading and counts as
+missing. Values that end up in envelopes, headers or protocol lines (the LINE files,
+C{queueextra}, C{virtualdomains}) are checked with L{unsafeValue}; a bad one keeps the default
+or the value in force. L{load} does blocking file I/O: the daemon calls it at start-up, on
+SIGHUP, or on a thread (L{qmtwist.context.ControlCache.refresh}).
 """
 
 from __future__ import annotations
 
 import os
-import stat
 from typing import Callable
 
 from attrs import evolve, field, frozen
 
+# The reader's names stay importable from here for the modules that have always done so.
+from qmtwist.controlfile import NotRegularFile, notRegularWarning, readControlFile
 from qmtwist.errors import ControlError
 from qmtwist.rcpthosts import RcptHosts
 
@@ -172,50 +172,6 @@ def parseMap(
             continue
         out[key.lower()] = value
     return out
-
-
-class NotRegularFile(Exception):
-    """
-    A control file is a FIFO, a device, a directory or a socket: it is never read.
-
-    Not an L{OSError}, so that callers do not take it for an unreadable file (an alert); it
-    counts as missing, with the warning of L{notRegularWarning}.
-    """
-
-
-def notRegularWarning(name: str) -> str:
-    """The warning for a control file that is not a regular file (docs/behaviour/control.md 2.1)."""
-    return f"warning: control/{name} is not a regular file; ignored"
-
-
-def readControlFile(path: str) -> bytes | None:
-    """
-    The contents of one control file, or L{None} when it does not exist.
-
-    A FIFO would block the reader forever (and a device may do anything when opened), so the
-    file is checked with C{stat} before it is opened, opened with C{O_NONBLOCK} and checked
-    again with C{fstat} (it may have been replaced in between) before anything is read.
-
-    @raise NotRegularFile: it exists but is not a regular file.
-    @raise OSError: it exists but cannot be read.
-    """
-    try:
-        if not stat.S_ISREG(os.stat(path).st_mode):
-            raise NotRegularFile(path)
-        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC)
-    except FileNotFoundError:
-        return None
-    try:
-        if not stat.S_ISREG(os.fstat(fd).st_mode):
-            raise NotRegularFile(path)
-        chunks: list[bytes] = []
-        while True:
-            chunk = os.read(fd, 65536)
-            if not chunk:
-                return b"".join(chunks)
-            chunks.append(chunk)
-    finally:
-        os.close(fd)
 
 
 #: Envelope addresses (and so every value that becomes one) are shorter than this (qmail-queue).

@@ -149,6 +149,19 @@ def launcherText(home: Home, name: str) -> bytes:
     ).encode()
 
 
+def checkPrograms() -> None:
+    """
+    Every module named in L{PROGRAMS} exists, so that each launcher written into C{bin/} runs
+    (docs/behaviour/home.md 1.3): a missing one is an installation error, not a program to skip.
+
+    @raise ModuleNotFoundError: naming every missing module.
+    """
+    missing = sorted({spec.split(":")[0] for spec in PROGRAMS.values()
+                      if importlib.util.find_spec(spec.split(":")[0]) is None})
+    if missing:
+        raise ModuleNotFoundError(f"qmtwist is incomplete: no module {', '.join(missing)}")
+
+
 DEFAULT_DATABYTES = 50 * 1024 * 1024
 
 
@@ -158,7 +171,9 @@ def setup(home: Home, me: str | None = None) -> list[str]:
 
     @return: the paths created (empty when the home was complete).
     @raise OSError: an I/O error (the caller prints C{qmtwist setup: fatal: ...}, exit 111).
+    @raise ModuleNotFoundError: a program's module is missing (L{checkPrograms}).
     """
+    checkPrograms()  # before anything is created
     created: list[str] = []
     root = os.getuid() == 0
 
@@ -203,9 +218,6 @@ def setup(home: Home, me: str | None = None) -> list[str]:
 
     created.extend(home.queue.create())
     for program in sorted(PROGRAMS):
-        modname = PROGRAMS[program].split(":")[0]
-        if importlib.util.find_spec(modname) is None:
-            continue
         write(home.sub("bin", program), launcherText(home, program), 0o755)
     for alias in ("mailq", "newaliases"):
         link = home.sub("bin", alias)

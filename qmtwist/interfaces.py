@@ -12,9 +12,11 @@ from typing import TYPE_CHECKING
 from zope.interface import Attribute, Interface
 
 if TYPE_CHECKING:
+    from typing import Callable
+
     from twisted.internet.defer import Deferred
 
-    from qmtwist.queue.store import Queued
+    from qmtwist.queue.store import PendingMessage, Queued
 
 
 class IMessageWriter(Interface):
@@ -54,7 +56,13 @@ class IMessageWriter(Interface):
 
 
 class IInjector(Interface):
-    """Queue messages in qmail's layout (qmail-queue inside the daemon)."""
+    """
+    Queue messages in qmail's layout (qmail-queue inside the daemon).
+
+    Listeners and local delivery use L{newMessage} and L{inject}; the queue service's bounces,
+    written on a thread, use L{allocateQp} and L{commitPending}; whoever must know of new
+    messages (the queue service) registers with L{addObserver}.
+    """
 
     def newMessage(how: bytes, uid: int | None = None) -> IMessageWriter:  # type: ignore[misc]
         """
@@ -70,6 +78,24 @@ class IInjector(Interface):
         sender: bytes, recipients: list[bytes], message: bytes, how: bytes, uid: int | None = None
     ) -> "Deferred[Queued]":  # noqa: F821
         """Queue a whole message held in memory; same result as L{IMessageWriter.commit}."""
+
+    def allocateQp() -> int:  # type: ignore[misc]
+        """A qp for a message that is written off the reactor thread, then L{commitPending}."""
+
+    def commitPending(pending: "PendingMessage") -> "Deferred[Queued]":  # noqa: F821
+        """
+        Commit a message whose bytes and envelope were written off the reactor thread (a
+        bounce, docs/behaviour/queue.md 5.7), in the next commit round.
+
+        @return: as L{IMessageWriter.commit}.
+        """
+
+    def addObserver(observer: "Callable[[list[int]], None]") -> None:  # noqa: F821
+        """
+        Call C{observer} on the reactor thread with the message numbers of every commit round
+        that committed any, after they are durable and before their committers are answered
+        (the queue service preprocesses them, docs/behaviour/queue.md 5.5).
+        """
 
 
 class IDeliveryAgent(Interface):

@@ -2,37 +2,43 @@
 C{twistd qmtwist}: the options of docs/commands.md and the service tree they build.
 
 This module (and the .tac files, through L{buildServices}) is the only place that creates
-concrete objects and wires them: listeners -> injector -> queue service -> delivery agents.
-Listener modules that are not installed are simply absent.
+concrete objects and wires them: listeners -> injector -> queue service -> delivery agents. Every
+part is imported here directly, so a part that cannot be imported stops the daemon at once. The
+injector's commit observer and the SMTP listener's SIGHUP hook (C{Context.reloaders}) are added
+here, not by the parts themselves.
 """
 
 from __future__ import annotations
 
-import importlib
 import os
 import signal
 import sys
-from functools import partial
+from functools import cache, partial
 from typing import Any, Callable
 
 from attrs import define
 from twisted.application import service, strports
-from twisted.internet.defer import succeed
 from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
 from twisted.python import usage
-from zope.interface import implementer
 
 from qmtwist.context import ControlCache, Context
-from qmtwist.delivery import Report
 from qmtwist.errors import ControlError
 from qmtwist.home import Home, chooseHome, setup
 from qmtwist.interfaces import IDeliveryAgent
+from qmtwist.local.agent import LocalAgent, interpreterReachable
+from qmtwist.pop3.listener import makePOP3Service
+from qmtwist.ptr import makeHostLookup
+from qmtwist.qmtp.listener import makeQMTPService
 from qmtwist.queue.commit import Injector
 from qmtwist.queue.service import QueueService
 from qmtwist.queue.socketserver import QueueSocketFactory, prepareSocketPath
 from qmtwist.queue.store import pokeTrigger
 from qmtwist.queue.trigger import TriggerReader
+from qmtwist.remote.agent import RemoteAgent
+from qmtwist.remote.concurrency import descriptorWarning
+from qmtwist.remote.mx import makeResolver
+from qmtwist.smtp.listener import makeSMTPService, warnIfNoRcpthosts
 
 log = Logger(namespace="qmtwist")
 
@@ -65,39 +71,12 @@ class Options(usage.Options):
         self["dns"] = []
 
     def opt_dns(self, value: str) -> None:
-        """DNS server HOST:PORT for remote delivery (repeatable; default: the system's)."""
+        """DNS server HOST:PORT for remote delivery and =host rules (repeatable; default: the
+        system's)."""
         host, _, port = value.rpartition(":")
         if not host or not port.isdigit():
             raise usage.UsageError(f"--dns wants HOST:PORT, not {value!r}")
         self["dns"].append((host.strip("[]"), int(port)))
-
-
-@implementer(IDeliveryAgent)
-class DeferringAgent:
-    """Stands in for a channel whose agent is not installed: every delivery is deferred."""
-
-    def __init__(self, channel: str, text: str) -> None:
-        self.channel = channel
-        self.text = text
-
-    def deliver(self, requests: list) -> list:
-        return [succeed(Report.deferral(self.text)) for _ in requests]
-
-    def reload(self) -> None:
-        pass
-
-    def stop(self):
-        return succeed(None)
-
-
-def _optional(modname: str, attr: str) -> Any:
-    try:
-        module = importlib.import_module(modname)
-    except ImportError as e:
-        if e.name and modname.startswith(e.name):
-            return None
-        raise
-    return getattr(module, attr, None)
 
 
 class SignalService(service.Service):
@@ -225,22 +204,18 @@ def buildServices(options: dict[str, Any], reactor: Any = None) -> Built:
     noQueue = bool(options.get("no-queue"))
     listeners: list[Any] = []  # the SMTP and QMTP services, for the remote self check
 
-    def committed(ids: list[int]) -> None:
-        if queue is not None:
-            queue.preprocess(ids)
-        else:
-            pokeTrigger(home.queue)
-
-    injector = Injector(home.queue, home.control, reactor, runInThread, committed)
+    injector = Injector(home.queue, home.control, reactor, runInThread)
     ctx = Context(home, reactor, injector, controls, runInThread)
+    # one resolver (--dns) for remote delivery's MX lookups and the listeners' PTR lookups,
+    # made when the first of them needs it (a listeners-only daemon may never need one)
+    resolver = cache(lambda: makeResolver(reactor, options.get("dns") or None))
+    hostLookup = makeHostLookup(reactor, resolver)
 
     if not noQueue:
-        agents = {
-            "local": _makeAgent(ctx, "qmtwist.local.agent", "LocalAgent", "local", options),
-            "remote": _makeAgent(ctx, "qmtwist.remote.agent", "RemoteAgent", "remote", options,
-                                 listeners),
-        }
+        agents = _makeAgents(ctx, options, listeners, resolver())
         queue = QueueService(home.queue, controls, reactor, runInThread, agents, injector)
+        # every commit round of this process goes to the queue service (queue.md 5.5)
+        injector.addObserver(queue.preprocess)
         try:
             queue.lockMutex()
         except RuntimeError:
@@ -258,34 +233,28 @@ def buildServices(options: dict[str, Any], reactor: Any = None) -> Built:
         prepareSocketPath(home.queueSocket)
         sock = strports.service(f"unix:{home.queueSocket}:mode=666", QueueSocketFactory(injector))
         sock.setServiceParent(top)
-        reachable = _optional("qmtwist.local.agent", "interpreterReachable")
-        if os.getuid() == 0 and reachable is not None and not reachable(sys.executable):
+        if os.getuid() == 0 and not interpreterReachable(sys.executable):
             log.warn("warning: {python} is not reachable by other users: HOME/bin programs in "
                      ".qmail pipes (preline, forward, qmail-inject) will fail when run as the "
                      "mail user", python=sys.executable)
-        descriptorWarning = _optional("qmtwist.remote.agent", "descriptorWarning")
-        if descriptorWarning is not None:
-            warning = descriptorWarning(controls.snapshot.concurrencyremote)
-            if warning:
-                log.warn("{line}", line=warning)
+        warning = descriptorWarning(controls.snapshot.concurrencyremote)
+        if warning:
+            log.warn("{line}", line=warning)
     else:
+        # the queue service of another process learns of commits through lock/trigger
+        injector.addObserver(lambda ids: pokeTrigger(home.queue))
+
         def hupListeners() -> None:
             controls.reload()
             for reload in ctx.reloaders:
                 reload()
         SignalService(reactor, home, hupListeners, lambda: None).setServiceParent(top)
 
-    for name, modname, maker in (
-        ("smtp", "qmtwist.smtp.listener", "makeSMTPService"),
-        ("qmtp", "qmtwist.qmtp.listener", "makeQMTPService"),
-        ("pop3", "qmtwist.pop3.listener", "makePOP3Service"),
-    ):
+    makers: tuple[tuple[str, Callable[..., Any]], ...] = (
+        ("smtp", makeSMTPService), ("qmtp", makeQMTPService), ("pop3", makePOP3Service))
+    for name, make in makers:
         endpoint = options.get(name)
         if not endpoint or endpoint == "none":
-            continue
-        make = _optional(modname, maker)
-        if make is None:
-            log.warn("warning: no {name} listener in this installation", name=name)
             continue
         rules = options.get(f"{name}-rules") or os.path.join(home.rules, name)
         concurrency = int(options.get(f"{name}-concurrency") or 40)
@@ -293,27 +262,28 @@ def buildServices(options: dict[str, Any], reactor: Any = None) -> Built:
         perIP = 10 if perIP is None else int(perIP)
         if name == "pop3":
             svc = make(ctx, endpoint, rules, concurrency, options.get("checkpassword"),
-                       perIP=perIP)
+                       lookupHost=hostLookup, perIP=perIP)
         else:
-            svc = make(ctx, endpoint, rules, concurrency, perIP=perIP)
+            svc = make(ctx, endpoint, rules, concurrency, lookupHost=hostLookup, perIP=perIP)
             listeners.append(svc)
+        if name == "smtp":
+            # docs/behaviour/smtp.md 7.5's warning, again on every SIGHUP
+            ctx.reloaders.append(partial(warnIfNoRcpthosts, ctx))
         svc.setServiceParent(top)
     return Built(top, ctx, queue)
 
 
-def _makeAgent(ctx: Context, modname: str, clsname: str, channel: str,
-               options: dict[str, Any], listeners: list[Any] | None = None) -> Any:
-    cls = _optional(modname, clsname)
-    if cls is None:
-        log.warn("warning: no {channel} delivery in this installation; deferring", channel=channel)
-        return DeferringAgent(channel, f"No {channel} delivery in this installation. (#4.3.0)")
-    if channel == "remote":
-        makeResolver = _optional("qmtwist.remote.mx", "makeResolver")
-        resolver = makeResolver(ctx.reactor, options.get("dns") or None) if makeResolver else None
-        return cls(ctx, resolver,
-                   localAddresses=partial(listenerAddresses, options,
-                                          [] if listeners is None else listeners))
-    return cls(ctx)
+def _makeAgents(ctx: Context, options: dict[str, Any], listeners: list[Any],
+                resolver: Any) -> dict[str, IDeliveryAgent]:
+    """
+    The delivery agent of each channel. Remote delivery gets the shared resolver and the live
+    list of SMTP and QMTP listeners (filled in later), for its MX self check.
+    """
+    return {
+        "local": LocalAgent(ctx),
+        "remote": RemoteAgent(ctx, resolver,
+                              localAddresses=partial(listenerAddresses, options, listeners)),
+    }
 
 
 def listenerAddresses(options: dict[str, Any],

@@ -1,6 +1,7 @@
 """
-Which recipients an SMTP or QMTP server accepts from a client without RELAYCLIENT (docs/behaviour/smtp.md
-7.4, 7.5).
+Which recipient domains an SMTP or QMTP server accepts from a client without RELAYCLIENT
+(docs/behaviour/smtp.md 7.5): the rcpthosts/morercpthosts table. The relay rule that consults it
+(RELAYCLIENT first, docs/behaviour/smtp.md 7.4) is L{qmtwist.policy.SessionPolicy.relay}.
 
 qmail-smtpd's rcpthosts.c: the domain after the last C{@}, lower-cased, is allowed when it or a
 suffix of it starting with a dot is listed in C{rcpthosts} or C{morercpthosts}. A recipient without
@@ -81,19 +82,3 @@ class RcptHosts:
             i = domain.find(b".", i + 1)
         return False
 
-
-def relayDecision(
-    control: Control, env: Mapping[str, bytes], recipient: bytes
-) -> bytes | None:
-    """
-    The recipient to queue, or L{None} when it must be refused (qmail's 553 rcpthosts reply).
-
-    With C{RELAYCLIENT} in C{env} (even empty) rcpthosts is not consulted and its value is
-    appended to the recipient (docs/behaviour/smtp.md 7.4, FAQ 5.5).
-    """
-    relay = env.get("RELAYCLIENT")
-    if relay is not None:
-        return recipient + relay
-    if control.rcpthostsTable.allows(recipient):
-        return recipient
-    return None

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import time
 
+from qmtwist.address import quoteLocal
+
 _MONTHS = ("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec")
 _DAYS = ("Mon", "Tue", "Wed", "Thu", "Fri", "Sat", "Sun")
 
@@ -39,29 +41,6 @@ def _noNewlines(text: bytes) -> bytes:
 def deliveredTo(address: bytes) -> bytes:
     """C{Delivered-To: LOCAL@HOST}, newlines inside replaced by C{_}."""
     return b"Delivered-To: " + _noNewlines(address) + b"\n"
-
-
-_ATOM_SPECIALS = set(b'()<>@,;:\\".[] \t')
-
-
-def quoteLocal(address: bytes) -> bytes:
-    """Quote the local part of C{address} when RFC 822 requires it (qmail's quote.c)."""
-    if b"@" in address:
-        local, host = address.rsplit(b"@", 1)
-        host = b"@" + host
-    else:
-        local, host = address, b""
-    needs = not local or local.startswith(b".") or local.endswith(b".") or b".." in local
-    needs = needs or any(c in _ATOM_SPECIALS and c != ord(".") for c in local)
-    needs = needs or any(c < 32 or c > 126 for c in local)
-    if needs:
-        escaped = bytearray()
-        for ch in local:
-            if ch in (0x5C, 0x22, 0x0D, 0x0A):
-                escaped.append(0x5C)
-            escaped.append(ch)
-        local = b'"' + bytes(escaped) + b'"'
-    return local + host
 
 
 def returnPath(sender: bytes) -> bytes:

@@ -1,10 +1,12 @@
 """
-tcpserver access rules in tcprules' text format (docs/behaviour/tcpserver.md 8.1, 8.2); pure.
+tcpserver access rules in tcprules' text format (docs/behaviour/tcpserver.md 8.1, 8.2).
 
 qmail's servers run under djb's tcpserver, which reads a cdb made by tcprules. qmtwist reads the
 text form directly (no cdb step). L{parseRules} turns the text into L{Rule} records and warning
 lines; L{RuleSet.match} picks the rule for a peer (IP address, host name if known) and returns a
-L{Decision}: allow or deny plus the environment to hand to the session.
+L{Decision}: allow or deny plus the environment to hand to the session. L{RulesFile} keeps one
+file's rules current; the listener calls L{RulesFile.refresh}, which runs the blocking
+L{checkRules} (stat, reread) on a thread.
 
 Deviations: C{info@address} rules are parsed but never match (no ident lookups); IPv6 addresses
 are accepted as exact addresses or as prefixes ending at a colon boundary [qmtwist].
@@ -13,8 +15,11 @@ are accepted as exact addresses or as prefixes ending at a colon boundary [qmtwi
 from __future__ import annotations
 
 import os
+from typing import Any, Callable
 
 from attrs import field, frozen
+from twisted.internet.defer import Deferred
+from twisted.python.failure import Failure
 
 
 @frozen
@@ -234,12 +239,52 @@ class RuleSet:
         return self._first.get("")
 
 
+def _statKey(path: str | None, previous: object) -> object:
+    if path is None:
+        return None
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        return None
+    except OSError:
+        return previous
+    return (st.st_mtime_ns, st.st_size, st.st_ino)
+
+
+def checkRules(path: str | None, name: str, stamp: object,
+               force: bool) -> tuple[object, RuleSet | None, list[str]]:
+    """
+    Blocking: stat the rules file and reread it when C{force} or it changed since C{stamp}.
+
+    @return: the new stamp, the new rule set (L{None}: keep the one in force) and warning lines.
+    """
+    new = _statKey(path, stamp)
+    if not force and new == stamp:
+        return stamp, None, []
+    if new is None:
+        return None, RuleSet([]), []
+    assert path is not None
+    try:
+        with open(path, "rb") as f:
+            data = f.read()
+    except FileNotFoundError:
+        return None, RuleSet([]), []
+    except OSError as e:
+        return stamp, None, [
+            f"warning: unable to read rules/{name}: {e.strerror}; keeping previous rules"]
+    rules, warnings = parseRules(data, name)
+    return new, RuleSet(rules), warnings
+
+
 class RulesFile:
     """
-    A rules file reread when its mtime changes or on L{reload} (docs/behaviour/tcpserver.md 8.2).
+    A rules file reread when its mtime, size or inode changes or on L{reload}
+    (docs/behaviour/tcpserver.md 8.2).
 
     A missing file means "allow everybody, set nothing"; a file that cannot be read keeps the
-    previous rule set.
+    previous rule set. The listener calls L{refresh}, which checks the file on a thread, so the
+    reactor never stats or opens it; L{ruleSet} then holds the rules to apply. L{reload} and
+    L{current} do the same check on the calling thread (start-up, tools and tests).
     """
 
     def __init__(self, path: str | None, name: str) -> None:
@@ -247,46 +292,74 @@ class RulesFile:
         self.name = name
         self.ruleSet = RuleSet([])
         self._stamp: object = ()
+        self._generation = 0
+        self._waiting: list[Deferred[list[str]]] = []
+        self._force = False
+        self._checking = False
 
-    def _statKey(self) -> object:
-        if self.path is None:
-            return None
-        try:
-            st = os.stat(self.path)
-        except FileNotFoundError:
-            return None
-        except OSError:
-            return self._stamp
-        return (st.st_mtime_ns, st.st_size, st.st_ino)
+    def _apply(self, result: tuple[object, RuleSet | None, list[str]]) -> list[str]:
+        stamp, ruleSet, warnings = result
+        self._stamp = stamp
+        if ruleSet is not None:
+            self.ruleSet = ruleSet
+        return warnings
 
     def reload(self, force: bool = True) -> list[str]:
         """
-        Reread the file (when C{force} or its mtime changed).
+        Reread the file (when C{force} or its mtime changed), blocking.
 
         @return: warning lines to log.
         """
-        stamp = self._statKey()
-        if not force and stamp == self._stamp:
-            return []
-        if stamp is None:
-            self.ruleSet = RuleSet([])
-            self._stamp = None
-            return []
-        assert self.path is not None
-        try:
-            with open(self.path, "rb") as f:
-                data = f.read()
-        except FileNotFoundError:
-            self.ruleSet, self._stamp = RuleSet([]), None
-            return []
-        except OSError as e:
-            return [f"warning: unable to read rules/{self.name}: {e.strerror}; keeping previous rules"]
-        rules, warnings = parseRules(data, self.name)
-        self.ruleSet = RuleSet(rules)
-        self._stamp = stamp
-        return warnings
+        self._generation += 1
+        return self._apply(checkRules(self.path, self.name, self._stamp, force))
 
     def current(self) -> tuple[RuleSet, list[str]]:
-        """The rules for a new connection, rereading the file if it changed."""
+        """The rules for a new connection, rereading the file if it changed (blocking)."""
         warnings = self.reload(force=False)
         return self.ruleSet, warnings
+
+    def refresh(self, runInThread: Callable[[Callable[[], Any]], Any],
+                force: bool = False) -> Deferred[list[str]]:
+        """
+        L{reload} on a thread: afterwards L{ruleSet} is the file as it is now.
+
+        Requests that arrive while a check runs share the next one (as
+        L{qmtwist.context.ControlCache.refresh}), so at most one check runs at a time.
+
+        @param runInThread: the context's runner (C{deferToThreadPool}).
+        @param force: reread even if the file looks unchanged (SIGHUP).
+        @return: fires with the check's warning lines (for the first request of a check; the
+            others get none), or fails with what the check raised.
+        """
+        d: Deferred[list[str]] = Deferred()
+        self._waiting.append(d)
+        self._force = self._force or force
+        if not self._checking:
+            self._startCheck(runInThread)
+        return d
+
+    def _startCheck(self, runInThread: Callable[[Callable[[], Any]], Any]) -> None:
+        waiting, self._waiting = self._waiting, []
+        force, self._force = self._force, False
+        self._checking = True
+        generation = self._generation
+        path, name, stamp = self.path, self.name, self._stamp
+
+        def done(result: tuple[object, RuleSet | None, list[str]]) -> list[str]:
+            if generation != self._generation:  # a blocking reload came in between
+                return result[2]
+            return self._apply(result)
+
+        def finished(result: list[str] | Failure) -> None:
+            self._checking = False
+            for i, w in enumerate(waiting):
+                if isinstance(result, Failure):
+                    w.errback(result)
+                else:
+                    w.callback(result if i == 0 else [])
+            if self._waiting and not self._checking:
+                self._startCheck(runInThread)
+
+        d = runInThread(lambda: checkRules(path, name, stamp, force))
+        d.addCallback(done)
+        d.addBoth(finished)

@@ -35,6 +35,7 @@ from twisted.logger import Logger
 from zope.interface import implementer
 
 import qmtwist
+from qmtwist.address import splitAddress
 from qmtwist.context import Context, freshControls
 from qmtwist.delivery import DeliveryRequest, Outcome, Report, capReport
 from qmtwist.errors import MailError, QueueError, TemporaryFailure
@@ -51,14 +52,6 @@ from qmtwist.users import User, UserTable
 log = Logger(namespace="qmail-lspawn")
 
 IDLE_TIMEOUT = 60.0
-
-
-def splitAddress(recipient: bytes) -> tuple[bytes, bytes]:
-    """C{LOCAL}, C{HOST}: before and after the last C{@} (docs/behaviour/local.md 3.2)."""
-    if b"@" in recipient:
-        local, host = recipient.rsplit(b"@", 1)
-        return local, host
-    return recipient, b""
 
 
 def _othersMayEnter(path: str) -> bool:

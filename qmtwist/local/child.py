@@ -1,14 +1,15 @@
 """
 The per-user helper process (qmail-local's privileged half in qmail-lspawn terms): started by
-L{qmtwist.local.agent.LocalAgent} as root with C{--drop UID GID} when the daemon runs as root, one
-per (uid, gid), alive while it has work and a short idle time after. It drops to UID/GID (groups,
-gid, uid) first thing in L{main}, in this freshly exec'd single-threaded process: never between
-fork and exec in the multithreaded daemon, where the user and group lookups are unsafe.
+L{qmtwist.local.helper.Helper} through L{qmtwist.privsep.spawnAsUser} as root with C{--drop UID
+GID} when the daemon runs as root, one per (uid, gid), alive while it has work and a short idle
+time after. It drops to UID/GID first thing in L{main} (L{qmtwist.privsep.dropFromArgv}), in
+this freshly exec'd single-threaded process: never between fork and exec in the multithreaded
+daemon, where the user and group lookups are unsafe (docs/behaviour/local.md 3.3, "Privileges").
 
 Protocol (L{qmtwist.local.helper}): descriptors 0 and 1 are one AF_UNIX stream socket to the
 daemon. For each job the daemon sends the queued message as an open read-only descriptor
-(SCM_RIGHTS; the queue is not readable by users) and one JSON line C{{"id": N, "job": Job}};
-the child answers one line per finished delivery, C{{"id": N, "result": JobResult}}, in
+(SCM_RIGHTS; the queue is not readable by users) and one netstring C{{"id": N, "job": Job}};
+the child answers one netstring per finished delivery, C{{"id": N, "result": JobResult}}, in
 completion order. End of input: finish what is running, then exit 0. Writers copy the message
 from the descriptor in chunks and programs get it as their seekable standard input, so memory
 does not grow with the message. Deliveries run concurrently on this process's own reactor, file
@@ -29,60 +30,52 @@ from typing import Any
 
 from twisted.internet.defer import ensureDeferred
 from twisted.internet.interfaces import IFileDescriptorReceiver, IHalfCloseableProtocol
-from twisted.internet.protocol import Factory, Protocol
+from twisted.internet.protocol import Factory
 from twisted.internet.threads import deferToThread
 from zope.interface import implementer
 
 from qmtwist.delivery import Outcome
 from qmtwist.local.deliver import Job, JobResult, runJob
+from qmtwist.local.helper import FrameReceiver
 from qmtwist.local.message import QueuedMessage
+from qmtwist.privsep import dropFromArgv, runningAsRoot
 
-MAX_REQUEST_LINE = 1 << 20  # a job: names, addresses, paths
+WHO = "qmtwist local helper"
 
 
 @implementer(IHalfCloseableProtocol, IFileDescriptorReceiver)
-class HelperProtocol(Protocol):
-    """Reads a descriptor and a request line per job, runs it, writes one result line."""
+class HelperProtocol(FrameReceiver):
+    """Reads a descriptor and a job netstring per job, runs it, writes one result netstring."""
 
     def __init__(self, reactor: Any) -> None:
+        super().__init__()
         self.reactor = reactor
-        self.chunks: list[bytes] = []
-        self.size = 0
         self.fds: deque[int] = deque()
         self.pending = 0
         self.eof = False
+        self.lost = False
         self.baseEnv = dict(os.environb)
 
     def fileDescriptorReceived(self, fd: int) -> None:
         # Twisted delivers a descriptor before the bytes it came with: it pairs with the next
-        # request line.
+        # job netstring.
         self.fds.append(fd)
 
-    def dataReceived(self, data: bytes) -> None:
-        while True:
-            i = data.find(b"\n")
-            if i < 0:
-                if data:
-                    self.chunks.append(data)
-                    self.size += len(data)
-                    if self.size > MAX_REQUEST_LINE:
-                        sys.stderr.write("qmtwist local helper: request line too long\n")
-                        self.transport.abortConnection()
-                return
-            self.chunks.append(data[:i])
-            line = b"".join(self.chunks)
-            self.chunks, self.size = [], 0
-            data = data[i + 1:]
-            if line.strip():
-                fd = self.fds.popleft() if self.fds else -1
-                self.pending += 1
-                ensureDeferred(self.handle(line, fd)).addBoth(self._finished)
+    def frameReceived(self, content: bytes) -> None:
+        fd = self.fds.popleft() if self.fds else -1
+        self.pending += 1
+        ensureDeferred(self.handle(content, fd)).addBoth(self._finished)
 
-    async def handle(self, line: bytes, fd: int) -> None:
+    def badFrame(self, why: str) -> None:
+        sys.stderr.write(f"{WHO}: bad job netstring ({why})\n")
+
+    async def handle(self, content: bytes, fd: int) -> None:
+        """Run one job on the message open at C{fd}; answer with its result (a deferral if
+        anything unexpected happens)."""
         message = QueuedMessage(fd) if fd >= 0 else None
         rid: Any = None
         try:
-            req = json.loads(line)
+            req = json.loads(content)
             rid = req["id"]
             if message is None:
                 raise ValueError("no message descriptor came with the job")
@@ -97,12 +90,15 @@ class HelperProtocol(Protocol):
             if message is not None:
                 message.close()
         if rid is None:
-            sys.stderr.write("qmtwist local helper: unreadable request line\n")
+            sys.stderr.write(f"{WHO}: unreadable job\n")
             return
-        self.transport.write(json.dumps({"id": rid, "result": result.toJSON()}).encode() + b"\n")
+        self.sendFrame({"id": rid, "result": result.toJSON()})
 
     def _finished(self, r: Any) -> None:
         self.pending -= 1
+        if self.lost and self.pending == 0:
+            self.reactor.callLater(0, self.reactor.stop)
+            return
         self._maybeExit()
 
     def readConnectionLost(self) -> None:
@@ -110,44 +106,34 @@ class HelperProtocol(Protocol):
         self._maybeExit()
 
     def writeConnectionLost(self) -> None:
-        self.reactor.callLater(0, self.reactor.stop)
+        # the daemon can no longer hear us: finish what is in hand, then exit (connectionLost)
+        self.connectionLost()
 
-    def connectionLost(self, reason: Any) -> None:
-        if self.reactor.running:
+    def connectionLost(self, reason: Any = None) -> None:
+        # The daemon is gone (it may have been killed): let the deliveries in hand end as
+        # they would (a Maildir file reaches new/ or is removed, never left half written in
+        # tmp/); their results cannot be reported, so the restarted daemon repeats them with
+        # mayBeRepeat and finds the copies already made. Then exit.
+        self.lost = True
+        if self.pending == 0 and self.reactor.running:
             self.reactor.callLater(0, self.reactor.stop)
 
     def _maybeExit(self) -> None:
         if self.eof and self.pending == 0:
-            self.transport.loseConnection()
-
-
-def dropPrivileges(uid: int, gid: int) -> None:
-    """
-    qmail's prot_gid + prot_uid: the one group of the assignment (no supplementary groups of
-    whatever account owns that uid), then the uid; refuse uid 0 and check it cannot come back.
-    """
-    if uid == 0:
-        raise SystemExit("qmtwist local helper: refusing to run as root")
-    os.setgroups([gid])
-    os.setgid(gid)
-    os.setuid(uid)
-    try:
-        os.setuid(0)
-    except PermissionError:
-        return
-    raise SystemExit("qmtwist local helper: privileges could not be dropped")
+            self.transport.loseConnection()  # type: ignore[union-attr]
 
 
 def main(argv: list[str] | None = None) -> int:
-    from twisted.internet import reactor
+    """Drop to C{--drop UID GID}, then serve the socket on descriptor 0 until it closes."""
+    from twisted.internet import reactor as _reactor
 
-    argv = sys.argv[1:] if argv is None else argv
-    if argv[:1] == ["--drop"] and len(argv) == 3:
-        dropPrivileges(int(argv[1]), int(argv[2]))
+    reactor: Any = _reactor
+
+    dropFromArgv(sys.argv[1:] if argv is None else argv, WHO)
     os.umask(0o077)
     signal.signal(signal.SIGPIPE, signal.SIG_DFL)
-    if os.getuid() == 0 or os.geteuid() == 0:
-        sys.stderr.write("qmtwist local helper: refusing to run as root\n")
+    if runningAsRoot():
+        sys.stderr.write(f"{WHO}: refusing to run as root\n")
         return 111
     reactor.suggestThreadPoolSize(10)
     proto = HelperProtocol(reactor)

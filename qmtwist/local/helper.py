@@ -1,25 +1,28 @@
 """
-The daemon's side of a per-user local delivery helper (qmail-lspawn's spawn of qmail-local).
+The daemon's side of a per-user local delivery helper (qmail-lspawn's spawn of qmail-local),
+and the framing both ends of the helper socket share.
 
 When the daemon runs as root, deliveries for one (uid, gid) run in a long-lived child,
-L{qmtwist.local.child}, which drops to that uid and gid right after exec. The child talks to the
-daemon over one AF_UNIX stream socket (its descriptors 0 and 1):
+L{qmtwist.local.child}, started by L{qmtwist.privsep.spawnAsUser}: it drops to that uid and gid
+right after exec (docs/behaviour/local.md 3.3, "Privileges"). The child talks to the daemon over
+one AF_UNIX stream socket (its descriptors 0 and 1); every message on it is one netstring
+(L{frame}) holding one JSON object:
 
  - daemon -> child: for each job, the queue's message file as an open read-only descriptor
    (C{SCM_RIGHTS}, as qmail-lspawn hands qmail-local the message on descriptor 0: the user
-   cannot open the queue) followed by one JSON line C{{"id": N, "job": Job}}. Descriptors and
-   lines pair up in order. Half-closing the socket asks the child to finish and exit.
- - child -> daemon: one JSON line C{{"id": N, "result": JobResult}} per finished job, in
+   cannot open the queue) followed by the netstring C{{"id": N, "job": Job}}. Descriptors and
+   netstrings pair up in order. Half-closing the socket asks the child to finish and exit.
+ - child -> daemon: the netstring C{{"id": N, "result": JobResult}} per finished job, in
    completion order.
 
-The message itself never crosses the socket, so the daemon's memory does not grow with the
-message size. The child's standard error is logged line by line.
+A malformed or oversized netstring (over L{MAX_FRAME}) cannot be resynchronised: the reader
+closes the socket. The message itself never crosses the socket, so the daemon's memory does not
+grow with the message size. The child's standard error is logged line by line.
 """
 
 from __future__ import annotations
 
 import json
-import os
 import socket
 from typing import TYPE_CHECKING, Any
 
@@ -29,11 +32,12 @@ from twisted.internet.protocol import Factory, ProcessProtocol, Protocol
 from twisted.logger import Logger
 from zope.interface import implementer
 
-import qmtwist
 from qmtwist.delivery import Outcome
 from qmtwist.local.deliver import Job, JobResult
 from qmtwist.local.message import QueuedMessage
 from qmtwist.local.program import CRASHED
+from qmtwist.privsep import spawnAsUser
+from qmtwist.netstring import NetstringError, NetstringParser, encode
 
 if TYPE_CHECKING:
     from qmtwist.local.agent import LocalAgent
@@ -41,25 +45,58 @@ if TYPE_CHECKING:
 log = Logger(namespace="qmail-lspawn")
 
 ERR_TAIL = 1000
-MAX_RESULT_LINE = 1 << 20  # a result line is a report (capped) plus a few addresses
+#: The longest netstring either end accepts: a job (names, addresses, paths) or a result (a
+#: capped report plus a few addresses).
+MAX_FRAME = 1 << 20
+
+
+def frame(obj: dict[str, Any]) -> bytes:
+    """One message of the helper socket: a netstring holding C{obj} as JSON."""
+    return encode(json.dumps(obj).encode())
+
+
+class FrameReceiver(Protocol):
+    """
+    Either end of the helper socket: netstrings in, each one's content handed to
+    L{frameReceived}; L{sendFrame} writes one.
+    """
+
+    def __init__(self) -> None:
+        self._parser = NetstringParser(self.frameReceived, maxLength=MAX_FRAME)
+
+    def dataReceived(self, data: bytes) -> None:
+        try:
+            self._parser.feed(data)
+        except NetstringError as e:
+            self.badFrame(str(e))
+            self.transport.abortConnection()  # type: ignore[union-attr]
+
+    def sendFrame(self, obj: dict[str, Any]) -> None:
+        self.transport.write(frame(obj))  # type: ignore[union-attr]
+
+    def frameReceived(self, content: bytes) -> None:
+        """One complete netstring's content (a JSON object)."""
+        raise NotImplementedError
+
+    def badFrame(self, why: str) -> None:
+        """The input is no netstring or too long; the socket is closed after this."""
+        raise NotImplementedError
 
 
 @implementer(IHalfCloseableProtocol)
-class _Channel(Protocol):
-    """The socket to one helper: job descriptors and lines out, result lines in."""
+class _Channel(FrameReceiver):
+    """The socket to one helper: job descriptors and netstrings out, result netstrings in."""
 
     def __init__(self, helper: Helper) -> None:
+        super().__init__()
         self.helper = helper
-        self.buffer = b""
 
-    def dataReceived(self, data: bytes) -> None:
-        self.buffer += data
-        while b"\n" in self.buffer:
-            line, self.buffer = self.buffer.split(b"\n", 1)
-            self.helper.resultLine(line)
-        if len(self.buffer) > MAX_RESULT_LINE:
-            log.error("local helper uid {uid}: result line too long; closing", uid=self.helper.uid)
-            self.transport.abortConnection()  # type: ignore[union-attr]
+    def frameReceived(self, content: bytes) -> None:
+        self.helper.resultFrame(content)
+
+    def badFrame(self, why: str) -> None:
+        log.error("local helper uid {uid}: bad result netstring ({why}); closing",
+                  uid=self.helper.uid, why=why)
 
     def readConnectionLost(self) -> None:
         self.helper.channelClosed()
@@ -87,25 +124,15 @@ class Helper(ProcessProtocol):
         self.channel: _Channel | None = None
 
     def start(self) -> None:
-        env = dict(self.agent.baseEnv)
-        pkgRoot = os.path.dirname(os.path.dirname(os.path.abspath(qmtwist.__file__)))
-        old = env.get(b"PYTHONPATH")
-        env[b"PYTHONPATH"] = os.fsencode(pkgRoot) + (b":" + old if old else b"")
-        exe = self.agent.python
+        """Start the child (L{spawnAsUser}) on one end of a socket pair, adopt the other."""
+        reactor: Any = self.agent.reactor  # IReactorProcess and IReactorSocket
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         try:
-            # Always exec first and let the new, single-threaded child become uid/gid itself
-            # before it reads any request (qmail-lspawn's way), never spawnProcess(uid=, gid=):
-            # Twisted then calls initgroups() -> getpwuid() between fork and exec, and in this
-            # multithreaded daemon an NSS lookup running on a pool thread at the moment of the
-            # fork leaves the forked copy of libc inconsistent (the child died there with
-            # SIGSEGV). Without uid/gid nothing but chdir and exec runs in the forked copy.
-            self.agent.reactor.spawnProcess(
-                self, exe, [exe, "-P", "-m", "qmtwist.local.child", "--drop", str(self.uid),
-                            str(self.gid)],
-                env=env, path="/", childFDs={0: theirs.fileno(), 1: theirs.fileno(), 2: "r"})
+            spawnAsUser(reactor, self, self.agent.python, "qmtwist.local.child",
+                        self.uid, self.gid, [], self.agent.baseEnv,
+                        {0: theirs.fileno(), 1: theirs.fileno(), 2: "r"})
             self.channel = _Channel(self)
-            self.agent.reactor.adoptStreamConnection(
+            reactor.adoptStreamConnection(
                 ours.fileno(), socket.AF_UNIX, _OneProtocol(self.channel))
         finally:
             theirs.close()
@@ -123,19 +150,18 @@ class Helper(ProcessProtocol):
             d.callback(JobResult(Outcome.DEFERRAL, CRASHED))
             return d
         self.pending[self.nextId] = (d, message)
-        line = json.dumps({"id": self.nextId, "job": job.toJSON()})
-        transport = self.channel.transport
-        transport.sendFileDescriptor(message.fd)  # type: ignore[union-attr]
-        transport.write(line.encode() + b"\n")  # type: ignore[union-attr]
+        self.channel.transport.sendFileDescriptor(message.fd)  # type: ignore[union-attr]
+        self.channel.sendFrame({"id": self.nextId, "job": job.toJSON()})
         return d
 
-    def resultLine(self, line: bytes) -> None:
+    def resultFrame(self, content: bytes) -> None:
+        """One result from the child: fire its job's Deferred, and go idle when none is left."""
         try:
-            msg = json.loads(line)
+            msg = json.loads(content)
             d, message = self.pending.pop(int(msg["id"]))
             result = JobResult.fromJSON(msg["result"])
         except Exception:
-            log.failure("bad line from local helper uid {uid}", uid=self.uid)
+            log.failure("bad result from local helper uid {uid}", uid=self.uid)
             return
         message.close()
         d.callback(result)

@@ -20,11 +20,15 @@ from __future__ import annotations
 import os
 import sys
 from enum import Enum
-from typing import Any, Callable, Protocol as TypingProtocol
+from typing import Any, Callable, NoReturn, Protocol as TypingProtocol
 
 from attrs import frozen
-from twisted.internet.defer import Deferred, succeed
+from twisted.cred.checkers import ICredentialsChecker
+from twisted.cred.credentials import UsernamePassword
+from twisted.cred.error import UnauthorizedLogin
+from twisted.internet.defer import Deferred, fail, succeed
 from twisted.internet.error import ProcessDone
+from twisted.internet.interfaces import IProcessTransport
 from twisted.internet.protocol import ProcessProtocol
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -32,11 +36,11 @@ from zope.interface import Interface, implementer
 
 from qmtwist.home import Home
 from qmtwist.interfaces import IPasswordChecker
-from qmtwist.users import checkPassword, parseAssign, readPasswd
+from qmtwist.privsep import RootRefused, spawnAsUser
+from qmtwist.users.lookup import parseAssign
+from qmtwist.users.passwd import PasswdChecker
 
 log = Logger(namespace="qmtwist.pop3")
-
-_PKG_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 #: djb's checkpassword reads at most this much from descriptor 3.
 CHECKPW_MAX = 512
@@ -60,22 +64,18 @@ class Account:
         return os.path.join(self.home, "Maildir")
 
 
-def checkBuiltin(home: Home, user: bytes, password: bytes) -> Account:
-    """
-    Check C{user}/C{password} against C{users/passwd} and find the home in C{users/assign}
-    (docs/behaviour/pop3.md 10.5); blocking (scrypt and file reads), run it on a thread.
+def _tooLong(user: bytes, password: bytes) -> bool:
+    """What djb's checkpassword could not even read (L{CHECKPW_MAX}) or split (a NUL)."""
+    return len(user) + len(password) > CHECKPW_MAX or b"\0" in user or b"\0" in password
 
-    @raise LoginRefused: no such user, wrong password, or no C{=NAME} line.
+
+def findAccount(home: Home, user: bytes) -> Account:
     """
-    if len(user) + len(password) > CHECKPW_MAX or b"\0" in user or b"\0" in password:
-        raise LoginRefused("too long")
-    hashed = readPasswd(home).get(user)
-    if hashed is None:
-        # spend the same effort as for a real user, so timing does not tell names apart
-        checkPassword(password, b"$scrypt$ln=14,r=8,p=1$AAAAAAAAAAAAAAAAAAAAAA==$AAAA")
-        raise LoginRefused("no such user")
-    if not checkPassword(password, hashed):
-        raise LoginRefused("bad password")
+    The C{=NAME} line of C{users/assign} for a user whose password has been checked
+    (docs/behaviour/pop3.md 10.5); blocking (a file read), run it on a thread.
+
+    @raise LoginRefused: no C{users/assign} or no C{=NAME} line.
+    """
     try:
         with open(os.path.join(home.users, "assign"), "rb") as f:
             table = parseAssign(f.read())
@@ -87,21 +87,48 @@ def checkBuiltin(home: Home, user: bytes, password: bytes) -> Account:
     return Account(user, a.uid, a.gid, a.home)
 
 
+def checkBuiltin(home: Home, user: bytes, password: bytes) -> Account:
+    """
+    Check C{user}/C{password} against C{users/passwd} (L{PasswdChecker.verify}) and find the
+    home in C{users/assign} (docs/behaviour/pop3.md 10.5); blocking (scrypt and file reads).
+
+    @raise LoginRefused: no such user, wrong password, or no C{=NAME} line.
+    """
+    if _tooLong(user, password):
+        raise LoginRefused("too long")
+    if not PasswdChecker(home).verify(user, password):
+        raise LoginRefused("no such user or bad password")
+    return findAccount(home, user)
+
+
 @implementer(IPasswordChecker)
 class BuiltinChecker:
     """
-    L{IPasswordChecker} for C{users/passwd}; fires with an L{Account} or fails with
-    L{LoginRefused}.
+    L{IPasswordChecker} for the built-in login: the password through the C{twisted.cred}
+    checker of C{users/passwd} (L{PasswdChecker}), then the account from C{users/assign}; fires
+    with an L{Account} or fails with L{LoginRefused}.
 
-    @param runInThread: runs the blocking check off the reactor thread.
+    @param runInThread: runs the blocking parts off the reactor thread.
+    @param passwords: the credentials checker; by default C{users/passwd} of C{home}.
     """
 
-    def __init__(self, home: Home, runInThread: Callable[[Callable[[], Any]], Deferred[Any]]):
+    def __init__(self, home: Home, runInThread: Callable[[Callable[[], Any]], Deferred[Any]],
+                 passwords: ICredentialsChecker | None = None) -> None:
         self.home = home
         self.runInThread = runInThread
+        self.passwords = passwords or PasswdChecker(home, runInThread)
 
-    def check(self, user: bytes, password: bytes) -> Deferred[Account]:
-        return self.runInThread(lambda: checkBuiltin(self.home, user, password))
+    def check(self, user: bytes, password: bytes) -> Deferred[Any]:
+        if _tooLong(user, password):
+            return fail(LoginRefused("too long"))
+
+        def refused(f: Failure) -> NoReturn:
+            f.trap(UnauthorizedLogin)
+            raise LoginRefused("no such user or bad password")
+
+        d = self.passwords.requestAvatarId(UsernamePassword(user, password))
+        return d.addCallbacks(
+            lambda name: self.runInThread(lambda: findAccount(self.home, name)), refused)
 
 
 class Result(Enum):
@@ -115,6 +142,7 @@ class LoginSession(TypingProtocol):
     """What a login strategy needs from the POP3 session."""
 
     env: dict[str, bytes]
+    transport: Any  # the client's: a relayed child's output is written to it
 
     def startRelay(self, relay: Relay) -> None: ...
 
@@ -142,20 +170,26 @@ class Relay(ProcessProtocol):
         self.ended: Deferred[Result] = Deferred()
         self._open = True
 
+    @property
+    def child(self) -> IProcessTransport:
+        """The child's transport (set by C{spawnProcess} before any of the methods below run)."""
+        assert self.transport is not None
+        return self.transport
+
     def connectionMade(self) -> None:
         if self.secret is not None:
-            self.transport.writeToChild(3, self.secret)
-            self.transport.closeChildFD(3)
+            self.child.writeToChild(3, self.secret)
+            self.child.closeChildFD(3)
 
     def fromClient(self, data: bytes) -> None:
         if self._open:
-            self.transport.writeToChild(0, data)
+            self.child.writeToChild(0, data)
 
     def clientGone(self) -> None:
         """The client vanished: EOF on the child's stdin (qmail-pop3d then deletes nothing)."""
         if self._open:
             self._open = False
-            self.transport.closeChildFD(0)
+            self.child.closeChildFD(0)
 
     def childDataReceived(self, childFD: int, data: bytes) -> None:
         if childFD == 1:
@@ -234,22 +268,16 @@ class BuiltinLogin:
         def ok(account: Account) -> Any:
             if not self.root:
                 return (Result.SERVE, account.maildir)
-            if account.uid == 0:
-                return (Result.FAILED, None)
             relay = Relay(session.transport.write, None)
             env = childEnv(session, {"USER": os.fsdecode(account.name), "HOME": account.home,
                                      "SHELL": "/bin/sh"})
-            old = env.get(b"PYTHONPATH")
-            env[b"PYTHONPATH"] = os.fsencode(_PKG_ROOT) + (b":" + old if old else b"")
-            # The fresh single-threaded child drops to the user before it reads anything:
-            # spawnProcess(uid=, gid=) would look the user up in the fork of this multithreaded
-            # daemon, which can crash when a pool thread is inside getpwuid at that moment.
-            # Started in "/" with -P: the user's home must never be on sys.path while root.
-            argv = [self.python, "-P", "-m", "qmtwist.pop3.child",
-                    "--drop", str(account.uid), str(account.gid), "--home", account.home]
-            self.reactor.spawnProcess(
-                relay, self.python, argv + ["Maildir"], env, path="/",
-                childFDs={0: "w", 1: "r", 2: "r"})
+            try:
+                # started in "/" and dropping to the user itself (docs/behaviour/pop3.md 10.4)
+                spawnAsUser(self.reactor, relay, self.python, "qmtwist.pop3.child", account.uid,
+                            account.gid, ["--home", account.home, "Maildir"], env,
+                            {0: "w", 1: "r", 2: "r"})
+            except RootRefused:
+                return (Result.FAILED, None)  # uid 0 is never served
             session.startRelay(relay)
             return relay.ended.addCallback(lambda r: (r, None))
 

@@ -1,33 +1,36 @@
 """
 The per-session qmail-pop3d child the daemon starts for the built-in checker when it runs as root
-(docs/behaviour/pop3.md 10.4): C{python -P -m qmtwist.pop3.child --drop UID GID --home HOME MAILDIR}.
+(docs/behaviour/pop3.md 10.4): C{python -P -m qmtwist.pop3.child --drop UID GID --home HOME MAILDIR},
+started by L{qmtwist.pop3.checkpassword.BuiltinLogin} through L{qmtwist.privsep.spawnAsUser}.
 
 It starts as root in C{/} (never in the user's home: nothing the user can write may be on
 C{sys.path} while it is root, hence also C{-P}), imports everything the session needs, becomes
-the user, and only then enters HOME and reads a byte from the client or the Maildir. uid 0 is
-never served.
+the user (L{qmtwist.privsep.dropFromArgv}), and only then enters HOME and reads a byte from the
+client or the Maildir. uid 0 is never served: exit 1, a refused login.
 """
 
 from __future__ import annotations
 
 import os
 import sys
+from typing import Any
+
+WHO = "qmtwist pop3 child"
 
 
 def main(argv: list[str] | None = None) -> int:
-    from twisted.internet import reactor, stdio, threads  # noqa: F401  (before any drop)
+    """Drop to C{--drop UID GID}, enter C{--home HOME}, serve MAILDIR on descriptors 0/1."""
+    from twisted.internet import reactor as _reactor, stdio, threads  # noqa: F401  (before any drop)
 
     from qmtwist.home import Home
-    from qmtwist.local.child import dropPrivileges
     from qmtwist.pop3.stdio import pop3d
+    from qmtwist.privsep import dropFromArgv, runningAsRoot
     from qmtwist.tools.base import ProgramEnv
 
-    argv = sys.argv[1:] if argv is None else argv
-    reactor.getThreadPool()  # import the pool's modules while they can still be read
-    if argv[:1] == ["--drop"] and len(argv) >= 3:
-        dropPrivileges(int(argv[1]), int(argv[2]))
-        argv = argv[3:]
-    if os.getuid() == 0 or os.geteuid() == 0:
+    reactor: Any = _reactor
+    reactor.getThreadPool()  # imports the pool's modules while they can still be read
+    argv = dropFromArgv(sys.argv[1:] if argv is None else argv, WHO)
+    if runningAsRoot():
         return 1
     if argv[:1] == ["--home"] and len(argv) >= 2:
         os.chdir(argv[1])

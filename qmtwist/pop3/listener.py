@@ -12,7 +12,8 @@ from twisted.application.service import IService
 
 from qmtwist.pop3.checkpassword import BuiltinChecker, BuiltinLogin, CheckpasswordLogin, ILogin
 from qmtwist.pop3.server import POP3Factory
-from qmtwist.tcpserver import LookupHost, makeListener
+from qmtwist.ptr import LookupHost
+from qmtwist.tcpserver import makeListener
 from qmtwist.tls import ServerCertificate
 
 

@@ -11,7 +11,8 @@ from twisted.application.service import IService
 from twisted.internet.protocol import ServerFactory
 
 from qmtwist.qmtp.server import QMTPServer
-from qmtwist.tcpserver import LookupHost, makeListener
+from qmtwist.ptr import LookupHost
+from qmtwist.tcpserver import makeListener
 
 
 class QMTPFactory(ServerFactory):

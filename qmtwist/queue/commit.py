@@ -5,25 +5,33 @@ Listeners stream message bytes into a L{PendingMessage} on the reactor thread (p
 the page cache); every fsync happens in L{commitRound} on a thread. While one round runs, the
 commits that arrive wait and then go together in the next round, so under load many messages
 share one set of directory syncs. Nobody is told "queued" before their round has returned.
+Observers (L{Injector.addObserver}: the queue service, or C{lock/trigger} for a process without
+one) learn the numbers of each round before its committers are answered.
 """
 
 from __future__ import annotations
 
 import itertools
 import os
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
-from twisted.internet.defer import Deferred, maybeDeferred
+from twisted.internet.defer import Deferred, fail, maybeDeferred
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 from zope.interface import implementer
 
+from qmtwist.control import Control, load
 from qmtwist.errors import QQ_BUG, QueueError
 from qmtwist.interfaces import IInjector, IMessageWriter
 from qmtwist.queue.layout import QueueLayout
 from qmtwist.queue.store import PendingMessage, Queued, Syncer, commitRound, pokeTrigger
 
+if TYPE_CHECKING:
+    from qmtwist.home import Home
+
 RunInThread = Callable[[Callable[[], Any]], "Deferred[Any]"]
+#: Called on the reactor thread with the message numbers a commit round made durable.
+CommitObserver = Callable[[list[int]], None]
 
 
 @implementer(IMessageWriter)
@@ -81,7 +89,7 @@ class Injector:
     @param clock: for the Received line's time.
     @param runInThread: runs a blocking callable off the reactor thread (C{maybeDeferred} in
         unit tests).
-    @param onCommitted: called on the reactor thread with the committed message numbers.
+    @param onCommitted: a first observer (see L{addObserver}).
     """
 
     log = Logger(namespace="qmail-queue")
@@ -92,14 +100,16 @@ class Injector:
         controlDir: str | None,
         clock: IReactorTime,
         runInThread: RunInThread = maybeDeferred,
-        onCommitted: Callable[[list[int]], None] | None = None,
+        onCommitted: CommitObserver | None = None,
         syncer: Syncer | None = None,
     ) -> None:
         self.layout = layout
         self.controlDir = controlDir
         self.clock = clock
         self.runInThread = runInThread
-        self.onCommitted = onCommitted
+        self._observers: list[CommitObserver] = []
+        if onCommitted is not None:
+            self.addObserver(onCommitted)
         self.syncer = syncer or Syncer()
         if self.syncer.canGroup:
             self.syncer.watch(layout.path)
@@ -108,6 +118,10 @@ class Injector:
         self._running = False
         self.rounds = 0
         self._controlWarnings: tuple[str, ...] = ()
+
+    def addObserver(self, observer: CommitObserver) -> None:
+        """Tell C{observer} the numbers of every round that committed any (L{IInjector})."""
+        self._observers.append(observer)
 
     def newMessage(self, how: bytes, uid: int | None = None) -> _Writer:
         pending = PendingMessage(
@@ -122,14 +136,12 @@ class Injector:
         try:
             w = self.newMessage(how, uid)
         except QueueError as e:
-            from twisted.internet.defer import fail
             return fail(e)
         try:
             w.write(message)
             return w.commit(sender, recipients)
         except QueueError as e:
             w.abort()
-            from twisted.internet.defer import fail
             return fail(e)
 
     def allocateQp(self) -> int:
@@ -170,8 +182,9 @@ class Injector:
             self._running = False
             self._logControlWarnings(warnings)
             committed = [p.id for p in pendings if p.id not in failed]
-            if committed and self.onCommitted is not None:
-                self.onCommitted(committed)
+            if committed:
+                for observer in list(self._observers):
+                    observer(committed)
             for p, waiter in batch:
                 if p.id in failed:
                     self.log.warn("injection failed: {text}", text=str(failed[p.id]))
@@ -189,21 +202,24 @@ class Injector:
                     pass
                 waiter.errback(QueueError(QQ_BUG, f.getErrorMessage()))
 
+        def nextRound(_: object) -> None:
+            if self._waiting and not self._running:
+                self._startRound()
+
         d.addCallbacks(done, crashed)
-        d.addBoth(lambda _: self._waiting and not self._running and self._startRound())
+        d.addBoth(nextRound)
 
 
-def standaloneInjector(home: Any, reactor: IReactorTime,
-                       runInThread: RunInThread) -> tuple[Any, Injector]:
+def standaloneInjector(home: Home, reactor: IReactorTime,
+                       runInThread: RunInThread) -> tuple[Control, Injector]:
     """
     Controls and an injector for a process that runs no queue service (the stdio servers):
     each commit wakes the daemon through C{lock/trigger}.
 
     @raise qmtwist.errors.ControlError: the control files cannot be read.
     """
-    from qmtwist.control import load
-
     control, _warnings = load(home.control)
     layout = home.queue
-    return control, Injector(layout, home.control, reactor, runInThread,
-                             onCommitted=lambda ids: pokeTrigger(layout))
+    injector = Injector(layout, home.control, reactor, runInThread)
+    injector.addObserver(lambda ids: pokeTrigger(layout))
+    return control, injector

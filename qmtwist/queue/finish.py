@@ -1,23 +1,26 @@
 """
-The end of a message (qmail-send's cleanup and bounce step, docs/behaviour/queue.md 5.7): the one bounce for
-every permanent failure recorded in C{bounce/N}, then removal of the message's files; and the
-batched file operations the queue service runs on a thread.
+The end of a message (qmail-send's cleanup and bounce step, docs/behaviour/queue.md 5.7): the
+one bounce for every permanent failure recorded in C{bounce/N}, then removal of the message's
+files; and the batched file operations the queue service runs on a thread.
+
+The bounce is written on a thread with L{qmtwist.queue.store.writeMessage} and committed through
+any L{IInjector}'s C{commitPending}, in the same rounds as every other message.
 """
 
 from __future__ import annotations
 
 import os
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 from twisted.internet.defer import Deferred
 from twisted.logger import Logger
 
 from qmtwist.control import Control
+from qmtwist.interfaces import IInjector
 from qmtwist.queue import bounce as qbounce
 from qmtwist.queue import clean
-from qmtwist.queue.commit import Injector
 from qmtwist.queue.layout import QueueLayout
-from qmtwist.queue.store import PendingMessage
+from qmtwist.queue.store import PendingMessage, writeMessage
 
 log = Logger(namespace="qmail-send")
 RunInThread = Callable[[Callable[[], Any]], "Deferred[Any]"]
@@ -32,6 +35,7 @@ class FileOps:
         self._running = False
 
     def submit(self, op: Callable[[], Any]) -> Deferred[Any]:
+        """Run C{op} on a thread after the operations submitted before it; fires with its result."""
         d: Deferred[Any] = Deferred()
         self._waiting.append((op, d))
         if not self._running:
@@ -67,7 +71,6 @@ class FileOps:
         self.runInThread(work).addCallbacks(done, crashed)
 
 
-
 COPY_CHUNK = 65536
 
 
@@ -92,21 +95,19 @@ def _prepareBounce(layout: QueueLayout, control: Control, now: float, n: int, se
     b = qbounce.makeBounce(control, sender, paragraphs, b"", now)
     if b is None:
         return "triple"
-    p = PendingMessage(layout, qp, b"for bounce", os.getuid(), now)
-    try:
-        p.write(b.message)
+
+    def chunks() -> Iterator[bytes]:
+        yield b.message
         with open(layout.mess(n), "rb") as f:
             while chunk := f.read(COPY_CHUNK):
-                p.write(chunk)
-        p.setEnvelope(b.sender, [b.recipient])
-    except BaseException:
-        p.discard()
-        raise
-    return p
+                yield chunk
+
+    return writeMessage(layout, chunks(), lambda: (b.sender, [b.recipient]), b"for bounce",
+                        os.getuid(), qp, now)
 
 
 def finishMessage(
-    layout: QueueLayout, ops: FileOps, control: Control, now: float, injector: Injector,
+    layout: QueueLayout, ops: FileOps, control: Control, now: float, injector: IInjector,
     n: int, sender: bytes,
 ) -> Deferred[None]:
     """

@@ -13,19 +13,12 @@ import os
 
 from attrs import frozen
 
+from qmtwist.address import splitAddress
 from qmtwist.control import Control
 from qmtwist.queue.envelope import (
     CorruptQueueFile, decodeTodo, encodeChannel, encodeInfo)
 from qmtwist.queue.layout import QueueLayout
 from qmtwist.queue.store import Syncer
-
-
-def splitAddress(address: bytes) -> tuple[bytes, bytes]:
-    """C{LOCAL@HOST} split at the last C{@} (docs/behaviour/local.md 3.2); no C{@} gives an empty host."""
-    if b"@" not in address:
-        return address, b""
-    local, host = address.rsplit(b"@", 1)
-    return local, host
 
 
 def _virtualKeys(domain: bytes) -> list[bytes]:

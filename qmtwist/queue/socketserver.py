@@ -2,9 +2,10 @@
 Injection for users who cannot write C{queue/} (docs/behaviour/queue.md 5.3): the daemon listens on
 C{HOME/run/qmail-queue.sock}, records the peer's uid from the socket, and queues on its behalf.
 
-Framing (the client is L{qmtwist.tools.queueclient}): the client sends a netstring holding the
-message, then a netstring holding qmail-queue's envelope (C{F<s>\\0T<r>\\0...\\0}); the server
-answers one line C{<exit code>\\n} with qmail-queue's codes and closes.
+Framing (the client is L{qmtwist.tools.queueclient}; both use L{qmtwist.netstring}): the client
+sends a netstring holding the message, then a netstring holding qmail-queue's envelope
+(C{F<s>\\0T<r>\\0...\\0}); the server answers one line C{<exit code>\\n} with qmail-queue's codes
+and closes.
 """
 
 from __future__ import annotations
@@ -14,38 +15,48 @@ import socket
 import struct
 
 from twisted.internet import protocol
+from twisted.internet.interfaces import IAddress, ITransport
+from twisted.internet.protocol import connectionDone
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 
 from qmtwist.errors import QQ_BUG, QQ_READ_ERROR, QueueError
-from qmtwist.interfaces import IInjector
+from qmtwist.interfaces import IInjector, IMessageWriter
+from qmtwist.netstring import NetstringError, NetstringParser
 from qmtwist.queue.envelope import parseQmailQueueEnvelope
 
 log = Logger(namespace="qmail-queue")
-MAX_LENGTH_DIGITS = 12
+#: The longest length a frame may announce: twelve digits, as many as the client can mean.
+MAX_LENGTH = 10**12 - 1
 
 
-def peerUid(transport) -> int | None:
+def peerUid(transport: ITransport | None) -> int | None:
     """The uid of the process at the other end of a Unix socket (SO_PEERCRED)."""
     try:
-        sock = transport.getHandle()
+        sock = transport.getHandle()  # type: ignore[union-attr]
         creds = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
         _pid, uid, _gid = struct.unpack("3i", creds)
-        return uid
+        return int(uid)
     except (OSError, AttributeError):
         return None
 
 
 class QueueSocketProtocol(protocol.Protocol):
-    """Receives message and envelope netstrings, streaming the message into the queue."""
+    """
+    Receives the message and envelope netstrings (L{qmtwist.netstring}), streaming the message
+    into the queue as it arrives; a malformed frame aborts the message with exit code 54
+    (docs/behaviour/queue.md 5.3). Whatever follows the envelope is ignored.
+    """
 
     def __init__(self, injector: IInjector) -> None:
         self.injector = injector
-        self._buf = b""
-        self._state = "mlen"
-        self._remaining = 0
-        self._writer = None
-        self._envelope = b""
-        self._finished = False
+        self.uid: int | None = None
+        self._writer: IMessageWriter | None = None
+        self._inEnvelope = False  # the message frame is complete
+        self._finished = False  # input is over: the envelope is complete, or the answer sent
+        self._answered = False
+        self._parser = NetstringParser(self._frameEnd, MAX_LENGTH, self._messageChunk)
+        self._parser.setStreaming(True)
 
     def connectionMade(self) -> None:
         uid = peerUid(self.transport)
@@ -61,52 +72,31 @@ class QueueSocketProtocol(protocol.Protocol):
     def dataReceived(self, data: bytes) -> None:
         if self._finished:
             return
-        self._buf += data
         try:
-            self._process()
+            self._parser.feed(data)
+        except NetstringError:
+            if not self._finished:
+                self._abort(QQ_READ_ERROR)
         except QueueError as e:
             self._abort(e.code)
 
-    def _process(self) -> None:
-        while self._buf and not self._finished:
-            if self._state in ("mlen", "elen"):
-                if b":" not in self._buf:
-                    if len(self._buf) > MAX_LENGTH_DIGITS:
-                        raise QueueError(QQ_READ_ERROR, "bad netstring")
-                    return
-                head, self._buf = self._buf.split(b":", 1)
-                if not head.isdigit():
-                    raise QueueError(QQ_READ_ERROR, "bad netstring")
-                self._remaining = int(head)
-                self._state = "mbody" if self._state == "mlen" else "ebody"
-            elif self._state == "mbody":
-                chunk = self._buf[: self._remaining]
-                self._buf = self._buf[len(chunk):]
-                self._remaining -= len(chunk)
-                if chunk:
-                    self._writer.write(chunk)
-                if self._remaining == 0:
-                    self._state = "mcomma"
-            elif self._state == "ebody":
-                chunk = self._buf[: self._remaining]
-                self._buf = self._buf[len(chunk):]
-                self._remaining -= len(chunk)
-                self._envelope += chunk
-                if self._remaining == 0:
-                    self._state = "ecomma"
-            elif self._state in ("mcomma", "ecomma"):
-                if self._buf[:1] != b",":
-                    raise QueueError(QQ_READ_ERROR, "bad netstring")
-                self._buf = self._buf[1:]
-                if self._state == "mcomma":
-                    self._state = "elen"
-                else:
-                    self._commit()
-                    return
+    def _messageChunk(self, chunk: bytes) -> None:
+        if self._writer is not None:
+            self._writer.write(chunk)
 
-    def _commit(self) -> None:
-        self._state = "done"
-        sender, recipients = parseQmailQueueEnvelope(self._envelope)
+    def _frameEnd(self, content: bytes) -> None:
+        if self._finished:
+            return
+        if not self._inEnvelope:
+            self._inEnvelope = True  # the message is in the writer: read the envelope whole
+            self._parser.setStreaming(False)
+            return
+        self._commit(content)
+
+    def _commit(self, envelope: bytes) -> None:
+        assert self._writer is not None
+        sender, recipients = parseQmailQueueEnvelope(envelope)
+        self._finished = True
         writer, self._writer = self._writer, None
         d = writer.commit(sender, recipients)
         d.addCallbacks(lambda q: self._answer(0),
@@ -119,23 +109,26 @@ class QueueSocketProtocol(protocol.Protocol):
         self._answer(code)
 
     def _answer(self, code: int) -> None:
-        if self._finished:
+        if self._answered:
             return
-        self._finished = True
+        self._answered = self._finished = True
+        assert self.transport is not None
         self.transport.write(b"%d\n" % code)
         self.transport.loseConnection()
 
-    def connectionLost(self, reason=None) -> None:
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
         if self._writer is not None:
             self._writer.abort()
             self._writer = None
 
 
 class QueueSocketFactory(protocol.Factory):
+    """Builds one L{QueueSocketProtocol} per client of C{HOME/run/qmail-queue.sock}."""
+
     def __init__(self, injector: IInjector) -> None:
         self.injector = injector
 
-    def buildProtocol(self, addr):
+    def buildProtocol(self, addr: IAddress | None) -> QueueSocketProtocol:
         p = QueueSocketProtocol(self.injector)
         p.factory = self
         return p

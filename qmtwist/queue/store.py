@@ -4,7 +4,10 @@ Injection into qmail's queue: the synchronous steps of qmail-queue (docs/behavio
 A message goes C{pid/} -> C{mess/N/<inode>} (named by its inode) -> envelope in C{intd/<inode>}
 -> hard link C{todo/<inode>}, the commit point. L{commitRound} finishes several messages at once
 so that they share the directory syncs (group commit); the daemon runs it on a thread
-(L{qmtwist.queue.commit}) and the tools call L{inject}, which runs a round of one.
+(L{qmtwist.queue.commit}). The public ways in: L{writeMessage} streams a message and its envelope
+into a L{PendingMessage} (committed later, as the daemon's bounces are), and L{injectStream} and
+L{inject} (qmail-queue and the tools) stream one and run a round of one. Every sync goes
+through a L{Syncer}, which counts them.
 
 Durability order: message and envelope files are fsynced before the todo link exists, and the
 directory entries (C{mess/N}, C{todo}) are synced before anyone is told "queued". C{intd/} needs
@@ -19,17 +22,22 @@ import ctypes
 import errno
 import os
 import time
-from typing import BinaryIO, Callable, Iterable
+from typing import BinaryIO, Callable, Iterable, Iterator
 
 from attrs import define, field, frozen
 
-from qmtwist.control import readList
 from qmtwist.errors import (
     QQ_INTD, QQ_MESS, QQ_PID, QQ_QUEUE_DIR, QQ_READ_ERROR, QQ_TODO, QQ_WRITE_ERROR, QueueError)
 from qmtwist.queue import fwd
+from qmtwist.queue.commitround import commitRound, readQueueExtra
 from qmtwist.queue.envelope import Envelope, checkAddress, encodeTodo
 from qmtwist.queue.layout import QueueLayout
 from qmtwist.received import queueReceived
+
+__all__ = ["PendingMessage", "Queued", "Syncer", "commitRound", "inject", "injectStream",
+           "pokeTrigger", "readQueueExtra", "writeMessage"]
+#: C{(sender, recipients)}, asked for once the message bytes are all written.
+EnvelopeSource = Callable[[], tuple[bytes, list[bytes]]]
 
 
 @frozen
@@ -248,97 +256,6 @@ class PendingMessage:
         return Queued(self.id, self.qp, self.time)
 
 
-def readQueueExtra(controlDir: str | None, warnings: list[str] | None = None) -> list[bytes]:
-    """
-    C{control/queueextra}: recipients added to every message (FAQ 8.2).
-
-    Read with the checks of L{qmtwist.control.load}: a line that could not be stored as an
-    envelope address (a CR or other control character, 1003 bytes or more) is left out, so
-    that it cannot make every injection fail; a FIFO or other non-regular file is never opened
-    for reading and counts as missing.
-
-    @param warnings: receives the C{warning: control/queueextra ...} lines.
-    @raise OSError: the file exists but cannot be read.
-    """
-    if controlDir is None:
-        return []
-    entries, lines = readList(controlDir, "queueextra")
-    if warnings is not None:
-        warnings.extend(lines)
-    return entries
-
-
-def commitRound(
-    batch: list[PendingMessage], syncer: Syncer, controlDir: str | None,
-    warnings: list[str] | None = None,
-) -> dict[int, QueueError]:
-    """
-    Commit C{batch} with shared directory syncs.
-
-    @param warnings: receives the warning lines about C{control/queueextra}.
-    @return: the messages that failed, by id; they have been removed. Every other message of the
-        batch is durable when this returns.
-    """
-    failed: dict[int, QueueError] = {}
-    try:
-        extra = readQueueExtra(controlDir, warnings)
-    except OSError as e:
-        extra = []
-        for p in batch:
-            failed[p.id] = QueueError(55, str(e))
-    for p in batch:
-        if p.id in failed:
-            continue
-        try:
-            p.finishFiles(syncer, extra)
-        except QueueError as e:
-            failed[p.id] = e
-        except OSError as e:
-            failed[p.id] = QueueError(QQ_WRITE_ERROR, str(e))
-    ok = [p for p in batch if p.id not in failed]
-    if ok and not syncer.canGroup:
-        # the message files must be reachable by name before a todo entry can point at them
-        try:
-            syncer.syncDirs({os.path.dirname(p.messPath) for p in ok})
-        except OSError as e:
-            for p in ok:
-                failed[p.id] = QueueError(QQ_WRITE_ERROR, str(e))
-        ok = [p for p in ok if p.id not in failed]
-    if ok and syncer.canGroup:
-        # One syncfs makes every message and envelope of the round durable before any of
-        # them is committed; then only the todo directory needs a sync.
-        try:
-            syncer.syncFilesystem(ok[0].layout.path)
-        except OSError as e:
-            for p in ok:
-                failed[p.id] = QueueError(QQ_WRITE_ERROR, str(e))
-        ok = [p for p in ok if p.id not in failed]
-    # a forward's fwd/ record: after its files are durable, before its todo link
-    fwd.writeRecords(ok, syncer, failed)
-    ok = [p for p in ok if p.id not in failed]
-    for p in ok:
-        try:
-            p.linkTodo()
-        except QueueError as e:
-            failed[p.id] = e
-    ok = [p for p in ok if p.id not in failed]
-    linked: set[int] = set()
-    if ok:
-        try:
-            syncer.syncDirs([ok[0].layout.sub("todo")])
-        except OSError as e:
-            # Linked already: the queue service may be preprocessing them. As qmail-queue
-            # does after its link, report the error and leave the files (a possible duplicate,
-            # never a loss).
-            for p in ok:
-                failed[p.id] = QueueError(QQ_WRITE_ERROR, str(e))
-                linked.add(p.id)
-    for p in batch:
-        if p.id in failed and p.id not in linked:
-            p.discard()
-    return failed
-
-
 def pokeTrigger(layout: QueueLayout) -> None:
     """Wake a queue service in another process through C{lock/trigger} (never blocks)."""
     try:
@@ -353,6 +270,79 @@ def pokeTrigger(layout: QueueLayout) -> None:
         os.close(fd)
 
 
+def writeMessage(
+    layout: QueueLayout, chunks: Iterable[bytes], envelope: EnvelopeSource, how: bytes,
+    uid: int, qp: int, now: float,
+) -> PendingMessage:
+    """
+    Stream a message into C{mess/} and validate its envelope, without committing it: the
+    caller commits it with L{commitRound} (or through the daemon's injector) or discards it.
+
+    @param chunks: the message bytes, read one chunk at a time (memory does not grow with the
+        message); an error raised while reading them removes the message.
+    @param envelope: asked for once the bytes are written (qmail-queue reads descriptor 1 only
+        after descriptor 0 ended, docs/behaviour/queue.md 5.3).
+    @raise QueueError: nothing is left in the queue.
+    """
+    p = PendingMessage(layout, qp, how, uid, now)
+    try:
+        for chunk in chunks:
+            p.write(chunk)
+        sender, recipients = envelope()
+        p.setEnvelope(sender, recipients)
+    except BaseException:
+        p.discard()
+        raise
+    return p
+
+
+def readChunks(source: BinaryIO | int, size: int = 65536) -> Iterator[bytes]:
+    """
+    The bytes of a file object or a descriptor, C{size} at a time, to the end.
+
+    @raise QueueError: 54 on a read error.
+    """
+    while True:
+        try:
+            chunk = os.read(source, size) if isinstance(source, int) else source.read(size)
+        except OSError as e:
+            raise QueueError(QQ_READ_ERROR, str(e))
+        if not chunk:
+            return
+        yield chunk
+
+
+def injectStream(
+    layout: QueueLayout,
+    chunks: Iterable[bytes],
+    envelope: EnvelopeSource,
+    how: bytes,
+    uid: int | None = None,
+    qp: int | None = None,
+    controlDir: str | None = None,
+    syncer: Syncer | None = None,
+) -> Queued:
+    """
+    Queue one message synchronously, streamed (what C{qmail-queue} does): L{writeMessage},
+    then a commit round of one, then a byte to C{lock/trigger}.
+
+    @raise QueueError: nothing was queued.
+    """
+    syncer = syncer or Syncer()
+    if syncer.canGroup:
+        try:
+            syncer.watch(layout.path)
+        except OSError as e:
+            raise QueueError(QQ_QUEUE_DIR, str(e))
+    p = writeMessage(layout, chunks, envelope, how, os.getuid() if uid is None else uid,
+                     os.getpid() if qp is None else qp, time.time())
+    failed = commitRound([p], syncer, controlDir)
+    if p.id in failed:
+        raise failed[p.id]
+    pokeTrigger(layout)
+    return p.queued()
+
+
 def inject(
     layout: QueueLayout,
     sender: bytes,
@@ -365,37 +355,11 @@ def inject(
     syncer: Syncer | None = None,
 ) -> Queued:
     """
-    Queue one message synchronously (what C{qmail-queue} does); used by tools and children.
+    Queue one message synchronously, its envelope known at the start; used by tools and
+    children (L{injectStream}).
 
     @raise QueueError: nothing was queued.
     """
-    syncer = syncer or Syncer()
-    if syncer.canGroup:
-        try:
-            syncer.watch(layout.path)
-        except OSError as e:
-            raise QueueError(QQ_QUEUE_DIR, str(e))
-    p = PendingMessage(
-        layout, os.getpid() if qp is None else qp, how,
-        os.getuid() if uid is None else uid, time.time())
-    try:
-        if isinstance(message, bytes):
-            p.write(message)
-        else:
-            while True:
-                try:
-                    chunk = message.read(65536)
-                except OSError as e:
-                    raise QueueError(QQ_READ_ERROR, str(e))
-                if not chunk:
-                    break
-                p.write(chunk)
-        p.setEnvelope(sender, recipients)
-    except BaseException:
-        p.discard()
-        raise
-    failed = commitRound([p], syncer, controlDir)
-    if p.id in failed:
-        raise failed[p.id]
-    pokeTrigger(layout)
-    return p.queued()
+    chunks = [message] if isinstance(message, bytes) else readChunks(message)
+    return injectStream(layout, chunks, lambda: (sender, recipients), how, uid, qp,
+                        controlDir, syncer)

@@ -4,9 +4,11 @@ The remote delivery agent (qmail-rspawn + qmail-remote; docs/behaviour/remote.md
 
 L{RemoteAgent.deliver} takes the remote recipients of one message, groups those that share a
 route (or a recipient domain, hence an MX set) and an envelope sender, and runs one connection
-per group: route selection (L{routes}), DNS (L{mx}), the timeout table (L{tcpto}), then the
-SMTP (L{smtpclient}) or QMTP (L{qmtpclient}) transaction. Each recipient gets its own
-L{Report}. Control values are reread (on a thread, L{freshControls}) for every delivery.
+per group: route selection (L{routes}), DNS (L{mx}), then the addresses in turn through the
+L{connection.Dialer} (timeoutconnect, the timeout table L{tcpto}) with the SMTP (L{smtpclient})
+or QMTP (L{qmtpclient}) dialogue. Each recipient gets its own L{Report}. Control values are
+reread (on a thread, L{freshControls}) for every delivery; the message file, the tlsverify CA
+file and the timeout table are read on C{ctx.runInThread} too, never on the reactor thread.
 Simultaneous connections never exceed C{concurrencyremote} (the HUP value).
 
 Differences from qmail: see the modules named above; the self check ("I'm listed as a
@@ -19,14 +21,16 @@ once, as Postfix does; qmail waits for the next retry.
 
 from __future__ import annotations
 
+import functools
 import random
 from typing import Any, Callable, Iterable
 
-from twisted.internet import defer, endpoints, error
+from twisted.internet import defer
 from twisted.logger import Logger
 from zope.interface import implementer
 
 from qmtwist import tls as tlsOptions
+from qmtwist.address import splitAddress
 from qmtwist.context import Context, freshControls
 from qmtwist.control import Control
 from qmtwist.delivery import DeliveryRequest, Report
@@ -34,28 +38,20 @@ from qmtwist.errors import MailError, PermanentFailure
 from qmtwist.interfaces import IDeliveryAgent
 from qmtwist.remote import ipme, qmtpclient, routes, smtpclient
 from qmtwist.remote.concurrency import Limiter, descriptorWarning
+from qmtwist.remote.connection import ClientProtocol, Dialer
 from qmtwist.remote.mx import DNS_TIMEOUT, NO_HOST, MailHost, MXResolver, makeResolver
+from qmtwist.remote.reports import NO_CONNECTION, STOPPING, UNREADABLE
 from qmtwist.remote.tcpto import TimeoutTable
 
-__all__ = ["RemoteAgent", "descriptorWarning", "makeResolver"]
+__all__ = ["NO_CONNECTION", "Limiter", "RemoteAgent", "descriptorWarning", "makeResolver"]
 
-NO_CONNECTION = "Sorry, I wasn't able to establish an SMTP connection. (#4.4.1)"
 BUG = "Unexpected failure in remote delivery. (#4.3.0)"
-STOPPING = "Remote delivery interrupted by shutdown. (#4.3.0)"
 BAD_SENDER = "Sorry, the envelope sender contains a line break or NUL. (#5.1.7)"
 BAD_RECIPIENT = "Sorry, the recipient address contains a line break or NUL. (#5.1.3)"
 SELF_MX = (
     "Sorry. Although I'm listed as a best-preference MX or A for that host,\n"
     "it isn't in my control/locals file, so I don't treat it as local. (#5.4.6)"
 )
-
-
-def splitAddress(address: bytes) -> tuple[bytes, bytes]:
-    """C{box@D} -> C{(box, D)}; without C{@} the domain is empty."""
-    if b"@" in address:
-        local, domain = address.rsplit(b"@", 1)
-        return local, domain
-    return address, b""
 
 
 def _unsafe(address: bytes, text: str) -> str | None:
@@ -104,7 +100,8 @@ class RemoteAgent:
         self.reactor = ctx.reactor
         self.resolver = resolver if resolver is not None else makeResolver(ctx.reactor, None)
         self.mx = MXResolver(self.resolver, dnsTimeout, rng)
-        self.tcpto = TimeoutTable(ctx.home.queue.tcpto, ctx.reactor, rng)
+        self.tcpto = TimeoutTable(ctx.home.queue.tcpto, ctx.reactor, rng, ctx.runInThread)
+        self.dialer = Dialer(ctx.reactor, self.tcpto)
         self.localAddresses = localAddresses
         self.interfaces = interfaces
         self._interfaceCache: tuple[float, frozenset[str]] | None = None
@@ -112,10 +109,7 @@ class RemoteAgent:
         self.mxPort = mxPort
         self.limiter = Limiter(max(1, ctx.controls.snapshot.concurrencyremote))
         self._inflight: set[defer.Deferred[Any]] = set()
-        self._connections: set[Any] = set()
-        self._connecting: set[defer.Deferred[Any]] = set()
         self._opportunistic: Any = None
-        self._stopping = False
 
     # -- IDeliveryAgent ---------------------------------------------------------------------
     def deliver(self, requests: list[DeliveryRequest]) -> list[defer.Deferred[Report]]:
@@ -159,9 +153,9 @@ class RemoteAgent:
             return
         for (route, _domain, _sender, policy), indices in groups.items():
             reqs = [requests[i] for i in indices]
-            d = defer.ensureDeferred(self._deliverGroup(control, route, policy, reqs))
-            self._inflight.add(d)
-            d.addBoth(self._finished, d, reqs, [results[i] for i in indices])
+            group = defer.ensureDeferred(self._deliverGroup(control, route, policy, reqs))
+            self._inflight.add(group)
+            group.addBoth(self._finished, group, reqs, [results[i] for i in indices])
 
     def _finished(
         self, outcome: Any, d: Any, reqs: list[DeliveryRequest], targets: list[Any]
@@ -180,16 +174,14 @@ class RemoteAgent:
         self.limiter.setLimit(max(1, self.ctx.controls.snapshot.concurrencyremote))
 
     def stop(self) -> defer.Deferred[None]:
-        """Abort connections in flight (their recipients defer) and wait for the reports."""
-        self._stopping = True
+        """
+        Abort connections in flight (their recipients defer), wait for the reports, then for
+        the timeout table's last write.
+        """
+        self.dialer.stop()
         self.limiter.setLimit(1 << 30)  # let waiting groups run into the stop check
-        for pending in list(self._connecting):
-            pending.cancel()
-        for proto in list(self._connections):
-            if proto.transport is not None:
-                proto.transport.abortConnection()
         gathered = defer.DeferredList([_observe(d) for d in self._inflight], consumeErrors=True)
-        return gathered.addCallback(lambda _: None)
+        return gathered.addCallback(lambda _: self.tcpto.flush())
 
     # -- one connection's worth of recipients ------------------------------------------------
     async def _deliverGroup(
@@ -202,10 +194,11 @@ class RemoteAgent:
         recipients = [r.recipient for r in reqs]
         _local, domain = splitAddress(recipients[0])
         try:
-            if smtpclient.hasPartialFinalLine(messPath) and route.protocol == routes.SMTP:
-                return [Report.failure(smtpclient.PARTIAL)] * n
+            partial = await self.ctx.runInThread(functools.partial(smtpclient.hasPartialFinalLine, messPath))
         except OSError:
-            return [Report.deferral(smtpclient.UNREADABLE)] * n
+            return [Report.deferral(UNREADABLE)] * n
+        if partial and route.protocol == routes.SMTP:
+            return [Report.failure(smtpclient.PARTIAL)] * n
         try:
             if route.relay is not None:
                 if route.isLiteral:
@@ -219,14 +212,14 @@ class RemoteAgent:
         port = route.port if route.relay is not None else self.mxPort
         await self.limiter.acquire()
         try:
-            if self._stopping:
+            if self.dialer.stopping:
                 return [Report.deferral(STOPPING)] * n
             if route.protocol == routes.QMTP:
-                return await self._tryHosts(
-                    control, hosts, port, n,
-                    lambda proto, ip, host: qmtpclient.transact(
-                        proto, ip, sender, recipients, messPath),
+                return await self.dialer.deliver(
+                    hosts, port, control.timeoutconnect, n,
                     lambda: qmtpclient.QMTPClientProtocol(self.reactor, control.timeoutremote),
+                    lambda proto, ip, host, first: qmtpclient.transact(
+                        proto, ip, sender, recipients, messPath, self.ctx.runInThread),
                 )
             return await self._trySMTP(control, hosts, port, sender, recipients, messPath, policy)
         finally:
@@ -318,9 +311,10 @@ class RemoteAgent:
         async def attempt(proto: Any, ip: str, host: MailHost, allowTLS: bool) -> list[Report]:
             if policy.required:
                 if host.name not in options:
-                    try:
-                        options[host.name] = tlsOptions.clientOptions(
-                            host.name.decode("ascii", "replace"), policy.cafile)
+                    try:  # the CA file is read on a thread
+                        options[host.name] = await self.ctx.runInThread(functools.partial(
+                            tlsOptions.clientOptions, host.name.decode("ascii", "replace"),
+                            policy.cafile))
                     except Exception as e:  # unreadable or bad CA file: no plaintext fallback
                         proto.close()
                         text = smtpclient.tlsFailureText(host.name, ip, str(e))
@@ -332,100 +326,14 @@ class RemoteAgent:
                 opts = self._opportunistic
             tls = smtpclient.TLSSetting(allowTLS, policy.required, opts, host.name)
             return await smtpclient.transact(
-                proto, ip, control.helohost, sender, recipients, messPath, tls
+                proto, ip, control.helohost, sender, recipients, messPath, tls,
+                self.ctx.runInThread,
             )
 
-        return await self._tryHosts(
-            control, hosts, port, n, attempt,
-            lambda: smtpclient.ReplyProtocol(self.reactor, control.timeoutremote),
-            tlsRetry=True,
-        )
+        def makeProto() -> ClientProtocol:
+            return smtpclient.ReplyProtocol(self.reactor, control.timeoutremote)
 
-    async def _tryHosts(
-        self,
-        control: Control,
-        hosts: list[MailHost],
-        port: int,
-        n: int,
-        run: Callable[..., Any],
-        makeProto: Callable[[], Any],
-        tlsRetry: bool = False,
-    ) -> list[Report]:
-        """
-        Connect to each address in turn (docs/behaviour/remote.md 11.3). The first connection
-        that gets past the greeting decides; after a connect failure, a 4xx greeting or no
-        greeting the next address is tried at once, and the last such report stands when none
-        is left.
-        """
-        candidates = [(host, ip) for host in hosts for ip in host.addresses]
-        last: list[Report] | None = None
-        for k, (host, ip) in enumerate(candidates):
-            more = k + 1 < len(candidates)
-            if self._stopping:
-                return [Report.deferral(STOPPING)] * n
-            if self.tcpto.skip(ip):
-                continue
-            allowTLS = True
-            while True:
-                proto = makeProto()
-                connecting = self._connect(ip, port, control.timeoutconnect, proto)
-                self._connecting.add(connecting)
-                try:
-                    await connecting
-                except (defer.CancelledError, error.ConnectingCancelledError):
-                    return [Report.deferral(STOPPING)] * n
-                except error.TimeoutError:
-                    self.tcpto.timedOut(ip)
-                    self._nextMX(ip, f"connect timed out after {control.timeoutconnect} s", more)
-                    break
-                except (error.ConnectError, OSError) as e:
-                    self.tcpto.ok(ip)
-                    self._nextMX(ip, _connectError(e), more)
-                    break
-                finally:
-                    self._connecting.discard(connecting)
-                self.tcpto.ok(ip)
-                self._connections.add(proto)
-                try:
-                    if tlsRetry:
-                        result = list(await run(proto, ip, host, allowTLS))
-                    else:
-                        result = list(await run(proto, ip, host))
-                except smtpclient.TLSBroken as e:
-                    self.log.info("TLS to {ip} failed ({why}); retrying without STARTTLS",
-                                  ip=ip, why=str(e))
-                    if proto.transport is not None:
-                        proto.transport.abortConnection()
-                    await proto.whenClosed()
-                    allowTLS = False
-                    continue
-                except smtpclient.GreetingFailed as e:
-                    self._nextMX(ip, e.why, more)
-                    last = e.reports
-                    await proto.whenClosed()  # one connection per slot (FAQ 8.1)
-                    break
-                except BaseException:
-                    if proto.transport is not None:
-                        proto.transport.abortConnection()
-                    raise
-                finally:
-                    self._connections.discard(proto)
-                # hold the concurrency slot until the connection is really gone
-                await proto.whenClosed()
-                return result
-        return last if last is not None else [Report.deferral(NO_CONNECTION)] * n
-
-    def _nextMX(self, ip: str, why: str, more: bool) -> None:
-        """Log why an address did not take the message, and whether another one is tried."""
-        then = "; trying next MX" if more else "; no more MX to try"
-        self.log.info("delivery to {ip} failed: {why}{then}", ip=ip, why=why, then=then)
-
-    def _connect(self, ip: str, port: int, timeout: int, proto: Any) -> defer.Deferred[Any]:
-        if ":" in ip:
-            endpoint: Any = endpoints.TCP6ClientEndpoint(self.reactor, ip, port, timeout=timeout)
-        else:
-            endpoint = endpoints.TCP4ClientEndpoint(self.reactor, ip, port, timeout=timeout)
-        return endpoints.connectProtocol(endpoint, proto)
+        return await self.dialer.deliver(hosts, port, control.timeoutconnect, n, makeProto, attempt)
 
 
 def _observe(d: defer.Deferred[Any]) -> defer.Deferred[Any]:
@@ -438,10 +346,3 @@ def _observe(d: defer.Deferred[Any]) -> defer.Deferred[Any]:
 
     d.addBoth(both)
     return out
-
-
-def _connectError(e: BaseException) -> str:
-    """A connect failure for the log: C{connection refused} rather than Twisted's wording."""
-    if isinstance(e, error.ConnectionRefusedError):
-        return "connection refused"
-    return " ".join(str(e).split()) or type(e).__name__

@@ -13,14 +13,17 @@ commands after checking, or used as TLS reference identities; they never reach a
 from __future__ import annotations
 
 import random
+import socket
 from typing import Any, Sequence
 
 from attrs import frozen
 from twisted.internet import defer
 from twisted.internet.interfaces import IResolver
 from twisted.names import client, dns, error
+from twisted.python.failure import Failure
 
 from qmtwist.errors import PermanentFailure, TemporaryFailure
+from qmtwist.remote.reports import printable
 
 #: docs/behaviour/remote.md 11.2: a server silent for 15 s is a temporary failure.
 DNS_TIMEOUT: tuple[float, ...] = (1, 3, 11)
@@ -106,8 +109,6 @@ class MXResolver:
         try:
             answers, _auth, _add = await lookup(name, self.timeout)
         except Exception:
-            from twisted.python.failure import Failure
-
             f = Failure()
             kind = _kind(f)
             if kind == "other":
@@ -168,14 +169,18 @@ class MXResolver:
         @raise TemporaryFailure: temporary DNS failure.
         @raise PermanentFailure: NXDOMAIN, or no address.
         """
-        kind, found = await self.addresses(relay)
+        return await self._byAddress(relay)
+
+    async def _byAddress(self, name: bytes) -> list[MailHost]:
+        """C{name} itself as the one host, by its A/AAAA records (no MX, or a relay)."""
+        kind, found = await self.addresses(name)
         if kind == "soft":
             raise TemporaryFailure(DNS_SOFT)
         if kind == "hard":
-            raise PermanentFailure(NO_HOST.format(name=_text(relay)))
+            raise PermanentFailure(NO_HOST.format(name=printable(name)))
         if not found:
             raise PermanentFailure(NO_ADDRESS)
-        return [MailHost(relay, 0, found)]
+        return [MailHost(name, 0, found)]
 
     async def mailHosts(self, domain: bytes) -> list[MailHost]:
         """
@@ -189,14 +194,7 @@ class MXResolver:
             raise TemporaryFailure(DNS_SOFT)
         mxs = [rr.payload for rr in answers if rr.type == dns.MX] if kind == "ok" else []
         if not mxs:
-            akind, found = await self.addresses(domain)
-            if akind == "soft":
-                raise TemporaryFailure(DNS_SOFT)
-            if akind == "hard":
-                raise PermanentFailure(NO_HOST.format(name=_text(domain)))
-            if not found:
-                raise PermanentFailure(NO_ADDRESS)
-            return [MailHost(domain, 0, found)]
+            return await self._byAddress(domain)
         byPref: dict[int, list[bytes]] = {}
         for mx in mxs:
             byPref.setdefault(mx.preference, []).append(mx.name.name.rstrip(b"."))
@@ -229,11 +227,4 @@ def safeName(name: bytes) -> bool:
 
 
 def _ipv6(packed: bytes) -> str:
-    import socket
-
     return socket.inet_ntop(socket.AF_INET6, packed)
-
-
-def _text(name: bytes) -> str:
-    """A DNS-supplied or user-supplied name for a report: printable ASCII only."""
-    return "".join(c if 32 < ord(c) < 127 else "?" for c in name.decode("latin-1"))

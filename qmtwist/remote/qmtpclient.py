@@ -9,81 +9,55 @@ arrived defers the recipients without one.
 
 from __future__ import annotations
 
+import functools
 import os
-from typing import Any
+from typing import Any, BinaryIO, Callable
 
 from twisted.internet import defer
-from twisted.internet.protocol import Protocol
+from twisted.internet.interfaces import IReactorTime
 from twisted.python.failure import Failure
 
 from qmtwist.delivery import Outcome, Report
-from qmtwist.qmtp.netstring import NetstringError, NetstringParser, encode, encodeList
-from qmtwist.remote.smtpclient import UNREADABLE, report, said, sendFile
+from qmtwist.netstring import NetstringError, NetstringParser, encode, encodeList
+from qmtwist.remote.connection import ClientProtocol, sendFile
+from qmtwist.remote.reports import UNREADABLE, connectionDied, report, said
 
 MAX_RESPONSE = 5000
 
 
-class QMTPClientProtocol(Protocol):
+class QMTPClientProtocol(ClientProtocol):
     """
     Collects response netstrings; L{responses} fires when C{count} have arrived, or fails
     with the reason the connection ended or timed out first.
     """
 
-    def __init__(self, clock: Any, timeout: float) -> None:
-        self.clock = clock
-        self.timeout = timeout
+    def __init__(self, clock: IReactorTime, timeout: float) -> None:
+        super().__init__(clock, timeout)
         self.received: list[bytes] = []
         self.expected = 0
         self._done: defer.Deferred[list[bytes]] | None = None
-        self._timer: Any = None
-        self.lost: Failure | None = None
-        self.connected = False
-        self._closed: list[defer.Deferred[None]] = []
         self._parser = NetstringParser(self._response, maxLength=MAX_RESPONSE)
-
-    def connectionMade(self) -> None:
-        self.connected = True
-
-    def whenClosed(self) -> defer.Deferred[None]:
-        """Fires once the connection is gone."""
-        d: defer.Deferred[None] = defer.Deferred()
-        if self.connected:
-            self._closed.append(d)
-        else:
-            d.callback(None)
-        return d
-
-    def close(self) -> None:
-        if self.transport is not None:
-            self.transport.loseConnection()
 
     def responses(self, count: int) -> defer.Deferred[list[bytes]]:
         """Wait for C{count} responses; each further silence of C{timeout} s ends the wait."""
         self.expected = count
         self._done = defer.Deferred()
-        self._arm()
+        self.setTimeout(self.timeout)
         self._check()
         return self._done
 
-    def _arm(self) -> None:
-        if self._timer is not None and self._timer.active():
-            self._timer.cancel()
-        self._timer = self.clock.callLater(self.timeout, self._timedOut)
-
-    def _timedOut(self) -> None:
-        self._timer = None
+    def timeoutConnection(self) -> None:
         self._end(Failure(ConnectionError("timeout")))
-        if self.transport is not None:
-            self.transport.abortConnection()
+        self.abort()
 
     def dataReceived(self, data: bytes) -> None:
-        if self._done is not None and self._timer is not None:
-            self._arm()
+        if self._done is not None:
+            self.resetTimeout()
         try:
             self._parser.feed(data)
         except NetstringError as e:
             self._end(Failure(e))
-            self.transport.abortConnection()
+            self.abort()
 
     def _response(self, content: bytes) -> None:
         self.received.append(content)
@@ -92,29 +66,30 @@ class QMTPClientProtocol(Protocol):
     def _check(self) -> None:
         if self._done is not None and len(self.received) >= self.expected:
             d, self._done = self._done, None
-            self._stopTimer()
+            self.setTimeout(None)
             d.callback(self.received[: self.expected])
-            self.transport.loseConnection()
+            self.close()
 
     def _end(self, reason: Failure) -> None:
         if self.lost is None:
             self.lost = reason
         if self._done is not None:
             d, self._done = self._done, None
-            self._stopTimer()
+            self.setTimeout(None)
             d.errback(reason)
 
-    def _stopTimer(self) -> None:
-        if self._timer is not None and self._timer.active():
-            self._timer.cancel()
-        self._timer = None
-
-    def connectionLost(self, reason: Failure) -> None:  # type: ignore[override]
-        self.connected = False
+    def ended(self, reason: Failure) -> None:
         self._end(reason)
-        waiters, self._closed = self._closed, []
-        for d in waiters:
-            d.callback(None)
+
+
+def _openSized(path: str) -> tuple[BinaryIO, int]:
+    """The message file, open, and its size (blocking: run on a thread)."""
+    f = open(path, "rb")
+    try:
+        return f, os.fstat(f.fileno()).st_size
+    except OSError:
+        f.close()
+        raise
 
 
 async def transact(
@@ -123,24 +98,29 @@ async def transact(
     sender: bytes,
     recipients: list[bytes],
     messPath: str,
+    runInThread: Callable[[Callable[[], Any]], Any],
 ) -> list[Report]:
-    """Send one package and map each response to a L{Report} (docs/behaviour/qmtp.md 9.3)."""
+    """
+    Send one package and map each response to a L{Report} (docs/behaviour/qmtp.md 9.3).
+
+    @param runInThread: opens the message file off the reactor thread.
+    """
     host = ip.encode("ascii")
+    transport: Any = proto.transport
     sent = False
     waiting: defer.Deferred[list[bytes]] | None = None
     try:
         try:
-            f = open(messPath, "rb")
-            size = os.fstat(f.fileno()).st_size
+            f, size = await runInThread(functools.partial(_openSized, messPath))
         except OSError:
-            proto.transport.loseConnection()
+            proto.close()
             return [Report.deferral(UNREADABLE) for _ in recipients]
         try:
-            proto.transport.write(b"%d:\n" % (size + 1))
-            await sendFile(f, proto.transport, proto.clock, proto.timeout)
+            transport.write(b"%d:\n" % (size + 1))
+            await sendFile(f, transport, proto.clock, proto.timeout)
         finally:
             f.close()
-        proto.transport.write(b"," + encode(sender) + encodeList(recipients))
+        transport.write(b"," + encode(sender) + encodeList(recipients))
         sent = True
         waiting = proto.responses(len(recipients))
         answers = await waiting
@@ -151,17 +131,12 @@ async def transact(
     out: list[Report] = []
     for i in range(len(recipients)):
         if i >= len(answers):
-            dup = "Possible duplicate! " if sent else ""
-            out.append(Report.deferral(f"Connected to {ip} but connection died. {dup}(#4.4.2)"))
+            out.append(connectionDied(ip, sent))
             continue
-        answer = answers[i]
-        letter, text = answer[:1], answer[1:]
+        letter, text = answers[i][:1], answers[i][1:]
         if letter == b"K":
             out.append(report(Outcome.SUCCESS, b"%s accepted message.\n" % host + said(text)))
-        elif letter == b"D":
-            out.append(report(Outcome.FAILURE,
-                              b"%s does not like recipient.\n" % host + said(text)))
         else:
-            out.append(report(Outcome.DEFERRAL,
-                              b"%s does not like recipient.\n" % host + said(text)))
+            outcome = Outcome.FAILURE if letter == b"D" else Outcome.DEFERRAL
+            out.append(report(outcome, b"%s does not like recipient.\n" % host + said(text)))
     return out

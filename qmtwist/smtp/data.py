@@ -13,10 +13,14 @@ from __future__ import annotations
 from typing import Any
 
 from qmtwist.errors import MailError
+from qmtwist.smtp import replies as R
 
 FLUSH = 65536
 
 MORE, END, BARE_LF = "more", "end", "bare LF"
+
+#: This many Received/Delivered header lines mean a loop (docs/behaviour/smtp.md 7.8).
+MAX_HOPS = 100
 
 
 class DataSection:
@@ -55,6 +59,20 @@ class DataSection:
             self.writer.write(data)
         except MailError as e:
             self.writeError = e
+
+    def refusal(self) -> bytes | None:
+        """
+        After the final dot: the reply that refuses the message, or L{None} to queue it. The
+        first that applies wins: hops, then size, then the queue's write error
+        (docs/behaviour/smtp.md 7.2, 7.7, 7.8).
+        """
+        if self.hops >= MAX_HOPS:
+            return R.R_HOPS
+        if self.tooBig:
+            return R.R_TOOBIG
+        if self.writeError is not None:
+            return R.queueErrorReply(self.writeError)
+        return None
 
     def consume(self, buf: bytearray, pos: int) -> tuple[int, str]:
         """

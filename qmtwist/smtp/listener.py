@@ -15,7 +15,8 @@ from twisted.logger import Logger
 
 from qmtwist.rcpthosts import MISSING_WARNING
 from qmtwist.smtp.server import SMTPFactory
-from qmtwist.tcpserver import LookupHost, makeListener
+from qmtwist.ptr import LookupHost
+from qmtwist.tcpserver import makeListener
 
 #: What a client over the per-address limit gets before the close (docs/behaviour/smtp.md 7.10).
 R_OVERLIMIT = b"421 too many connections from your address (#4.7.0)\r\n"
@@ -45,5 +46,4 @@ def makeSMTPService(ctx: Any, endpoint: str, rulesPath: str | None, concurrency:
     service = makeListener(ctx, "smtp", endpoint, rulesPath, concurrency, SMTPFactory(ctx),
                            lookupHost, perIP, R_OVERLIMIT)
     warnIfNoRcpthosts(ctx)
-    ctx.reloaders.append(lambda: warnIfNoRcpthosts(ctx))
     return service

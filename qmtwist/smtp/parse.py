@@ -1,6 +1,6 @@
 """
-qmail-smtpd's parsing of MAIL/RCPT arguments and its badmailfrom check (docs/behaviour/smtp.md 7.3, 7.6);
-pure.
+qmail-smtpd's parsing of command lines and MAIL/RCPT arguments (docs/behaviour/smtp.md 7.1, 7.3);
+pure. What the parsed addresses may be is L{qmtwist.policy}'s question.
 
 Bytes in, bytes out: addresses never become text.
 """
@@ -8,8 +8,6 @@ Bytes in, bytes out: addresses never become text.
 from __future__ import annotations
 
 import re
-
-MAX_ADDRESS = 900  # qmail-smtpd answers 555 at this length (docs/behaviour/smtp.md 7.2)
 
 _IPLITERAL = re.compile(rb"@\[(\d{1,3}\.\d{1,3}\.\d{1,3}\.\d{1,3})\]$")
 
@@ -77,18 +75,37 @@ def sizeParameter(arg: bytes) -> int | None:
     return None
 
 
-def badMailFrom(sender: bytes, entries: tuple[bytes, ...]) -> bool:
-    """Whether C{sender} matches a badmailfrom entry (address or C{@host}), ignoring case."""
-    if not entries:
-        return False
-    s = sender.lower()
-    at = s.rfind(b"@")
-    domain = s[at:] if at >= 0 else None
-    for e in entries:
-        e = e.lower()
-        if e == s or (domain is not None and e == domain):
-            return True
-    return False
+#: The longest command line served (docs/behaviour/smtp.md 7.1 Long lines) [qmtwist].
+MAX_LINE = 4096
+#: L{CommandLines.take}'s answer for a line over L{MAX_LINE}.
+TOO_LONG = object()
+
+
+class CommandLines:
+    """
+    Takes command lines out of the session's input buffer one at a time (docs/behaviour/smtp.md
+    7.1): a line ends at LF, one CR before it is removed, and a line over L{MAX_LINE} is
+    discarded up to its LF (even while it is still arriving, so it is never buffered whole).
+    """
+
+    def __init__(self) -> None:
+        self._skipping = False
+
+    def take(self, buf: bytearray, pos: int) -> tuple[int, bytes | object | None]:
+        """The new position and the next line, L{TOO_LONG}, or L{None} (no complete line)."""
+        i = buf.find(b"\n", pos)
+        if i < 0:
+            if len(buf) - pos > MAX_LINE + 1:
+                self._skipping = True
+                pos = len(buf)
+            return pos, None
+        line = bytes(buf[pos:i])
+        if line.endswith(b"\r"):
+            line = line[:-1]
+        if self._skipping or len(line) > MAX_LINE:
+            self._skipping = False
+            return i + 1, TOO_LONG
+        return i + 1, line
 
 
 def splitCommand(line: bytes) -> tuple[bytes, bytes]:

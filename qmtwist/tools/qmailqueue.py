@@ -9,7 +9,6 @@ qmail-queue serves them).
 from __future__ import annotations
 
 import os
-import time
 
 from qmtwist.errors import QQ_BUG, QQ_READ_ERROR, QueueError
 from qmtwist.queue import store
@@ -20,47 +19,24 @@ from qmtwist.tools.queueclient import _viaSocket, queueWritable
 CHUNK = 65536
 
 
-def _readEnvelope(fd: int) -> bytes:
-    data = []
-    while True:
-        try:
-            chunk = os.read(fd, CHUNK)
-        except OSError as e:
-            raise QueueError(QQ_READ_ERROR, str(e))
-        if not chunk:
-            return b"".join(data)
-        data.append(chunk)
+def _readAll(fd: int) -> bytes:
+    return b"".join(store.readChunks(fd, CHUNK))
 
 
 def queueFromDescriptors(env: ProgramEnv, messageFd: int, envelopeFd: int) -> store.Queued | None:
-    """Queue what the descriptors hold; L{QueueError} when nothing was queued."""
-    layout = env.home.queue
+    """
+    Queue what the descriptors hold; L{QueueError} when nothing was queued. The message is
+    streamed into the queue (L{store.injectStream}); the envelope is read once it has ended.
+    """
     if not queueWritable(env.home):
-        message = _readEnvelope(messageFd)
-        sender, recipients = parseQmailQueueEnvelope(_readEnvelope(envelopeFd))
+        message = _readAll(messageFd)
+        sender, recipients = parseQmailQueueEnvelope(_readAll(envelopeFd))
         _viaSocket(env.home, sender, recipients, message)
         return None
-    p = store.PendingMessage(layout, os.getpid(), b"by uid %d" % os.getuid(), os.getuid(),
-                             time.time())
-    try:
-        while True:
-            try:
-                chunk = os.read(messageFd, CHUNK)
-            except OSError as e:
-                raise QueueError(QQ_READ_ERROR, str(e))
-            if not chunk:
-                break
-            p.write(chunk)
-        sender, recipients = parseQmailQueueEnvelope(_readEnvelope(envelopeFd))
-        p.setEnvelope(sender, recipients)
-    except BaseException:
-        p.discard()
-        raise
-    failed = store.commitRound([p], store.Syncer(), env.home.control)
-    if p.id in failed:
-        raise failed[p.id]
-    store.pokeTrigger(layout)
-    return p.queued()
+    return store.injectStream(
+        env.home.queue, store.readChunks(messageFd, CHUNK),
+        lambda: parseQmailQueueEnvelope(_readAll(envelopeFd)), b"by uid %d" % os.getuid(),
+        controlDir=env.home.control)
 
 
 def main(argv: list[str], env: ProgramEnv) -> int:

@@ -15,9 +15,10 @@ The socket protocol (what the daemon's server implements)::
     client -> server   netstring(message) netstring(envelope)
     server -> client   "<exitcode>\\n"   (decimal qmail-queue exit code, 0 = queued)
 
-A netstring is C{<decimal length>:<bytes>,}. The envelope is exactly the qmail-queue envelope
-above, final C{\\0} included. The server learns the client's uid (and pid, usable as the qp)
-from the socket's peer credentials (C{SO_PEERCRED}); it never trusts a uid sent by the client.
+A netstring is C{<decimal length>:<bytes>,} (L{qmtwist.netstring}). The envelope is exactly the
+qmail-queue envelope above, final C{\\0} included. The server learns the client's uid (and pid,
+usable as the qp) from the socket's peer credentials (C{SO_PEERCRED}); it never trusts a uid sent
+by the client.
 The client half-closes nothing; it waits for the reply line and then closes. No daemon (the
 socket is missing or refuses) and no write access to the queue: exit code 62.
 """
@@ -34,6 +35,7 @@ from attrs import frozen
 
 from qmtwist.errors import QQ_QUEUE_DIR, QQ_READ_ERROR, QueueError
 from qmtwist.home import Home
+from qmtwist.netstring import encode
 from qmtwist.queue import store
 from qmtwist.queue.envelope import checkAddress
 
@@ -49,10 +51,6 @@ class Accepted:
 def envelopeBytes(sender: bytes, recipients: list[bytes]) -> bytes:
     """The qmail-queue envelope: C{F<s>\\0}, C{T<r>\\0} per recipient, C{\\0}."""
     return b"F" + sender + b"\0" + b"".join(b"T" + r + b"\0" for r in recipients) + b"\0"
-
-
-def netstring(data: bytes) -> bytes:
-    return b"%d:%s," % (len(data), data)
 
 
 def _readAll(message: bytes | BinaryIO) -> bytes:
@@ -177,7 +175,7 @@ def _viaSocket(
         except OSError as e:
             raise QueueError(QQ_QUEUE_DIR, f"queue not writable and no daemon: {e}")
         try:
-            sock.sendall(netstring(data) + netstring(envelopeBytes(sender, recipients)))
+            sock.sendall(encode(data) + encode(envelopeBytes(sender, recipients)))
             reply = _recvLine(sock)
         except OSError as e:
             raise QueueError(74, str(e))

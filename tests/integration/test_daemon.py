@@ -8,7 +8,6 @@ import os
 import random
 import signal
 import smtplib
-import socket
 import subprocess
 import sys
 import threading
@@ -17,8 +16,11 @@ import time
 import pytest
 
 from qmtwist.home import Home, setup
+from qmtwist.queue import crashpoint
+from qmtwist.queue.store import inject
 from qmtwist.users import userCommand
-from tests.integration.daemon import Daemon, waitFor
+from tests.integration.daemon import Daemon, twistdWith
+from tests.support import freePort, waitFor
 
 NO_LISTENERS = ["--smtp", "none", "--qmtp", "none", "--pop3", "none"]
 
@@ -202,12 +204,82 @@ def test_sigkill_at_random_moments_loses_and_duplicates_nothing(tmp_path):
         d.stop()
 
 
-def _freePort() -> int:
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    port = s.getsockname()[1]
-    s.close()
-    return port
+@pytest.mark.parametrize("who", ["qmail-queue", "daemon"])
+@pytest.mark.parametrize("point", crashpoint.POINTS)
+def test_sigkill_at_a_commit_point_the_process_reports(tmp_path, who, point):
+    """
+    docs/behaviour/queue.md 5.1 and 5.10: killed inside its commit round at a point it reports
+    (qmtwist/queue/crashpoint.py), a process has committed the message or left nothing that
+    will ever be delivered. Killed once the todo link exists, the message is delivered exactly
+    once, although nobody was told it was queued; killed before, it never is (its files stay as
+    leftovers). Both an injecting program (qmail-queue's synchronous round) and the daemon
+    (an SMTP message in its group commit) are killed; then the daemon starts (recovery) and
+    delivers a message queued after the kill.
+    """
+    home = Home(str(tmp_path / "home"))
+    setup(home, me="test.example")
+    assert userCommand(home, ["add", "alice"]) == 0
+    maildir = os.path.join(home.homes, "alice", "Maildir")
+    marker = str(tmp_path / "paused")
+    paused = dict(os.environ, QMTWIST_TEST_PAUSE=f"{point}:{marker}")
+    port = freePort()
+    d = Daemon(str(tmp_path), ["--home", home.path, "--smtp", f"tcp:{port}:interface=127.0.0.1",
+                               "--qmtp", "none", "--pop3", "none"], str(tmp_path / "log"),
+               env=paused if who == "daemon" else None)
+    try:
+        if who == "daemon":
+            d.start()
+            d.waitLine("tcpserver: status: 0/40")
+            answers: list[object] = []
+
+            def send() -> None:
+                try:
+                    with smtplib.SMTP("127.0.0.1", port, timeout=60) as c:
+                        c.sendmail("crash@example.org", ["alice@test.example"],
+                                   b"Subject: killed-0\r\n\r\ntoken killed-0\r\n")
+                    answers.append("queued")
+                except (OSError, smtplib.SMTPException) as e:
+                    answers.append(e)
+
+            client = threading.Thread(target=send)
+            client.start()
+            d.waitFor(lambda: os.path.exists(marker), f"the daemon's commit round at {point}")
+            d.stop(signal.SIGKILL)
+            client.join(60)
+            assert len(answers) == 1 and answers[0] != "queued"  # no 250 was sent
+            d.env = None
+        else:  # the program runs, and is killed, before the daemon starts on the queue
+            child = subprocess.Popen([sys.executable, "-c", INJECTOR, home.path, "killed", "1",
+                                      "alice@test.example"], stdout=subprocess.PIPE, env=paused)
+            try:
+                waitFor(lambda: os.path.exists(marker) or child.poll() is not None,
+                        f"the injecting program's commit round at {point}")
+                assert child.poll() is None, "the program ended without pausing"
+                child.kill()
+                out, _ = child.communicate(timeout=30)
+            finally:
+                if child.poll() is None:
+                    child.kill()
+                    child.communicate(timeout=30)
+            assert out == b""  # it never reported the message queued
+        d.start()
+        d.waitLine("status: local 0/10 remote 0/20")
+        inject(home.queue, b"crash@example.org", [b"alice@test.example"],
+               b"Subject: wake\n\ntoken wake\n", b"by uid 0", controlDir=home.control)
+
+        def settled() -> bool:
+            tokens = {t for t, _ in _copies(maildir)} if os.path.isdir(maildir) else set()
+            return "wake" in tokens and not os.listdir(home.queue.sub("todo")) \
+                and not any(os.listdir(home.queue.sub("info", i)) for i in range(23))
+
+        d.waitFor(settled, "the wake-up message delivered and nothing committed waiting")
+        committed = point == "after-link"
+        assert _copies(maildir) == {
+            ("wake", "alice"): 1, **({("killed-0", "alice"): 1} if committed else {})}
+        leftovers = sum(len(os.listdir(home.queue.sub("mess", i))) for i in range(23))
+        assert leftovers == (0 if committed else 1)  # removed by recovery after 36 hours
+    finally:
+        d.stop()
 
 
 def _copies(maildir: str) -> dict[tuple[str, str], int]:
@@ -229,16 +301,14 @@ def _copies(maildir: str) -> dict[tuple[str, str], int]:
 # the daemon's fsync(2) calls (the todo directory, fwd/ records, D marks) are made slower, so a
 # forward spends as long between its commit and its recipient's D mark as it would there, and
 # random kills land in that window often enough to matter. The test itself never waits on it.
-SLOW_FSYNC_TWISTD = [sys.executable, "-c", """
+SLOW_FSYNC_TWISTD = twistdWith("""
 import os, time
 _fsync = os.fsync
 def fsync(fd):
     time.sleep(0.005)
     _fsync(fd)
 os.fsync = fsync
-from twisted.scripts.twistd import run
-run()
-"""]
+""")
 PACE = 0.5  # seconds between two messages of one client: a load the daemon keeps up with
 
 
@@ -264,7 +334,7 @@ def test_sigkill_under_smtp_and_inject_load_forwards_exactly_once(tmp_path):
             f.write(text)
         st = os.stat(userHome)
         os.chown(path, st.st_uid, st.st_gid)
-    port = _freePort()
+    port = freePort()
     d = Daemon(str(tmp_path), ["--home", home.path, "--smtp",
                                f"tcp:{port}:interface=127.0.0.1", "--qmtp", "none",
                                "--pop3", "none"], str(tmp_path / "log"), SLOW_FSYNC_TWISTD)

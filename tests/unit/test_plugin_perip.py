@@ -13,24 +13,20 @@ class _Reactor:
 
 def built(monkeypatch, home, argv: list[str]) -> dict[str, dict]:
     calls: dict[str, dict] = {}
-    original = plugin._optional
 
     class _Service:
         def setServiceParent(self, parent) -> None:
             pass
 
-    def optional(modname: str, attr: str):
-        if attr.startswith("make") and attr.endswith("Service"):
-            name = attr[len("make"):-len("Service")].lower()
+    def maker(name: str):
+        def make(ctx, endpoint, rules, concurrency, *args, **kw):
+            calls[name] = dict(kw, concurrency=concurrency)
+            return _Service()
 
-            def make(ctx, endpoint, rules, concurrency, *args, **kw):
-                calls[name] = dict(kw, concurrency=concurrency)
-                return _Service()
+        return make
 
-            return make
-        return original(modname, attr)
-
-    monkeypatch.setattr(plugin, "_optional", optional)
+    for name in ("smtp", "qmtp", "pop3"):
+        monkeypatch.setattr(plugin, f"make{name.upper()}Service", maker(name))
     options = plugin.Options()
     options.parseOptions(["--home", home.path, "--no-queue"] + argv)
     plugin.buildServices(options, _Reactor())

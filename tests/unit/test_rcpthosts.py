@@ -7,7 +7,8 @@ import os
 import pytest
 
 from qmtwist.control import Control
-from qmtwist.rcpthosts import RcptHosts, relayDecision
+from qmtwist.policy import relayDecision
+from qmtwist.rcpthosts import RcptHosts
 
 C = Control(me=b"me.example", locals=frozenset({b"me.example"}),
             rcpthosts=(b"heaven.af.mil", b".sub.af.mil"), morercpthosts=(b"more.example",))

@@ -189,7 +189,7 @@ def test_stop_service(tmp_path):
 ])
 def test_ipv4_mapped_peers_are_matched_as_ipv4(host, plain):
     """On a dual-stack listener an IPv4 client must meet the IPv4 rules (10.:deny)."""
-    from qmtwist.tcpserver import plainIP
+    from qmtwist.tcpsession import plainIP
 
     assert plainIP(host) == plain
 
@@ -227,7 +227,7 @@ class _FakeResolver:
     ("evil\nforged.example", {"evil\nforged.example": ["10.0.0.7"]}, None),
 ])
 def test_remote_host_needs_forward_confirmation(ptr, a, expected):
-    from qmtwist.tcpserver import makeHostLookup
+    from qmtwist.ptr import makeHostLookup
 
     lookup = makeHostLookup(None, _FakeResolver({"7.0.0.10.in-addr.arpa": ptr}, a))
     got = []

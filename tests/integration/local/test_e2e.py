@@ -44,13 +44,6 @@ def _start(d: Daemon) -> None:
     d.waitLine("status: local 0/10")
 
 
-def _wait(d: Daemon, predicate, what: str):
-    try:
-        return waitFor(predicate, what)
-    except AssertionError as e:
-        raise AssertionError(str(e) + "\n" + "\n".join(d.lines()[-30:]))
-
-
 def _files(maildir: str) -> list[bytes]:
     out = []
     for sub in ("new", "cur"):
@@ -81,7 +74,7 @@ def test_virtualDomainsListOwnerAndAlias(daemon):
     _send(w, b"x@remote.example", [b"info@nowhere.mil", b"sue@everywhere.org",
                                    b"me-sos@test.example", b"bob@movie.edu"])
     md = os.path.join(bob, "Maildir")
-    files = _wait(d, lambda: len(_files(md)) == 3 and _files(md), "three copies in ~bob/Maildir")
+    files = d.waitFor(lambda: len(_files(md)) == 3 and _files(md), "three copies in ~bob/Maildir")
     heads = sorted(f.split(b"\n", 2)[1] for f in files)
     assert heads == [b"Delivered-To: bob-info@nowhere.mil",
                      b"Delivered-To: bob-movie@test.example",
@@ -108,7 +101,7 @@ def test_exit100BouncesWithOutputAndLoopBounces(daemon):
     _send(w, b"snd@test.example", [b"prog-reject@test.example"])
     _send(w, b"snd@test.example", [b"prog-loop@test.example"])
     md = os.path.join(sender, "Maildir")
-    files = _wait(d, lambda: len(_files(md)) == 2 and _files(md), "two bounces to snd")
+    files = d.waitFor(lambda: len(_files(md)) == 2 and _files(md), "two bounces to snd")
     texts = b"\n".join(files)
     assert b"<prog-reject@test.example>:\nSorry, this list is closed.\n" in texts
     assert (b"This message is looping: it already has my Delivered-To line. (#5.4.6)"

@@ -19,6 +19,7 @@ from qmtwist.delivery import Outcome, Report
 from qmtwist.home import virtualAccount
 from qmtwist.local.program import CRASHED
 from tests.integration.local.helpers import World, deliverOne, maildirFiles
+from tests.support import until
 
 pytestmark = pytest.mark.skipif(os.getuid() != 0, reason="needs root (CI runs as root)")
 
@@ -103,17 +104,6 @@ async def test_manyDeliveriesForNewUidsAtOnce(world):
             assert (st.st_uid, st.st_gid) == (uid, gid)
 
 
-async def _poll(predicate, what: str, deadline: float = 30.0) -> None:
-    """Poll outside state on the running reactor (it keeps running meanwhile)."""
-    from twisted.internet import reactor
-    from twisted.internet.task import deferLater
-
-    end = reactor.seconds() + deadline
-    while not predicate():
-        assert reactor.seconds() < end, f"timed out waiting for {what}"
-        await deferLater(reactor, 0.02, lambda: None)
-
-
 class _Reactor:
     """The reactor, with the keyword arguments of each spawnProcess call kept in C{spawned}."""
 
@@ -153,7 +143,7 @@ async def test_deadHelperSaysHowAndIsReplaced(world):
         world.dotqmail(h, ".qmail", b"|touch ./running; i=0; while [ ! -e ./go ] && "
                                     b"[ $i -lt 600 ]; do sleep 0.05; i=$((i+1)); done\n")
         [d] = agent.deliver([world.request(b"dead@test.example")])
-        await _poll(lambda: os.path.exists(os.path.join(h, "running")), "the program to start")
+        await until(lambda: os.path.exists(os.path.join(h, "running")), "the program to start")
         helper = agent.helpers[(uid, gid)]
         helper.transport.signalProcess("KILL")
         r = await d

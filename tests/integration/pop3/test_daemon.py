@@ -18,14 +18,7 @@ from qmtwist.qmtp.netstring import NetstringParser, encode, encodeList
 from tests.integration.daemon import Daemon, waitFor
 from tests.integration.pop3.test_listener import (
     REPO, addUser)
-
-
-def freePort() -> int:
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    port = s.getsockname()[1]
-    s.close()
-    return port
+from tests.support import freePort
 
 
 @pytest.fixture

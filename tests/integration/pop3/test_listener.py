@@ -15,19 +15,18 @@ import socket
 import subprocess
 import sys
 import tempfile
-import time
 
 import pytest
 import qmtwist
 import pytest_twisted
 from twisted.internet import reactor
-from twisted.internet.task import deferLater
 from twisted.internet.threads import deferToThread
 
 from qmtwist.context import Context, ControlCache
 from qmtwist.pop3.listener import makePOP3Service
 from qmtwist.users import parseAssign, userCommand
 from tests.conftest import logLines
+from tests.support import tcpserverPort, until, waitFor
 
 ONE = b"Subject: one\n\n.leading dot\nbody\n"
 TWO = b"Subject: \xe9t\xe9 \xff\n\n\xff\xfe\x80 caf\xe9 \x00 8-bit, not UTF-8\n"
@@ -59,14 +58,6 @@ def listing(maildir: str) -> dict[str, list[str]]:
 def asLines(data: bytes) -> list[bytes]:
     """What poplib returns for a message qmail-pop3d sends (with its extra empty line)."""
     return data.split(b"\n")[:-1] + [b""]
-
-
-async def until(condition, what: str, seconds: float = 20.0) -> None:
-    deadline = time.monotonic() + seconds
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        await deferLater(reactor, 0.02, lambda: None)
 
 
 def service(home, **kw):
@@ -360,24 +351,6 @@ async def test_fetchmail_retrieves_and_deletes(pop3home):
     assert listing(maildir) == {"new": [], "cur": []}
 
 
-def _freePort() -> int:
-    sock = socket.socket()
-    sock.bind(("127.0.0.1", 0))
-    port = sock.getsockname()[1]
-    sock.close()
-    return port
-
-
-def _connect(port: int, deadline: float) -> poplib.POP3:
-    while True:
-        try:
-            return poplib.POP3("127.0.0.1", port, timeout=30)
-        except OSError:
-            if time.monotonic() > deadline:
-                raise AssertionError("tcpserver never started listening")
-            time.sleep(0.05)
-
-
 @pytest.mark.skipif(shutil.which("tcpserver") is None,
                     reason="Debian package ucspi-tcp (tcpserver) is not installed")
 def test_bin_qmail_popup_under_tcpserver(pop3home):
@@ -387,13 +360,13 @@ def test_bin_qmail_popup_under_tcpserver(pop3home):
     maildir = os.path.join(userHome, "Maildir")
     fill(maildir, uid, gid)
     checkpw, _log = writeCheckpw(home, uid, gid, userHome)
-    port = _freePort()
     child = subprocess.Popen(
-        ["tcpserver", "-H", "-R", "127.0.0.1", str(port), home.sub("bin", "qmail-popup"),
+        ["tcpserver", "-1", "-H", "-R", "127.0.0.1", "0", home.sub("bin", "qmail-popup"),
          "test.example", checkpw, home.sub("bin", "qmail-pop3d"), "Maildir"],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=dict(os.environ, PYTHONPATH=REPO))
+        stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, env=dict(os.environ, PYTHONPATH=REPO))
     try:
-        p = _connect(port, time.monotonic() + 20)
+        port = tcpserverPort(child)
+        p = poplib.POP3("127.0.0.1", port, timeout=30)
         assert p.getwelcome().endswith(b"@test.example>")
         p.user("joe")
         p.pass_("pw")
@@ -401,18 +374,16 @@ def test_bin_qmail_popup_under_tcpserver(pop3home):
         assert p.retr(2)[1] == asLines(TWO)
         p.dele(1)
         p.quit()
-        p = _connect(port, time.monotonic() + 20)
+        p = poplib.POP3("127.0.0.1", port, timeout=30)
         p.user("joe")
         with pytest.raises(poplib.error_proto, match="authorization failed"):
             p.pass_("wrong")
-        deadline = time.monotonic() + 20
-        while listing(maildir)["new"]:
-            assert time.monotonic() < deadline, "QUIT's changes never appeared"
-            time.sleep(0.05)
+        waitFor(lambda: not listing(maildir)["new"], "QUIT's changes", deadline=20)
         assert listing(maildir) == {"new": [], "cur": ["2000.B.test:2,", "3000.C.test:2,"]}
     finally:
         child.terminate()
         child.wait(10)
+        child.stdout.close()
 
 
 @pytest_twisted.ensureDeferred

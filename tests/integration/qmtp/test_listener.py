@@ -7,7 +7,6 @@ import os
 import shutil
 import socket
 import subprocess
-import time
 
 import pytest
 import qmtwist
@@ -16,7 +15,6 @@ from twisted.internet import reactor
 from twisted.internet.defer import Deferred
 from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
 from twisted.internet.protocol import Protocol
-from twisted.internet.task import deferLater
 from twisted.internet.threads import deferToThread
 
 from qmtwist.context import Context, ControlCache
@@ -25,6 +23,7 @@ from qmtwist.qmtp.netstring import NetstringParser, encode, encodeList
 from qmtwist.queue.commit import Injector
 from qmtwist.queue.envelope import decodeTodo
 from tests.conftest import logLines
+from tests.support import tcpserverPort, until
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(qmtwist.__file__)))
 RCPTHOSTS = b"66:Dsorry, that domain isn't in my list of allowed rcpthosts (#5.7.1),"
@@ -66,15 +65,6 @@ class Client(Protocol):
     def connectionLost(self, reason: object) -> None:
         if not self.done.called:
             self.done.callback(None)
-
-
-async def until(condition, what: str, seconds: float = 10.0) -> None:
-    """Poll outside state with a deadline."""
-    deadline = time.monotonic() + seconds
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        await deferLater(reactor, 0.01, lambda: None)
 
 
 def queued(home) -> list[tuple[bytes, tuple[bytes, ...], bytes]]:
@@ -148,23 +138,8 @@ async def test_relayclient_from_rules(home):
     assert rcpts == (b"x@elsewhere.example",)
 
 
-def _freePort() -> int:
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    port = s.getsockname()[1]
-    s.close()
-    return port
-
-
-def _talk(port: int, data: bytes, count: int, deadline: float) -> list[bytes]:
-    while True:
-        try:
-            sock = socket.create_connection(("127.0.0.1", port), timeout=10)
-            break
-        except OSError:
-            if time.monotonic() > deadline:
-                raise AssertionError("tcpserver never started listening")
-            time.sleep(0.05)
+def _talk(port: int, data: bytes, count: int) -> list[bytes]:
+    sock = socket.create_connection(("127.0.0.1", port), timeout=10)
     out: list[bytes] = []
     parser = NetstringParser(out.append)
     with sock:
@@ -183,14 +158,14 @@ def test_bin_qmail_qmtpd_under_tcpserver(home):
     """FAQ 5.2 literally: tcpserver 0 qmtp HOME/bin/qmail-qmtpd."""
     with open(os.path.join(home.control, "databytes"), "w") as f:
         f.write("100\n")
-    port = _freePort()
     child = subprocess.Popen(
-        ["tcpserver", "-H", "-R", "-l", "test.example", "127.0.0.1", str(port),
-         home.sub("bin", "qmail-qmtpd")], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+        ["tcpserver", "-1", "-H", "-R", "-l", "test.example", "127.0.0.1", "0",
+         home.sub("bin", "qmail-qmtpd")], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
         env=dict(os.environ, PYTHONPATH=REPO))  # the launcher imports this tree
     try:
-        responses = _talk(port, THREE, 3, time.monotonic() + 20)
+        responses = _talk(tcpserverPort(child), THREE, 3)
     finally:
         child.terminate()
         child.wait(10)
+        child.stdout.close()
     checkThree(home, responses)

@@ -13,7 +13,7 @@ from attrs import define, field
 from twisted.internet import defer, protocol, reactor, ssl
 from twisted.protocols.basic import LineReceiver
 
-from qmtwist.qmtp.netstring import NetstringError, NetstringParser, decodeList, encode
+from qmtwist.netstring import NetstringError, NetstringParser, decodeList, encode
 
 
 @define
@@ -257,10 +257,10 @@ class PostfixSmtpSink:
         import subprocess
         import time
 
+        from tests.support import freePort
+
         if port is None:
-            with socket.socket() as s:
-                s.bind(("127.0.0.1", 0))
-                port = s.getsockname()[1]
+            port = freePort()
         self.port = port
         user = ["-u", "nobody"] if os.getuid() == 0 else []
         self.proc = subprocess.Popen(

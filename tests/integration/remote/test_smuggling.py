@@ -21,6 +21,7 @@ import threading
 import pytest
 
 from tests.integration.daemon import Daemon, waitFor
+from tests.support import freePort
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
 
@@ -112,10 +113,7 @@ def forwarding(home, tmp_path, monkeypatch):
         f.write(b"remote.example:127.0.0.1:%d\n" % sink.port)
     with open(os.path.join(home.alias, ".qmail-fwd"), "wb") as f:
         f.write(b"&friend@remote.example\n")
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    port = s.getsockname()[1]
-    s.close()
+    port = freePort()
     d = Daemon(str(tmp_path), ["--home", home.path, "--smtp", f"tcp:{port}:interface=127.0.0.1",
                                "--qmtp", "none", "--pop3", "none"], str(tmp_path / "log"))
     d.port = port

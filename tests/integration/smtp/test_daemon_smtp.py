@@ -9,23 +9,15 @@ import os
 import re
 import smtplib
 import shutil
-import socket
 import subprocess
 import sys
 
 import pytest
 
 from tests.integration.daemon import Daemon, waitFor
+from tests.support import freePort
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
-
-
-def freePort() -> int:
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    port = s.getsockname()[1]
-    s.close()
-    return port
 
 
 @pytest.fixture

@@ -275,3 +275,33 @@ def test_bad_endpoint_logs_alert(startSMTP, logEvents):
     alerts = [ln for ln in logLines(logEvents) if ln.startswith("alert:")]
     assert len(alerts) == 1 and alerts[0].startswith(
         "alert: cannot start: unable to listen on tcp:notaport: ")
+
+
+def test_logs_the_port_it_is_bound_to(startSMTP, logEvents):
+    """tcp:0 binds a port chosen by the kernel: the log line says which."""
+    srv = startSMTP(endpoint="tcp:0:interface=127.0.0.1")
+    assert srv.port != 0
+    assert "smtp: listening on 127.0.0.1:%d" % srv.port in logLines(logEvents)
+
+
+@pytest_twisted.inlineCallbacks
+def test_remote_host_name_from_the_daemons_resolver(home, startSMTP, logEvents):
+    """=host rules ask the resolver the listener was given (the daemon's --dns one)."""
+    from tests.unit.test_tcpserver_ptr import FakeResolver
+    from qmtwist.ptr import makeHostLookup
+    from twisted.internet import reactor
+
+    resolver = FakeResolver({"1.0.0.127.in-addr.arpa": "client.example"},
+                            {"client.example": ["127.0.0.1"]})
+    srv = startSMTP(rules=b'=client.example:allow,RELAYCLIENT=""\n:deny\n',
+                    lookupHost=makeHostLookup(reactor, resolver))
+
+    def talk():
+        c = Client(srv.port)
+        c.send(b"QUIT\r\n")
+        return c.readAll()
+
+    out = yield deferToThread(talk)
+    assert out.startswith(b"220 ")
+    assert ("tcpserver: ok 1 test.example:127.0.0.1:%d client.example:127.0.0.1::" % srv.port
+            ) in "\n".join(logLines(logEvents))

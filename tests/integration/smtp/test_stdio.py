@@ -16,6 +16,7 @@ from twisted.internet.threads import deferToThread
 
 from tests.integration.smtp.conftest import Client, queuedMessages
 from tests.integration.smtp.test_listener import MSG, checkMessage
+from tests.support import tcpserverPort
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
 
@@ -83,16 +84,13 @@ TCPSERVER = shutil.which("tcpserver")
 @pytest_twisted.inlineCallbacks
 def test_faq51_under_debian_tcpserver(home):
     """tcpserver -v -c 2 ... HOME/bin/qmail-smtpd: third client waits; mail is queued."""
-    sock = socket.socket()
-    sock.bind(("127.0.0.1", 0))
-    port = sock.getsockname()[1]
-    sock.close()
     proc = subprocess.Popen(
-        [TCPSERVER, "-v", "-R", "-H", "-l", "test.example", "-c", "2", "127.0.0.1", str(port),
+        [TCPSERVER, "-1", "-v", "-R", "-H", "-l", "test.example", "-c", "2", "127.0.0.1", "0",
          os.path.join(home.bin, "qmail-smtpd")],
-        stderr=subprocess.PIPE, env=childEnv())
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=childEnv())
     try:
         def talk():
+            port = tcpserverPort(proc)
             first = proc.stderr.readline()  # "tcpserver: status: 0/2" once listening
             a, b = Client(port), Client(port)
             greetings = [a.readUntil(b"\r\n"), b.readUntil(b"\r\n")]
@@ -118,6 +116,7 @@ def test_faq51_under_debian_tcpserver(home):
         proc.send_signal(signal.SIGTERM)
         proc.wait(timeout=30)
         log = proc.stderr.read()
+        proc.stdout.close()
     assert first == b"tcpserver: status: 0/2\n"
     assert greetings == [b"220 test.example ESMTP\r\n"] * 2 and early is None
     assert late == b"220 test.example ESMTP\r\n"

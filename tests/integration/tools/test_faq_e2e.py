@@ -18,7 +18,7 @@ import pytest
 from qmtwist.home import Home, setup
 from qmtwist.queue.store import inject
 from qmtwist.users import userCommand
-from tests.integration.daemon import Daemon, waitFor
+from tests.integration.daemon import Daemon
 from tests.integration.tools.conftest import childEnv
 from tests.integration.tools.test_serial import Peer
 
@@ -75,13 +75,6 @@ def start(d: Daemon) -> None:
     d.waitLine("status: local 0/10")
 
 
-def wait(d: Daemon, predicate, what: str):
-    try:
-        return waitFor(predicate, what)
-    except AssertionError as e:
-        raise AssertionError(str(e) + "\n" + "\n".join(d.lines()[-40:])) from None
-
-
 def files(maildir: str) -> list[bytes]:
     """Every message in C{new/} and C{cur/}, oldest name first."""
     out = []
@@ -94,8 +87,8 @@ def files(maildir: str) -> list[bytes]:
 
 
 def waitFiles(d: Daemon, maildir: str, n: int) -> list[bytes]:
-    return wait(d, lambda: len(files(maildir)) >= n and files(maildir),
-                f"{n} message(s) in {maildir}")
+    return d.waitFor(lambda: len(files(maildir)) >= n and files(maildir),
+                     f"{n} message(s) in {maildir}")
 
 
 def program(home: Home, name: str, args: list[str], stdin: bytes = b"",
@@ -151,8 +144,8 @@ def test_faq23_uucpThroughTheDaemon(qm, tmp_path):
     message = b"From: snd@test.example\nSubject: uucp\n\nFrom the body\n"
     inject(home.queue, b"snd@test.example", [b"joe@far.org"], message, b"by uid 0",
            controlDir=home.control)
-    wait(d, lambda: (record / "stdin").exists() and (record / "args").exists()
-         and any(x.startswith("delivery ") for x in d.lines()), "the uux record")
+    d.waitFor(lambda: (record / "stdin").exists() and (record / "args").exists()
+              and any(x.startswith("delivery ") for x in d.lines()), "the uux record")
     d.waitLine("end msg")
     assert any(re.match(r"starting delivery \d+: msg \d+ to local alias-uucp-joe@far\.org$", x)
                for x in d.lines())
@@ -327,7 +320,7 @@ def test_faq82_queueextraLogsEverything(qm):
     assert b"\n<nosuch@test.example>:\n" in bounce
     log = os.path.join(home.alias, "msg-log")
     # both messages finished (the original, then its bounce): the mbox is complete
-    wait(d, lambda: sum(x.startswith("end msg ") for x in d.lines()) == 2, "two end msg lines")
+    d.waitFor(lambda: sum(x.startswith("end msg ") for x in d.lines()) == 2, "two end msg lines")
     logged = _mboxMessages(log)
     assert len(logged) == 2
     original, bounced = logged if b"Subject: logged" in header(logged[0]) else logged[::-1]

@@ -11,6 +11,7 @@ import pytest
 
 from qmtwist.home import setup
 from qmtwist.qmtp.netstring import NetstringParser, decodeList, encode
+from tests.support import freePort
 
 
 class Peer:
@@ -158,10 +159,7 @@ def test_deferredStaysAndUnreachable(home, pppdir):
     assert r.returncode == 111
     assert r.stderr.endswith(b"maildirserial: fatal: making no progress, giving up\n")
     assert sorted(os.listdir(pppdir / "new")) == ["4.4.h", "5.5.h"]
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    closedPort = s.getsockname()[1]
-    s.close()
+    closedPort = freePort()
     r = subprocess.run([home.bin + "/maildirqmtp", str(pppdir), "joe-ppp-", "127.0.0.1"],
                        env={**os.environ, "PORT": str(closedPort)}, capture_output=True,
                        timeout=60)

@@ -187,3 +187,23 @@ def test_passwordStdin(home):
     assert not users.checkPassword(b"x", b"plain")
     assert _run(home, "del", "eve")[0] == 0
     assert users.readPasswd(home) == {}
+
+
+def test_passwdCheckerIsACredChecker(home):
+    """users/passwd as a twisted.cred checker (docs/behaviour/pop3.md 10.5)."""
+    from twisted.cred.checkers import ICredentialsChecker
+    from twisted.cred.credentials import UsernamePassword
+    from twisted.cred.error import UnauthorizedLogin
+    from zope.interface.verify import verifyObject
+
+    from qmtwist.users.passwd import PasswdChecker
+
+    assert _run(home, "add", "eve", "--password-stdin", stdin=b"s3cret\n")[0] == 0
+    checker = PasswdChecker(home)
+    verifyObject(ICredentialsChecker, checker)
+    got = []
+    checker.requestAvatarId(UsernamePassword(b"eve", b"s3cret")).addBoth(got.append)
+    checker.requestAvatarId(UsernamePassword(b"eve", b"wrong")).addBoth(got.append)
+    checker.requestAvatarId(UsernamePassword(b"nobody", b"s3cret")).addBoth(got.append)
+    assert got[0] == b"eve"
+    assert got[1].check(UnauthorizedLogin) and got[2].check(UnauthorizedLogin)

@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import errno
+import fcntl
 import io
 import os
+import stat
+import threading
 
 import pytest
 
@@ -295,7 +298,41 @@ def test_injectPokesTrigger(layout):
 
 
 def test_pokeTriggerWithoutReaderDoesNotBlock(layout):
-    pokeTrigger(layout)  # ENXIO: nobody listens; silently ignored
+    # Opening a FIFO for writing blocks until it has a reader, unless O_NONBLOCK (then ENXIO):
+    # a poke from a tool must come back at once, without an error, when no daemon listens.
+    assert stat.S_ISFIFO(os.stat(layout.trigger).st_mode)
+    errors: list[BaseException] = []
+
+    def poke() -> None:
+        try:
+            pokeTrigger(layout)
+        except BaseException as e:  # noqa: BLE001 - reported below
+            errors.append(e)
+
+    t = threading.Thread(target=poke, daemon=True)
+    t.start()
+    t.join(5)
+    if t.is_alive():  # it blocks in open(2): give it its reader so the thread can end
+        os.close(os.open(layout.trigger, os.O_RDONLY | os.O_NONBLOCK))
+        pytest.fail("pokeTrigger blocked on lock/trigger without a reader")
+    assert errors == []
+    assert stat.S_ISFIFO(os.stat(layout.trigger).st_mode)  # still the FIFO the daemon opens
+
+
+def test_pokeTriggerWithAFullFifoDoesNotBlock(layout):
+    # a reader that does not read: the pipe fills, and the poke is dropped, not waited for
+    fd = os.open(layout.trigger, os.O_RDONLY | os.O_NONBLOCK)
+    w = os.open(layout.trigger, os.O_WRONLY | os.O_NONBLOCK)
+    try:
+        size = fcntl.fcntl(w, fcntl.F_GETPIPE_SZ)
+        os.write(w, b"\0" * size)
+        with pytest.raises(BlockingIOError):
+            os.write(w, b"\0")
+        pokeTrigger(layout)
+        assert len(os.read(fd, size + 10)) == size
+    finally:
+        os.close(w)
+        os.close(fd)
 
 
 def test_unreadableQueueextraIs55AndLeavesNothing(layout, home):

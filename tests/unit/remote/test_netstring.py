@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from qmtwist.qmtp.netstring import (
+from qmtwist.netstring import (
     NetstringError,
     NetstringParser,
     decodeList,

@@ -6,15 +6,10 @@ import pytest
 from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
 
-from qmtwist.remote.smtpclient import (
-    ConnectionDied,
-    DataEncoder,
-    Reply,
-    ReplyProtocol,
-    clean,
-    hasPartialFinalLine,
-    said,
-)
+from qmtwist.remote.connection import ConnectionDied
+from qmtwist.remote.dataencoder import DataEncoder
+from qmtwist.remote.reports import clean, said
+from qmtwist.remote.smtpclient import Reply, ReplyProtocol, hasPartialFinalLine
 
 
 def connected(timeout: float = 30) -> tuple[ReplyProtocol, StringTransport, Clock]:
@@ -143,7 +138,7 @@ def test_sendFileStallAborts(tmp_path) -> None:
     """A peer that stops reading is given up after the timeout (qmail's write timeout)."""
     from twisted.internet import defer
 
-    from qmtwist.remote.smtpclient import sendFile
+    from qmtwist.remote.connection import sendFile
 
     class Stalling(StringTransport):
         def registerProducer(self, producer, streaming) -> None:

@@ -90,3 +90,60 @@ def test_malformedLinesIgnored() -> None:
     assert tcpto.parse(b"junk\n10.0.0.1 3 5\n10.0.0.2 x 5\n10.0.0.3 0 5\n") == {
         "10.0.0.1": Entry("10.0.0.1", 3, 5.0)
     }
+
+
+class Pool:
+    """A runInThread whose calls wait until the test runs them, in order."""
+
+    def __init__(self) -> None:
+        self.pending: list = []
+
+    def __call__(self, f, *args):
+        from twisted.internet import defer
+
+        d: defer.Deferred = defer.Deferred()
+        self.pending.append((d, f, args))
+        return d
+
+    def runAll(self) -> None:
+        while self.pending:
+            d, f, args = self.pending.pop(0)
+            d.callback(f(*args))
+
+
+def test_daemonTableTouchesTheFileOnlyInThePool(tmp_path) -> None:
+    clock = Clock()
+    clock.advance(1_000_000)
+    pool = Pool()
+    t = TimeoutTable(str(tmp_path / "tcpto"), clock, random.Random(1), pool)
+    before = {"10.0.0.9": Entry("10.0.0.9", 3, 999_999)}
+    tcpto.write(t.path, before)
+    done: list = []
+    t.refresh().addCallback(done.append)
+    assert done == [] and not t.skip("10.0.0.9")  # not read yet
+    pool.runAll()
+    assert done == [None] and t.skip("10.0.0.9")
+
+    t.timedOut("10.0.0.1")
+    clock.advance(200)
+    t.timedOut("10.0.0.1")  # while the first write is pending: one write at a time
+    t.ok("10.0.0.9")
+    assert t.skip("10.0.0.1") and not t.skip("10.0.0.9")
+    assert [f.func.__name__ for _d, f, _a in pool.pending] == ["writeStamped"]
+    assert tcpto.read(t.path) == before  # written behind, not yet
+    flushed: list = []
+    t.flush().addCallback(flushed.append)
+    t.refresh()  # the copy in memory is newer than the file: nothing to read
+    assert len(pool.pending) == 1
+    pool.runAll()  # the first write, then one more with everything since
+    assert flushed == [None]
+    assert tcpto.read(t.path) == {"10.0.0.1": Entry("10.0.0.1", 2, 1_000_200)}
+
+    t.refresh()
+    pool.runAll()
+    assert t.skip("10.0.0.1")  # its own write is not read back as a change
+    tcpto.write(t.path, {})  # qmail-tcpok
+    assert t.skip("10.0.0.1")  # until the next refresh
+    t.refresh()
+    pool.runAll()
+    assert not t.skip("10.0.0.1")

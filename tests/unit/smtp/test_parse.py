@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from qmtwist.smtp.parse import badMailFrom, parseAddress, sizeParameter, splitCommand
+from qmtwist.policy import badMailFrom
+from qmtwist.smtp.parse import parseAddress, sizeParameter, splitCommand
 from qmtwist.smtp.received import safe, smtpReceived
 
 

@@ -1,0 +1,153 @@
+"""
+The queue service's intake: which todo entries still need preprocessing, one batch at a time on
+a thread, and the new messages that come out of it (docs/behaviour/queue.md 5.5).
+
+Numbers arrive from three places: the injector's observer (a commit round in this process), the
+C{lock/trigger} FIFO and the 25-minute sweep of C{todo/} (L{Intake.scan}). Numbers that arrive
+while a batch runs wait and go together in the next one. Until recovery has read the queue at
+start-up they are only collected; L{Intake.open} lets them through.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Iterable
+
+from twisted.internet.defer import Deferred
+from twisted.internet.interfaces import IReactorTime
+from twisted.logger import Logger
+
+from qmtwist.context import ControlCache, RunInThread
+from qmtwist.queue import clean
+from qmtwist.queue.envelope import ChannelEntry
+from qmtwist.queue.layout import QueueLayout
+from qmtwist.queue.preprocess import Preprocessed, Problem, preprocessBatch
+from qmtwist.queue.state import Channel, Message, logSafe
+from qmtwist.queue.store import Syncer
+
+log = Logger(namespace="qmail-send")
+RETRY_SOON = 10
+
+
+def newMessage(p: Preprocessed, now: float) -> Message:
+    """The schedule's view of a freshly preprocessed message: each channel due at C{now}."""
+    channels = {}
+    for name, addresses in (("local", p.local), ("remote", p.remote)):
+        if addresses:
+            entries, offset = [], 0
+            for i, a in enumerate(addresses):
+                entries.append(ChannelEntry(i, offset, a, False))
+                offset += len(a) + 2
+            channels[name] = Channel(name, entries, now)
+    return Message(p.id, p.sender, p.birth, p.stamp, p.size, channels)
+
+
+class Intake:
+    """
+    Preprocesses todo entries for the queue service.
+
+    @param onMessage: receives each new L{Message}, after C{new msg} and C{info msg} are logged.
+    @param onSettled: called whenever a batch has ended (the service may be waiting for that).
+    @ivar known: the numbers the service holds: being preprocessed, scheduled or finishing. A
+        number already known is not preprocessed again until L{forget}.
+    @ivar busy: whether a batch is running.
+    @ivar closed: set when the service stops; nothing new is taken in and no batch starts.
+    """
+
+    def __init__(self, layout: QueueLayout, controls: ControlCache, clock: IReactorTime,
+                 runInThread: RunInThread, syncer: Syncer,
+                 onMessage: Callable[[Message], None], onSettled: Callable[[], None]) -> None:
+        self.layout = layout
+        self.controls = controls
+        self.clock = clock
+        self.runInThread = runInThread
+        self.syncer = syncer
+        self.onMessage = onMessage
+        self.onSettled = onSettled
+        self.known: set[int] = set()
+        self.busy = False
+        self.closed = False
+        self._again: set[int] = set()
+        self._waiting: set[int] = set()
+        self._opened = False
+        self._early: list[int] = []
+
+    def scan(self, found: Callable[[list[int]], None]) -> Deferred[None]:
+        """List todo/ on a thread and pass the numbers to C{found} (the service's gate)."""
+        d = self.runInThread(lambda: clean.listTodo(self.layout))
+        d.addCallback(found)
+        # a failed scan must not stop the 25-minute LoopingCall for good
+        d.addErrback(lambda f: log.warn("alert: unable to opendir {dir}, sleeping... ({why})",
+                                        dir=self.layout.sub("todo"), why=f.getErrorMessage()))
+        return d
+
+    def open(self, todo: Iterable[int]) -> None:
+        """Recovery is done: preprocess C{todo} and everything collected until now."""
+        self._opened = True
+        early, self._early = self._early, []
+        self.add(list(todo) + early)
+
+    def add(self, ids: list[int]) -> None:
+        """Queue todo entries for preprocessing."""
+        if self.closed:
+            return
+        if not self._opened:
+            # the start-up scan is still reading info/: new messages wait for it
+            self._early.extend(ids)
+            return
+        fresh = [n for n in ids if n not in self.known]
+        # An id we still know may be a new message that reused the inode of one whose files
+        # are being removed right now: look at it again once that removal is done.
+        self._again.update(n for n in ids if n in self.known)
+        self.known.update(fresh)
+        self._waiting.update(fresh)
+        if self._waiting and not self.busy:
+            self._run()
+
+    def forget(self, n: int) -> None:
+        """Message C{n}'s files are gone; if a new message took its number meanwhile, take it."""
+        self.known.discard(n)
+        if n in self._again:
+            self._again.discard(n)
+            self.add([n])
+
+    def _run(self) -> None:
+        ids = sorted(self._waiting)
+        self._waiting.clear()
+        self.busy = True
+        control = self.controls.snapshot
+        d = self.runInThread(lambda: preprocessBatch(self.layout, ids, control, self.syncer))
+
+        def done(results: list[Preprocessed | Problem]) -> None:
+            self.busy = False
+            handled = set()
+            for r in results:
+                handled.add(r.id)
+                if isinstance(r, Problem):
+                    log.warn("{line}", line=r.line)
+                    self.known.discard(r.id)
+                    if r.retry:
+                        self.clock.callLater(RETRY_SOON, self.add, [r.id])
+                else:
+                    self._new(r)
+            for n in ids:
+                if n not in handled:
+                    self.known.discard(n)
+            self.onSettled()
+            if self._waiting and not self.closed:
+                self._run()
+
+        def failed(f: Any) -> None:
+            self.busy = False
+            log.failure("preprocessing crashed", f)
+            for n in ids:
+                self.known.discard(n)
+            self.onSettled()
+
+        d.addCallbacks(done, failed)
+
+    def _new(self, p: Preprocessed) -> None:
+        log.info("new msg {id}", id=p.id)
+        log.info(
+            "info msg {id}: bytes {size} from <{sender}> qp {qp} uid {uid}",
+            id=p.id, size=p.size, sender=logSafe(p.sender), qp=p.qp, uid=p.uid)
+        self.onMessage(newMessage(p, self.clock.seconds()))

@@ -1,0 +1,60 @@
+"""
+The phases of an SMTP server session (docs/behaviour/smtp.md 7.1, 7.2); pure.
+
+The session is always in exactly one L{State}; L{qmtwist.smtp.server.SMTPServer} changes it only
+through its C{_enter}, which logs each change at debug level (C{state OLD -> NEW}), and
+L{ALLOWED} lists every change it may make. Whether the channel is encrypted is not a phase: it
+holds across all of them, from the STARTTLS handshake (or an C{ssl:} endpoint) to the end.
+
+A new phase, such as chunked BDAT data, is a new member here plus its row in L{ALLOWED}.
+"""
+
+from __future__ import annotations
+
+import enum
+
+
+class State(enum.Enum):
+    """Where a session is in its dialogue."""
+
+    #: built, not connected yet
+    NEW = "new"
+    #: the 220 greeting is out; no HELO/EHLO since the connection (or since STARTTLS)
+    GREETED = "greeted"
+    #: HELO or EHLO seen; no transaction
+    HELO = "helo"
+    #: MAIL accepted: the transaction collects recipients
+    MAIL = "mail"
+    #: after the 354: message lines are converted into the queue as they arrive (7.7)
+    DATA = "data"
+    #: the final dot was read; the queue is committing the message, reading is paused and
+    #: later commands wait for the reply (7.1 Ordering)
+    COMMIT = "commit"
+    #: QUIT, a timeout, a bare LF in DATA, or the connection is gone; nothing more is read
+    CLOSED = "closed"
+
+
+#: The phases a session reads input in.
+READING = frozenset({State.GREETED, State.HELO, State.MAIL, State.DATA})
+
+_IDLE = frozenset({State.GREETED, State.HELO})
+
+#: Every change of phase a session may make.
+ALLOWED: dict[State, frozenset[State]] = {
+    State.NEW: frozenset({State.GREETED, State.CLOSED}),
+    # HELO/EHLO, MAIL, STARTTLS (back to GREETED), RSET
+    State.GREETED: _IDLE | {State.MAIL, State.CLOSED},
+    State.HELO: _IDLE | {State.MAIL, State.CLOSED},
+    # MAIL again stays; HELO/EHLO, RSET and STARTTLS end the transaction; DATA
+    State.MAIL: _IDLE | {State.MAIL, State.DATA, State.CLOSED},
+    # the final dot: to the queue, or a refusal (hops, size, queue error) ends the transaction
+    State.DATA: _IDLE | {State.COMMIT, State.CLOSED},
+    # the commit's reply ends the transaction
+    State.COMMIT: _IDLE | {State.CLOSED},
+    State.CLOSED: frozenset(),
+}
+
+
+def idle(helo: bytes | None) -> State:
+    """The phase between transactions: L{State.HELO} once a HELO/EHLO argument is held."""
+    return State.GREETED if helo is None else State.HELO
