@@ -110,8 +110,9 @@ class LoopbackDNS:
     def start(self) -> list[tuple[str, int]]:
         """Listen on 127.0.0.1, UDP and TCP on the same free port; return the server list."""
         factory = server.DNSServerFactory(authorities=[_Zone(self)], verbose=0)
-        protocol = dns.DNSDatagramProtocol(factory)
         for _ in range(20):
+            # a new protocol each try: one whose port is still stopping keeps its transport
+            protocol = dns.DNSDatagramProtocol(factory)
             udp = self.reactor.listenUDP(0, protocol, interface="127.0.0.1")
             port = udp.getHost().port
             try:
