@@ -8,7 +8,6 @@ accepted only before the subcommand, because their own grammar reads later words
 from __future__ import annotations
 
 import argparse
-import importlib
 import os
 import signal
 import sys
@@ -31,14 +30,9 @@ def runProgram(homePath: str, name: str, args: list[str]) -> int:
     from qmtwist.tools.base import ProgramEnv
 
     name = ALIASES.get(name, name)
-    modname, func = PROGRAMS[name].split(":")
-    try:
-        module = importlib.import_module(modname)
-    except ImportError:
-        sys.stderr.write(f"qmtwist: {name} is not available in this installation\n")
-        return 111
+    main = PROGRAMS[name]()
     env = ProgramEnv(Home(homePath))
-    return int(getattr(module, func)([name, *args], env) or 0)
+    return int(main([name, *args], env) or 0)
 
 
 def _setup(home: Home, argv: list[str]) -> int:

@@ -120,13 +120,10 @@ def test_mailqAndBp(home, monkeypatch):
 
 
 def test_bsEnvironment(home, monkeypatch):
-    import sys
-    import types
+    from qmtwist.smtp import stdio
 
     seen = {}
-    fake = types.ModuleType("qmtwist.smtp.stdio")
-    fake.main = lambda argv, env: seen.update(env.environ) or 0
-    monkeypatch.setitem(sys.modules, "qmtwist.smtp.stdio", fake)
+    monkeypatch.setattr(stdio, "main", lambda argv, env: seen.update(env.environ) or 0)
     assert run(home, ["-bs"], USER="u").code == 0
     assert {k: seen[k] for k in ("RELAYCLIENT", "DATABYTES", "PROTO", "TCPREMOTEINFO",
                                   "TCPLOCALIP", "TCPREMOTEIP")} == {
