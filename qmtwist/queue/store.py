@@ -26,6 +26,7 @@ from typing import BinaryIO, Callable, Iterable, Iterator
 
 from attrs import define, field, frozen
 
+from qmtwist.durable import writeAll
 from qmtwist.errors import (
     QQ_INTD, QQ_MESS, QQ_PID, QQ_QUEUE_DIR, QQ_READ_ERROR, QQ_TODO, QQ_WRITE_ERROR, QueueError)
 from qmtwist.queue import fwd
@@ -214,9 +215,7 @@ class PendingMessage:
         except OSError as e:
             raise QueueError(QQ_INTD, str(e))
         try:
-            view = memoryview(data)
-            while view:
-                view = view[os.write(fd, view):]
+            writeAll(fd, data)
             if not group:
                 syncer.fsync(fd)
         except OSError as e:

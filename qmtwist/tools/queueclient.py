@@ -33,6 +33,7 @@ from typing import BinaryIO
 
 from attrs import frozen
 
+from qmtwist.durable import writeAll
 from qmtwist.errors import QQ_QUEUE_DIR, QQ_READ_ERROR, QueueError
 from qmtwist.home import Home
 from qmtwist.netstring import encode
@@ -124,9 +125,7 @@ def _runProgram(
 
     def writeEnvelope() -> None:
         try:
-            view = memoryview(envelope)
-            while view:
-                view = view[os.write(envWrite, view):]
+            writeAll(envWrite, envelope)
         except OSError:
             pass
         finally:
