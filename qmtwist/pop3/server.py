@@ -19,6 +19,7 @@ answered C{-ERR line too long}.
 from __future__ import annotations
 
 import itertools
+from abc import ABCMeta, abstractmethod
 from typing import Any, Callable
 
 from twisted.internet.defer import Deferred
@@ -44,7 +45,7 @@ TOO_MANY = b"-ERR too many failed logins, try later\r\n"
 
 
 @implementer(IHalfCloseableProtocol)
-class LineSession(Protocol, TimeoutMixin):
+class LineSession(Protocol, TimeoutMixin, metaclass=ABCMeta):
     """
     Line splitting, one command at a time, the idle timeout (L{TimeoutMixin} on the injected
     clock: 20 minutes without input end the session silently, docs/behaviour/pop3.md 10). At
@@ -140,8 +141,9 @@ class LineSession(Protocol, TimeoutMixin):
         self.exitStatus = 256
         self.end()
 
+    @abstractmethod
     def command(self, verb: bytes, arg: bytes) -> Deferred[None] | None:
-        raise NotImplementedError
+        """Answer one command line (the authorization or the transaction state's grammar)."""
 
     def takeBuffer(self) -> bytes:
         """Input received but not yet handled (handed to a relayed child)."""
