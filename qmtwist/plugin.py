@@ -211,6 +211,11 @@ def buildServices(options: dict[str, Any], reactor: Any = None) -> Built:
     resolver = cache(lambda: makeResolver(reactor, options.get("dns") or None))
     hostLookup = makeHostLookup(reactor, resolver)
 
+    def reloadListeners() -> None:
+        """SIGHUP, once the controls are reread: each listener rereads its rules."""
+        for reload in ctx.reloaders:
+            reload()
+
     if not noQueue:
         agents = _makeAgents(ctx, options, listeners, resolver())
         queue = QueueService(home.queue, controls, reactor, runInThread, agents, injector)
@@ -224,9 +229,7 @@ def buildServices(options: dict[str, Any], reactor: Any = None) -> Built:
         TriggerService(reactor, home.queue.trigger, queue.scanTodo).setServiceParent(top)
 
         def hup() -> None:
-            queue.hup()
-            for reload in ctx.reloaders:
-                reload()
+            queue.hup().addCallback(lambda _: reloadListeners())
 
         SignalService(reactor, home, hup, queue.alrm, home.pidfile,
                       abandon=queue.abandon).setServiceParent(top)
@@ -245,9 +248,7 @@ def buildServices(options: dict[str, Any], reactor: Any = None) -> Built:
         injector.addObserver(lambda ids: pokeTrigger(home.queue))
 
         def hupListeners() -> None:
-            controls.reload()
-            for reload in ctx.reloaders:
-                reload()
+            controls.reloadOffThread(runInThread).addCallback(lambda _: reloadListeners())
         SignalService(reactor, home, hupListeners, lambda: None).setServiceParent(top)
 
     makers: tuple[tuple[str, Callable[..., Any]], ...] = (

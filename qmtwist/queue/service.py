@@ -208,14 +208,20 @@ class QueueService(service.Service):
 
     # -- signals -----------------------------------------------------------------------------
 
-    def hup(self) -> None:
-        """SIGHUP: reread controls (unreadable files keep their old values), reload agents."""
-        warnings = self.controls.reload()
-        for agent in self.agents.values():
-            agent.reload()
-        if not any(w.startswith("alert:") for w in warnings):
-            log.info("hup: reread control files, users and rules")
-        self._pump()
+    def hup(self) -> Deferred[None]:
+        """
+        SIGHUP: reread controls on a thread (unreadable files keep their old values), then
+        reload the agents. Fires when done.
+        """
+
+        def reloaded(warnings: list[str]) -> None:
+            for agent in self.agents.values():
+                agent.reload()
+            if not any(w.startswith("alert:") for w in warnings):
+                log.info("hup: reread control files, users and rules")
+            self._pump()
+
+        return self.controls.reloadOffThread(self.runInThread).addCallback(reloaded)
 
     def alrm(self) -> None:
         """SIGALRM: every pending pass, local and remote, is due now (FAQ 7.2)."""
