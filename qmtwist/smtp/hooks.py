@@ -17,6 +17,7 @@ from __future__ import annotations
 from typing import Any
 
 from twisted.internet.interfaces import IHandshakeListener
+from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from qmtwist.smtp.sessionlog import logTLS
@@ -41,22 +42,29 @@ class SessionHooks:
 
     def _await(self, d: Any) -> None:
         """Hold reading and answering until C{d} fires (nothing to do for L{None} or a
-        Deferred that has fired already); then go on with what is buffered."""
+        Deferred whose whole chain has run already); then go on with what is buffered."""
         if d is None:
             return
-        if d.called:
-            d.addErrback(lambda f: self.log.failure("SMTP command failed", f))
-            return
-        self._pending = d
-        self.transport.pauseProducing()
+        held = False
+        done = False
 
         def answered(result: Any) -> None:
-            self._pending = None
-            if self.state is not State.CLOSED:
-                self.transport.resumeProducing()
-                self._process()
+            nonlocal done
+            done = True
+            if isinstance(result, Failure):
+                self.log.failure("SMTP command failed", result)
+            if held:
+                self._pending = None
+                if self.state is not State.CLOSED:
+                    self.transport.resumeProducing()
+                    self._process()
 
-        d.addBoth(answered).addErrback(lambda f: self.log.failure("SMTP command failed", f))
+        # (d.called is no test: a fired Deferred may still wait on one returned by a callback)
+        d.addBoth(answered)
+        if not done:
+            held = True
+            self._pending = d
+            self.transport.pauseProducing()
 
     def extensions(self) -> list[bytes]:
         """EHLO keywords besides the SMTP server's own (none here)."""
