@@ -48,6 +48,9 @@ from qmtwist.tcpserver import makeListener
 AUTH_DELAY = 1.0
 #: the failure of a session that ends it (421)
 MAX_FAILURES = 3
+#: failed logins of one client address (any session) within LIMIT_WINDOW seconds that start a
+#: refusal period of the address limiter (454 without a check; 30 s, doubling)
+LIMIT_FAILURES, LIMIT_WINDOW = 10, 600.0
 
 
 @define
@@ -72,7 +75,7 @@ class Authority:
     def forContext(cls, ctx: Any) -> Authority:
         """The one of a daemon: portal and checks over C{ctx.home}, the limiter on its reactor."""
         return cls(makePortal(ctx.home, ctx.runInThread), SenderCheck(ctx.home),
-                   FailureLimiter(ctx.reactor), ctx.runInThread)
+                   FailureLimiter(ctx.reactor, LIMIT_FAILURES, LIMIT_WINDOW), ctx.runInThread)
 
 
 class SubmissionServer(SMTPServer):
