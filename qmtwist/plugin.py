@@ -263,6 +263,8 @@ def buildServices(options: dict[str, Any], reactor: Any = None) -> Built:
             else:
                 svc = make(ctx, endpoint, rules, concurrency, lookupHost=hostLookup, perIP=perIP)
                 listeners.append(svc)
+            if i:
+                svc.setName(f"{name}-{i + 1}")  # a MultiService wants unique names
             if name == "smtp" and i == 0:
                 # docs/behaviour/smtp.md 7.5's warning, again on every SIGHUP
                 ctx.reloaders.append(partial(warnIfNoRcpthosts, ctx))
@@ -297,7 +299,7 @@ def listenerAddresses(options: dict[str, Any],
     out: list[str] = []
     for name in ("smtp", "qmtp"):
         # the Nth service of a name listens on its Nth endpoint (they are built in order)
-        named = [s for s in services if getattr(s, "name", None) == name]
+        named = [s for s in services if getattr(s, "kind", getattr(s, "name", None)) == name]
         for i, endpoint in enumerate(endpoints(options, name)):
             host = ipme.boundAddress(getattr(named[i], "port", None)) if i < len(named) else None
             out.extend([host] if host is not None else ipme.endpointAddresses(endpoint))

@@ -19,6 +19,9 @@ def built(monkeypatch, home, argv: list[str]) -> list[tuple[str, str, str]]:
         def setServiceParent(self, parent) -> None:
             pass
 
+        def setName(self, name: str) -> None:
+            self.name = name
+
     def maker(name: str):
         def make(ctx, *args, **kw):
             if name == "submission":
