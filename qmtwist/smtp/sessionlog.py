@@ -75,11 +75,10 @@ def tlsDescription(transport: Any) -> tuple[str, str, str | None]:
         return "unknown", "unknown", None
     subject = None
     try:
-        cert = conn.get_peer_certificate()
+        cert = conn.get_peer_certificate(as_cryptography=True)
         # a certificate counts only when OpenSSL verified its chain
         if cert is not None and conn.get_verified_chain() is not None:
-            subject = ",".join(f"{k.decode()}={v.decode('utf-8', 'replace')}"
-                               for k, v in cert.get_subject().get_components())
+            subject = cert.subject.rfc4514_string()
     except Exception:
         subject = None
     return protocol, cipher, subject
