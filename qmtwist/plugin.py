@@ -26,6 +26,7 @@ from qmtwist.context import ControlCache, Context
 from qmtwist.errors import ControlError
 from qmtwist.home import Home, chooseHome, setup
 from qmtwist.interfaces import IDeliveryAgent
+from qmtwist.listeners import SUBMISSION, ListenerOptions, endpoints, settings
 from qmtwist.local.agent import LocalAgent, interpreterReachable
 from qmtwist.pop3.listener import makePOP3Service
 from qmtwist.ptr import makeHostLookup
@@ -39,11 +40,12 @@ from qmtwist.remote.agent import RemoteAgent
 from qmtwist.remote.concurrency import descriptorWarning
 from qmtwist.remote.mx import makeResolver
 from qmtwist.smtp.listener import makeSMTPService, warnIfNoRcpthosts
+from qmtwist.smtp.submission import Authority, makeSubmissionService
 
 log = Logger(namespace="qmtwist")
 
 
-class Options(usage.Options):
+class Options(ListenerOptions, usage.Options):
     """twistd qmtwist's options (docs/commands.md)."""
 
     synopsis = "[options]"
@@ -51,12 +53,6 @@ class Options(usage.Options):
     optFlags = [["no-queue", None, "run listeners only (another process runs the queue)"]]
     optParameters = [
         ["home", None, None, "the home directory (default: $QMTWIST_HOME or ./qmtwist-home)"],
-        ["smtp", None, "tcp:2525:interface=127.0.0.1", "SMTP listener endpoint, or none"],
-        ["qmtp", None, "tcp:2209:interface=127.0.0.1", "QMTP listener endpoint, or none"],
-        ["pop3", None, "tcp:2110:interface=127.0.0.1", "POP3 listener endpoint, or none"],
-        ["smtp-rules", None, None, "tcprules text file (default HOME/rules/smtp)"],
-        ["qmtp-rules", None, None, "tcprules text file (default HOME/rules/qmtp)"],
-        ["pop3-rules", None, None, "tcprules text file (default HOME/rules/pop3)"],
         ["smtp-concurrency", None, 40, "most simultaneous SMTP sessions", int],
         ["qmtp-concurrency", None, 40, "most simultaneous QMTP sessions", int],
         ["pop3-concurrency", None, 40, "most simultaneous POP3 sessions", int],
@@ -252,25 +248,28 @@ def buildServices(options: dict[str, Any], reactor: Any = None) -> Built:
         SignalService(reactor, home, hupListeners, lambda: None).setServiceParent(top)
 
     makers: tuple[tuple[str, Callable[..., Any]], ...] = (
-        ("smtp", makeSMTPService), ("qmtp", makeQMTPService), ("pop3", makePOP3Service))
+        ("smtp", makeSMTPService), ("qmtp", makeQMTPService), ("pop3", makePOP3Service),
+        ("submission", makeSubmissionService), ("submissions", makeSubmissionService))
+    authority = cache(lambda: Authority.forContext(ctx))  # shared by the submission listeners
     for name, make in makers:
-        endpoint = options.get(name)
-        if not endpoint or endpoint == "none":
-            continue
-        rules = options.get(f"{name}-rules") or os.path.join(home.rules, name)
-        concurrency = int(options.get(f"{name}-concurrency") or 40)
-        perIP = options.get(f"{name}-per-ip")
-        perIP = 10 if perIP is None else int(perIP)
-        if name == "pop3":
-            svc = make(ctx, endpoint, rules, concurrency, options.get("checkpassword"),
-                       lookupHost=hostLookup, perIP=perIP)
-        else:
-            svc = make(ctx, endpoint, rules, concurrency, lookupHost=hostLookup, perIP=perIP)
-            listeners.append(svc)
-        if name == "smtp":
-            # docs/behaviour/smtp.md 7.5's warning, again on every SIGHUP
-            ctx.reloaders.append(partial(warnIfNoRcpthosts, ctx))
-        svc.setServiceParent(top)
+        # each option may be repeated: a listener per endpoint (qmtwist/listeners.py)
+        for i, endpoint in enumerate(endpoints(options, name)):
+            rules, concurrency, perIP = settings(options, name, i, home.rules)
+            if name == "pop3":
+                svc = make(ctx, endpoint, rules, concurrency, options.get("checkpassword"),
+                           lookupHost=hostLookup, perIP=perIP)
+            elif name in SUBMISSION:
+                svc = make(ctx, name, endpoint, rules, concurrency, authority(),
+                           lookupHost=hostLookup, perIP=perIP)
+            else:
+                svc = make(ctx, endpoint, rules, concurrency, lookupHost=hostLookup, perIP=perIP)
+                listeners.append(svc)
+            if i:
+                svc.setName(f"{name}-{i + 1}")  # a MultiService wants unique names
+            if name == "smtp" and i == 0:
+                # docs/behaviour/smtp.md 7.5's warning, again on every SIGHUP
+                ctx.reloaders.append(partial(warnIfNoRcpthosts, ctx))
+            svc.setServiceParent(top)
     return Built(top, ctx, queue)
 
 
@@ -298,15 +297,13 @@ def listenerAddresses(options: dict[str, Any],
     """
     from qmtwist.remote import ipme
 
-    bound = {getattr(s, "name", None): ipme.boundAddress(getattr(s, "port", None))
-             for s in services}
     out: list[str] = []
     for name in ("smtp", "qmtp"):
-        endpoint = options.get(name) or "none"
-        if endpoint == "none":
-            continue
-        host = bound.get(name)
-        out.extend([host] if host is not None else ipme.endpointAddresses(endpoint))
+        # the Nth service of a name listens on its Nth endpoint (they are built in order)
+        named = [s for s in services if getattr(s, "kind", getattr(s, "name", None)) == name]
+        for i, endpoint in enumerate(endpoints(options, name)):
+            host = ipme.boundAddress(getattr(named[i], "port", None)) if i < len(named) else None
+            out.extend([host] if host is not None else ipme.endpointAddresses(endpoint))
     return tuple(dict.fromkeys(out))
 
 

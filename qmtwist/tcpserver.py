@@ -159,6 +159,8 @@ class TCPServerService(StreamServerEndpointService):
                  lookupHost: LookupHost | None = None, perIP: int = 10,
                  overLimit: bytes = b"") -> None:
         self.ctx = ctx
+        #: the protocol (log lines); the service name is made unique when a protocol has several
+        self.kind = name
         self.setName(name)
         self.description = endpoint
         self.log = Logger(namespace=f"qmtwist.{name}")
@@ -201,7 +203,7 @@ class TCPServerService(StreamServerEndpointService):
         if port is not None:  # (None: the listen failed later and was logged)
             self.port = port
             self.factory.listeningOn(port)
-            self.log.info("{name}: listening on {address}", name=self.name,
+            self.log.info("{name}: listening on {address}", name=self.kind,
                           address=describeAddress(port.getHost()))
         return port
 

@@ -33,7 +33,7 @@ from typing import Any
 
 from twisted.internet.defer import Deferred, gatherResults, succeed
 from twisted.internet.error import ConnectionDone
-from twisted.internet.interfaces import IHalfCloseableProtocol, IProtocol
+from twisted.internet.interfaces import IHalfCloseableProtocol, IHandshakeListener, IProtocol
 from twisted.internet.protocol import Factory, Protocol
 from twisted.logger import Logger
 from twisted.protocols.policies import ProtocolWrapper, WrappingFactory
@@ -73,10 +73,13 @@ def sessionEnv(local: Any, peer: Any, me: bytes, host: str | None,
 
 
 @implementer(IHalfCloseableProtocol)
+@implementer(IHandshakeListener)
 class Session(ProtocolWrapper):
     """
     One accepted connection: held and checked by its L{SessionFactory}, then the transport of
-    the session protocol (L{attach}). Data that arrives before that is kept for it.
+    the session protocol (L{attach}). Data that arrives before that is kept for it, and so is
+    the end of a TLS handshake (passed on to a session protocol that is an
+    L{IHandshakeListener}).
     """
 
     factory: SessionFactory
@@ -92,6 +95,13 @@ class Session(ProtocolWrapper):
         self.closed = False
         self._early: list[bytes] = []
         self._readClosed = False
+        self._handshook = False
+
+    def handshakeCompleted(self) -> None:
+        if self.wrappedProtocol is None:
+            self._handshook = True
+        elif IHandshakeListener.providedBy(self.wrappedProtocol):
+            self.wrappedProtocol.handshakeCompleted()  # type: ignore[attr-defined]
 
     def logPrefix(self) -> str:
         return self.__class__.__name__
@@ -107,6 +117,9 @@ class Session(ProtocolWrapper):
         """Connect the session protocol, with this wrapper as its transport."""
         self.wrappedProtocol = inner
         inner.makeConnection(self)  # type: ignore[arg-type]  # it provides the transport's
+        if self._handshook:
+            self._handshook = False
+            self.handshakeCompleted()
         early, self._early = self._early, []
         for data in early:
             if self.closed:

@@ -8,20 +8,39 @@ virtual domains} (docs/behaviour/smtp.md 7.5) when the service is built and on e
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 from twisted.application.service import IService
+from twisted.internet.protocol import ServerFactory
 from twisted.logger import Logger
 
-from qmtwist.rcpthosts import MISSING_WARNING
-from qmtwist.smtp.server import SMTPFactory
 from qmtwist.ptr import LookupHost
+from qmtwist.rcpthosts import MISSING_WARNING
+from qmtwist.smtp.server import SMTPServer
 from qmtwist.tcpserver import makeListener
+from qmtwist.tls import ServerCertificate
 
 #: What a client over the per-address limit gets before the close (docs/behaviour/smtp.md 7.10).
 R_OVERLIMIT = b"421 too many connections from your address (#4.7.0)\r\n"
 
 log = Logger(namespace="qmtwist.smtp")
+
+
+class SMTPFactory(ServerFactory):
+    """Builds L{SMTPServer} sessions from the daemon's context C{ctx} (a L{qmtwist.context.Context});
+    controls are read (mtime-checked) for every connection, as qmail-smtpd reads them at start."""
+
+    def __init__(self, ctx: Any) -> None:
+        self.ctx = ctx
+        self.certificate = ServerCertificate(os.path.join(ctx.home.control, "servercert.pem"),
+                                             ctx.controls)
+
+    def buildProtocol(self, addr: Any) -> SMTPServer:
+        p = SMTPServer(self.ctx.injector, self.ctx.controls.current(), self.ctx.reactor,
+                       self.certificate)
+        p.factory = self
+        return p
 
 
 def warnIfNoRcpthosts(ctx: Any) -> None:

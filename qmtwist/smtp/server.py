@@ -31,7 +31,7 @@ import os
 from typing import Any
 
 from twisted.internet.interfaces import ISSLTransport, ITLSTransport
-from twisted.internet.protocol import Protocol, ServerFactory
+from twisted.internet.protocol import Protocol
 from twisted.logger import Logger
 from twisted.protocols.policies import TimeoutMixin
 
@@ -41,7 +41,9 @@ from qmtwist.policy import SMTP, Refusal, SessionPolicy
 from qmtwist.smtp import replies as R
 from qmtwist.smtp.data import BARE_LF, MORE, DataSection
 from qmtwist.smtp.parse import CommandLines, parseAddress, sizeParameter, splitCommand
-from qmtwist.smtp.received import smtpReceived
+from qmtwist.smtp.received import sessionReceived
+from qmtwist.smtp.hooks import SessionHooks
+from qmtwist.smtp.sessionlog import logRefusal
 from qmtwist.smtp.state import ALLOWED, READING, State, idle
 from qmtwist.tls import ServerCertificate
 
@@ -49,7 +51,7 @@ from qmtwist.tls import ServerCertificate
 TRACE = bool(os.environ.get("QMTWIST_TRACE_SMTP"))
 
 
-class SMTPServer(TimeoutMixin, Protocol):
+class SMTPServer(SessionHooks, TimeoutMixin, Protocol):
     """
     One qmail-smtpd session.
 
@@ -62,6 +64,7 @@ class SMTPServer(TimeoutMixin, Protocol):
     @ivar state: the session's phase (L{qmtwist.smtp.state}).
     @ivar tls: the channel is encrypted (STARTTLS done, or an C{ssl:} endpoint).
     @ivar policy: what the session accepts (L{qmtwist.policy}), set when it starts.
+    @ivar command: the command line being answered (for the refusal log line).
     """
 
     log = Logger(namespace="qmtwist.smtp")
@@ -94,6 +97,8 @@ class SMTPServer(TimeoutMixin, Protocol):
         self._writer: Any = None
         self._data: DataSection | None = None
         self.pendingCommit: Any = None
+        self.command: bytes | None = None
+        self._pending: Any = None
 
     def _enter(self, new: State) -> None:
         """Change phase along L{ALLOWED} (logged under L{TRACE}); a change off the table is logged."""
@@ -144,9 +149,10 @@ class SMTPServer(TimeoutMixin, Protocol):
         while the queue commits a message the timer is re-armed instead."""
         if self.state is State.CLOSED:
             return
-        if self.state is State.COMMIT:
+        if self.state is State.COMMIT or self._pending is not None:
             self.setTimeout(self.timeOut)
             return
+        self.command = b"(timeout)"
         self._reply(R.R_TIMEOUT)
         self._drop(256)
 
@@ -161,6 +167,8 @@ class SMTPServer(TimeoutMixin, Protocol):
         self.transport.loseConnection()
 
     def _reply(self, line: bytes) -> None:
+        if line[:1] in (b"4", b"5"):
+            logRefusal(self.log, self.name, self.env, self.command, line)
         self._out.append(line + b"\r\n")
 
     def _flush(self) -> None:
@@ -178,7 +186,7 @@ class SMTPServer(TimeoutMixin, Protocol):
         self._process()
 
     def _process(self) -> None:
-        while self.state in READING and (
+        while self._pending is None and self.state in READING and (
                 self._dataStep() if self.state is State.DATA else self._commandStep()):
             pass
         if self._pos:
@@ -198,6 +206,7 @@ class SMTPServer(TimeoutMixin, Protocol):
 
     def _command(self, line: bytes) -> None:
         verb, arg = splitCommand(line)
+        self.command = line
         fixed = R.FIXED.get(verb)
         if fixed is not None:
             self._reply(fixed)
@@ -206,7 +215,7 @@ class SMTPServer(TimeoutMixin, Protocol):
         if handler is None or not verb.isalpha():
             self._reply(R.R_UNIMPL)
         else:
-            handler(arg)
+            self._await(handler(arg))
 
     def _resetTransaction(self) -> None:
         self.sender = None
@@ -239,6 +248,7 @@ class SMTPServer(TimeoutMixin, Protocol):
             lines.append(b"SIZE %d" % self.policy.databytes)
         if self._offerTLS():
             lines.append(b"STARTTLS")
+        lines += self.extensions()
         for line in lines[:-1]:
             self._reply(b"250-" + line)
         self._reply(b"250 " + lines[-1])
@@ -307,12 +317,7 @@ class SMTPServer(TimeoutMixin, Protocol):
         self._enter(State.DATA)
         self._data = DataSection(self._writer, self.policy.databytes)
         self._reply(R.R_GOAHEAD)
-        env = self.env
-        received = smtpReceived(
-            env.get("TCPREMOTEHOST"), self.helo, env.get("TCPREMOTEIP", b"unknown"),
-            env.get("TCPLOCALHOST") or env.get("TCPLOCALIP") or b"unknown",
-            self.clock.seconds(), self.tls, env.get("TCPREMOTEINFO"))
-        self._data.store([received], count=False)
+        self._data.store([sessionReceived(self)], count=False)
 
     # -- DATA ----------------------------------------------------------------------------------
 
@@ -382,18 +387,3 @@ class SMTPServer(TimeoutMixin, Protocol):
         self.transport.resumeProducing()
         self._process()
 
-
-class SMTPFactory(ServerFactory):
-    """Builds L{SMTPServer} sessions from the daemon's context C{ctx} (a L{qmtwist.context.Context});
-    controls are read (mtime-checked) for every connection, as qmail-smtpd reads them at start."""
-
-    def __init__(self, ctx: Any) -> None:
-        self.ctx = ctx
-        self.certificate = ServerCertificate(os.path.join(ctx.home.control, "servercert.pem"),
-                                             ctx.controls)
-
-    def buildProtocol(self, addr: Any) -> SMTPServer:
-        p = SMTPServer(self.ctx.injector, self.ctx.controls.current(), self.ctx.reactor,
-                       self.certificate)
-        p.factory = self
-        return p
