@@ -11,6 +11,11 @@ _SAFE = frozenset(
 )
 
 
+#: the C{with} protocol by (SMTPUTF8, TLS)
+_PROTOCOLS = {(False, False): b"SMTP", (False, True): b"ESMTPS",
+              (True, False): b"UTF8SMTP", (True, True): b"UTF8SMTPS"}
+
+
 def safe(text: bytes) -> bytes:
     """Every byte other than letters, digits and C{.@%+/=:-[]} becomes C{?} (notqmail 1.08)."""
     return bytes(c if c in _SAFE else 0x3F for c in text)
@@ -24,6 +29,7 @@ def smtpReceived(
     when: float,
     tls: bool = False,
     remoteInfo: bytes | None = None,
+    utf8: bool = False,
 ) -> bytes:
     """
     C{Received: from RHOST (HELO ARG) (RIP)\\n  by LHOST with SMTP; DATE822\\n}.
@@ -32,6 +38,8 @@ def smtpReceived(
     @param helo: the last HELO/EHLO argument, or L{None} before any.
     @param localHost: C{TCPLOCALHOST}, else C{TCPLOCALIP}.
     @param tls: the session is encrypted (C{ESMTPS}).
+    @param utf8: the transaction said SMTPUTF8: C{UTF8SMTP}, C{UTF8SMTPS} under TLS (RFC 6531
+        section 3.7.3).
     """
     rhost = remoteHost if remoteHost else b"unknown"
     out = [b"Received: from ", safe(rhost)]
@@ -41,5 +49,5 @@ def smtpReceived(
     if remoteInfo:
         out += [safe(remoteInfo), b"@"]
     out += [safe(remoteIP), b")\n  by ", safe(localHost), b" with ",
-            b"ESMTPS" if tls else b"SMTP", b"; ", date822(when), b"\n"]
+            _PROTOCOLS[utf8, tls], b"; ", date822(when), b"\n"]
     return b"".join(out)
