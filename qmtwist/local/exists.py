@@ -1,7 +1,7 @@
 """
 Whether local delivery would bounce a recipient with "Sorry, no mailbox here by that name",
 asked before the message exists: the SMTP server's recipient check at RCPT
-(docs/behaviour/smtp-extensions.md 12.5).
+(docs/behaviour/smtp-extensions.md 20.5).
 
 The answer comes from the same steps a delivery takes, in the same order, with the same code:
 L{qmtwist.queue.preprocess.resolveRecipient} on the queue's control snapshot (locals,

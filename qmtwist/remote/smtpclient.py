@@ -286,7 +286,7 @@ async def transact(
                     return quit(Outcome.DEFERRAL,
                                 b"Connected to %s but my name was rejected.\n" % host, r)
                 ehlo = r
-        # SMTPUTF8 (docs/behaviour/smtp-extensions.md 12.6): a UTF-8 address needs the peer's
+        # SMTPUTF8 (docs/behaviour/smtp-extensions.md 20.6): a UTF-8 address needs the peer's
         utf8 = offersSMTPUTF8(ehlo.lines if ehlo is not None else None)
         if not (utf8 or sender.isascii()):
             return quit(Outcome.FAILURE, notOffered(host), None)

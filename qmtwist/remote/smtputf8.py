@@ -1,5 +1,5 @@
 """
-SMTPUTF8 in remote delivery (RFC 6531; docs/behaviour/smtp-extensions.md 12.6).
+SMTPUTF8 in remote delivery (RFC 6531; docs/behaviour/smtp-extensions.md 20.6).
 
 qmail's queue has no place for a "this message needs SMTPUTF8" flag and its format stays as it
 is, so the need is read off the envelope, as Postfix's C{smtputf8_autodetect_classes} does for

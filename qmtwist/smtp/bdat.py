@@ -1,6 +1,6 @@
 """
 CHUNKING (RFC 3030): the C{BDAT n [LAST]} command of the SMTP server
-(docs/behaviour/smtp-extensions.md 12.4).
+(docs/behaviour/smtp-extensions.md 20.4).
 
 A BDAT chunk is exactly C{n} octets after the command line: no dot-stuffing and no end marker,
 so a chunk may hold C{CRLF.CRLF} anywhere and stays one message. The octets are converted by

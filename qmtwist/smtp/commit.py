@@ -1,6 +1,6 @@
 """
 The end of a message in the SMTP server: the final dot of DATA or the last BDAT chunk
-(docs/behaviour/smtp.md 7.2, 7.7; docs/behaviour/smtp-extensions.md 12.4).
+(docs/behaviour/smtp.md 7.2, 7.7; docs/behaviour/smtp-extensions.md 20.4).
 
 The message is refused (hops, size, a queue write error: L{qmtwist.smtp.data.DataSection.refusal})
 or handed to the queue's commit; while the commit runs the session is in L{State.COMMIT}, its

@@ -1,5 +1,5 @@
 """
-The recipient check at RCPT (docs/behaviour/smtp-extensions.md 12.5): a local address that
+The recipient check at RCPT (docs/behaviour/smtp-extensions.md 20.5): a local address that
 local delivery would bounce with "Sorry, no mailbox here by that name" is refused with
 C{550 5.1.1} at once instead of being accepted and bounced later (backscatter).
 

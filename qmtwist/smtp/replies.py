@@ -1,6 +1,6 @@
 """
 qmail-smtpd's reply lines, byte-exact (docs/behaviour/smtp.md 7.2), each with its RFC 3463
-enhanced status code (ENHANCEDSTATUSCODES, RFC 2034; docs/behaviour/smtp-extensions.md 12.2);
+enhanced status code (ENHANCEDSTATUSCODES, RFC 2034; docs/behaviour/smtp-extensions.md 20.2);
 pure.
 
 Every 2xx, 4xx and 5xx reply carries C{X.Y.Z} right after the code, except the greeting and the
@@ -32,7 +32,7 @@ R_QQBUG = b"451 4.3.0 qq internal bug (#4.3.0)"
 R_UNIMPL = b"502 5.5.1 unimplemented (#5.5.1)"
 R_LONGLINE = b"500 5.5.2 line too long (#5.5.2)"
 R_TOOMANY = b"452 4.5.3 too many recipients (#4.5.3)"
-#: RCPT to a local address local delivery would bounce (docs/behaviour/smtp-extensions.md 12.5)
+#: RCPT to a local address local delivery would bounce (docs/behaviour/smtp-extensions.md 20.5)
 R_NOMAILBOX = b"550 5.1.1 sorry, no mailbox here by that name (#5.1.1)"
 #: a non-ASCII address in a transaction whose MAIL had no SMTPUTF8 (RFC 6531 3.4)
 R_NEEDUTF8 = b"553 5.6.7 sorry, a non-ASCII address needs SMTPUTF8 (#5.6.7)"

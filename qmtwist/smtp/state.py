@@ -28,10 +28,10 @@ class State(enum.Enum):
     #: after the 354: message lines are converted into the queue as they arrive (7.7)
     DATA = "data"
     #: after a BDAT command: its chunk's octets are read into the message (or discarded when
-    #: the command was refused) before anything else (docs/behaviour/smtp-extensions.md 12.4)
+    #: the command was refused) before anything else (docs/behaviour/smtp-extensions.md 20.4)
     CHUNK = "chunk"
     #: a RCPT's recipient check runs off the reactor thread; reading is paused and later
-    #: commands wait for its reply (docs/behaviour/smtp-extensions.md 12.5)
+    #: commands wait for its reply (docs/behaviour/smtp-extensions.md 20.5)
     CHECK = "check"
     #: the final dot was read; the queue is committing the message, reading is paused and
     #: later commands wait for the reply (7.1 Ordering)

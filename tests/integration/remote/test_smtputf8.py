@@ -1,5 +1,5 @@
 """
-SMTPUTF8 in remote delivery against real Postfix peers (docs/behaviour/smtp-extensions.md 12.6):
+SMTPUTF8 in remote delivery against real Postfix peers (docs/behaviour/smtp-extensions.md 20.6):
 a private Postfix with smtputf8_enable=yes takes a UTF-8 envelope and delivers it byte for byte
 into a virtual Maildir; Postfix's smtp-sink, which does not offer SMTPUTF8, gets nothing and the
 message bounces with 5.6.7. Needs the Debian package postfix and root (the private Postfix).

@@ -1,5 +1,5 @@
 """
-The SMTP extensions on real sockets (docs/behaviour/smtp-extensions.md 12): BDAT through the
+The SMTP extensions on real sockets (docs/behaviour/smtp-extensions.md 20): BDAT through the
 whole daemon into a Maildir, BDAT and DATA mixed, and the recipient check at RCPT (unknown user,
 alias catch-all, a virtual domain, relay clients) with what is left in the queue.
 """
@@ -10,7 +10,6 @@ import os
 import subprocess
 import sys
 
-import pytest
 import pytest_twisted
 from twisted.internet.threads import deferToThread
 

@@ -1,5 +1,5 @@
 """
-A real Postfix sends to the daemon's --smtp listener (docs/behaviour/smtp-extensions.md 12.3,
+A real Postfix sends to the daemon's --smtp listener (docs/behaviour/smtp-extensions.md 20.3,
 12.5): an SMTPUTF8 message with a UTF-8 envelope and UTF-8 headers is delivered byte for byte
 into a Maildir through a .qmail file named in UTF-8, and an unknown local user is refused at RCPT
 (Postfix bounces it itself, and nothing is queued here). Needs root and the Debian package postfix.

@@ -1,5 +1,5 @@
 """
-The recipient check's lookup (qmtwist/local/exists.py, docs/behaviour/smtp-extensions.md 12.5),
+The recipient check's lookup (qmtwist/local/exists.py, docs/behaviour/smtp-extensions.md 20.5),
 on real files, checked against what local delivery's own .qmail lookup (dotqmail.locate) decides.
 """
 

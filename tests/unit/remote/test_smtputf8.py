@@ -1,5 +1,5 @@
 """SMTPUTF8 in remote delivery (qmtwist/remote/smtputf8.py and its hook in smtpclient.transact,
-docs/behaviour/smtp-extensions.md 12.6), on a StringTransport peer."""
+docs/behaviour/smtp-extensions.md 20.6), on a StringTransport peer."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""CHUNKING (qmtwist/smtp/bdat.py, docs/behaviour/smtp-extensions.md 12.4): BDAT on a StringTransport."""
+"""CHUNKING (qmtwist/smtp/bdat.py, docs/behaviour/smtp-extensions.md 20.4): BDAT on a StringTransport."""
 
 from __future__ import annotations
 

@@ -1,5 +1,5 @@
 """SMTPUTF8, SIZE, ENHANCEDSTATUSCODES and the RCPT check on a StringTransport
-(qmtwist/smtp/extensions.py, replies.py, rcptcheck.py; docs/behaviour/smtp-extensions.md 12)."""
+(qmtwist/smtp/extensions.py, replies.py, rcptcheck.py; docs/behaviour/smtp-extensions.md 20)."""
 
 from __future__ import annotations
 
