@@ -24,6 +24,7 @@ PROGRAMS = {
     "s-nail": "s-nail",
     "bsd-mailx": "bsd-mailx",
     "smtp-sink": "postfix",
+    "postfix": "postfix",  # a private instance for the SMTPUTF8 peer tests (tests/integration/postfix.py)
     "setpriv": "util-linux",
     "useradd": "passwd",
     "ip": "iproute2",  # adds interface addresses for the remote self-check test

@@ -24,10 +24,10 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from qmtwist.delivery import Outcome, Report
-from qmtwist.received import quoteLocal
 from qmtwist.remote.connection import ClientProtocol, ConnectionDied, NextAddress, Reconnect, sendFile
 from qmtwist.remote.dataencoder import DataEncoder
 from qmtwist.remote.reports import MAX_TEXT, UNREADABLE, clean, connectionDied, printable, report, said
+from qmtwist.remote.smtputf8 import mailFrom, notOffered, offersSMTPUTF8, quoteAddress
 
 MAX_LINE = 65536
 QUIT_WAIT = 5.0  # how long to let the peer close after QUIT before closing ourselves
@@ -285,13 +285,21 @@ async def transact(
                 if r.code != 250:
                     return quit(Outcome.DEFERRAL,
                                 b"Connected to %s but my name was rejected.\n" % host, r)
-        proto.send(b"MAIL FROM:<" + (quoteLocal(sender) if sender else b"") + b">")
+                ehlo = r
+        # SMTPUTF8 (docs/behaviour/smtp-extensions.md 20.6): a UTF-8 address needs the peer's
+        utf8 = offersSMTPUTF8(ehlo.lines if ehlo is not None else None)
+        if not (utf8 or sender.isascii()):
+            return quit(Outcome.FAILURE, notOffered(host), None)
+        proto.send(mailFrom(sender, recipients, utf8))
         r = await proto.reply()
         if r.code >= 400:
             return quit(byCode(r.code), b"Connected to %s but sender was rejected.\n" % host, r)
         accepted = []
         for i, rcpt in enumerate(recipients):
-            proto.send(b"RCPT TO:<" + quoteLocal(rcpt) + b">")
+            if not (utf8 or rcpt.isascii()):
+                results[i] = Report.failure(notOffered(host))
+                continue
+            proto.send(b"RCPT TO:<" + quoteAddress(rcpt, utf8) + b">")
             r = await proto.reply()
             if r.code >= 400:
                 results[i] = report(byCode(r.code),

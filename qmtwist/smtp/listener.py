@@ -15,6 +15,7 @@ from twisted.application.service import IService
 from twisted.internet.protocol import ServerFactory
 from twisted.logger import Logger
 
+from qmtwist.local.exists import MailboxCheck
 from qmtwist.ptr import LookupHost
 from qmtwist.rcpthosts import MISSING_WARNING
 from qmtwist.smtp.server import SMTPServer
@@ -35,11 +36,14 @@ class SMTPFactory(ServerFactory):
         self.ctx = ctx
         self.certificate = ServerCertificate(os.path.join(ctx.home.control, "servercert.pem"),
                                              ctx.controls)
+        # the recipient check at RCPT (docs/behaviour/smtp-extensions.md 20.5)
+        self.mailboxes = MailboxCheck(ctx.home, ctx.controls, ctx.runInThread)
 
     def buildProtocol(self, addr: Any) -> SMTPServer:
         p = SMTPServer(self.ctx.injector, self.ctx.controls.current(), self.ctx.reactor,
                        self.certificate)
         p.factory = self
+        p.mailboxes = self.mailboxes
         return p
 
 

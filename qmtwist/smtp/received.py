@@ -13,6 +13,12 @@ _SAFE = frozenset(
 )
 
 
+#: the C{with} protocol by (SMTPUTF8, TLS)
+#: (SMTPUTF8, TLS) -> the "with" word; an authenticated session adds "A" (RFC 3848, RFC 6531)
+_PROTOCOLS = {(False, False): b"SMTP", (False, True): b"ESMTPS",
+              (True, False): b"UTF8SMTP", (True, True): b"UTF8SMTPS"}
+
+
 def safe(text: bytes) -> bytes:
     """Every byte other than letters, digits and C{.@%+/=:-[]} becomes C{?} (notqmail 1.08)."""
     return bytes(c if c in _SAFE else 0x3F for c in text)
@@ -27,6 +33,7 @@ def smtpReceived(
     tls: bool = False,
     remoteInfo: bytes | None = None,
     user: bytes | None = None,
+    utf8: bool = False,
 ) -> bytes:
     """
     C{Received: from RHOST (HELO ARG) (RIP)\\n  by LHOST with SMTP; DATE822\\n}.
@@ -38,6 +45,8 @@ def smtpReceived(
     @param user: the name the client authenticated as: a line C{  (authenticated as NAME)}
         before the C{by} line, and C{ESMTPA}/C{ESMTPSA} (RFC 3848; docs/behaviour/submission.md
         16.3).
+    @param utf8: the transaction said SMTPUTF8: C{UTF8SMTP}, C{UTF8SMTPS} under TLS (RFC 6531
+        section 3.7.3).
     """
     rhost = remoteHost if remoteHost else b"unknown"
     out = [b"Received: from ", safe(rhost)]
@@ -49,10 +58,9 @@ def smtpReceived(
     out += [safe(remoteIP), b")\n"]
     if user is not None:
         out += [b"  (authenticated as ", safe(user), b")\n"]
-    if user is None:
-        proto = b"ESMTPS" if tls else b"SMTP"
-    else:
-        proto = b"ESMTPSA" if tls else b"ESMTPA"
+    proto = _PROTOCOLS[utf8, tls]
+    if user is not None:
+        proto = b"ESMTPA" if proto == b"SMTP" else proto + b"A"
     out += [b"  by ", safe(localHost), b" with ", proto, b"; ", date822(when), b"\n"]
     return b"".join(out)
 
@@ -64,4 +72,5 @@ def sessionReceived(session: Any) -> bytes:
     return smtpReceived(
         env.get("TCPREMOTEHOST"), session.helo, env.get("TCPREMOTEIP", b"unknown"),
         env.get("TCPLOCALHOST") or env.get("TCPLOCALIP") or b"unknown",
-        session.clock.seconds(), session.tls, env.get("TCPREMOTEINFO"), session.policy.user)
+        session.clock.seconds(), session.tls, env.get("TCPREMOTEINFO"), session.policy.user,
+        utf8=getattr(session, "utf8", False))

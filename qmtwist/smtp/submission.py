@@ -30,14 +30,14 @@ from twisted.internet.defer import Deferred, fail
 from twisted.internet.task import deferLater
 from twisted.logger import Logger
 
-from qmtwist.policy import Refusal
 from qmtwist.ptr import LookupHost
 from qmtwist.ratelimit import FailureLimiter, addressKey
 from qmtwist.smtp import authreplies as A
 from qmtwist.smtp.auth import Cancelled, Credentials, Exchange, Malformed, UnknownMechanism
 from qmtwist.smtp.auth import login, makePortal
 from qmtwist.smtp.listener import SMTPFactory
-from qmtwist.smtp.parse import parseAddress, sizeParameter
+from qmtwist.smtp.extensions import mailParameters, screen
+from qmtwist.smtp.parse import parseAddress
 from qmtwist.smtp.senders import SenderCheck
 from qmtwist.smtp.server import SMTPServer
 from qmtwist.smtp.sessionlog import logAuth
@@ -200,8 +200,9 @@ class SubmissionServer(SMTPServer):
             self._reply(A.R_WANTAUTH)
             return None
         addr = parseAddress(arg, self._localIPs, self.control.localiphost)
-        if isinstance(self.policy.sender(addr, sizeParameter(arg)), Refusal):
-            super().smtp_MAIL(arg)  # its own reply (555, 552)
+        params = mailParameters(arg)
+        if isinstance(screen(self.policy.sender(addr, params.size), addr, params.smtputf8), bytes):
+            super().smtp_MAIL(arg)  # its own reply (555, 552, 553 5.6.7)
             return None
         control = self.control
         d = self.authority.runInThread(lambda: self.authority.senders.owns(control, user, addr))

@@ -330,12 +330,12 @@ async def test_faq54_relayClientGoesRemote(qm) -> None:
             assert s.mail("joe@example.org")[0] == 250
             code, text = s.rcpt("x@anywhere.example")
             assert (code, text) == (
-                553, b"sorry, that domain isn't in my list of allowed rcpthosts (#5.7.1)")
+                553, b"5.7.1 sorry, that domain isn't in my list of allowed rcpthosts (#5.7.1)")
         write(rules, b'1.2.3.6:allow,RELAYCLIENT=""\n127.:allow,RELAYCLIENT=""\n')
         with smtplib.SMTP("127.0.0.1", port, timeout=10) as s:
             assert s.ehlo()[0] == 250
             assert s.mail("joe@example.org")[0] == 250
-            assert s.rcpt("x@anywhere.example") == (250, b"ok")
+            assert s.rcpt("x@anywhere.example") == (250, b"2.1.5 ok")
             code, _ = s.data(b"Subject: relay\r\n\r\nout\r\n")
             assert code == 250
         line = await logged(d, "to remote x@anywhere.example")

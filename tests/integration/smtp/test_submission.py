@@ -197,14 +197,14 @@ def test_refusals_and_their_log_lines(home, daemon, sink):
     want = [
         "submission: refused 127.0.0.1 538 5.7.11 AUTH PLAIN",
         "submission: refused 127.0.0.1 530 5.7.0 MAIL FROM:<alice@test.example>",
-        "submission: refused 127.0.0.1 503 RCPT TO:<friend@remote.example>",
+        "submission: refused 127.0.0.1 503 5.5.1 RCPT TO:<friend@remote.example>",
         "submission: auth failed alice from 127.0.0.1 (PLAIN): authorization identity bob refused",
         "submission: refused 127.0.0.1 535 5.7.8 AUTH PLAIN",
         "submission: auth ok alice from 127.0.0.1 (PLAIN)",
         "submission: refused 127.0.0.1 553 5.7.1 MAIL FROM:<bob@test.example>",
         "submission: auth failed alice from 127.0.0.1 (PLAIN): no such user or bad password",
         "submission: refused 127.0.0.1 421 4.7.0 AUTH PLAIN",
-        "smtp: refused 127.0.0.1 553 RCPT TO:<x@remote.example>",
+        "smtp: refused 127.0.0.1 553 5.7.1 RCPT TO:<x@remote.example>",
     ]
     lines = daemon.waitFor(
         lambda: (lambda ls: ls if all(w in ls for w in want) else None)(daemon.lines()),

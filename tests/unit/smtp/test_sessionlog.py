@@ -25,13 +25,13 @@ def test_each_refused_command_is_logged_on_the_smtp_listener(logEvents):
                        b"AUTH PLAIN AGFsaWNlAHNlY3JldA==\r\n")
     lines = [formatEvent(e) for e in logEvents if "refused" in e.get("log_format", "")]
     assert lines == [
-        "smtp: refused 127.0.0.1 503 RCPT TO:<a@test.example>",
-        "smtp: refused 127.0.0.1 553 RCPT TO:<x@elsewhere.example>",
-        "smtp: refused 127.0.0.1 502 AUTH PLAIN",
+        "smtp: refused 127.0.0.1 503 5.5.1 RCPT TO:<a@test.example>",
+        "smtp: refused 127.0.0.1 553 5.7.1 RCPT TO:<x@elsewhere.example>",
+        "smtp: refused 127.0.0.1 502 5.5.1 AUTH PLAIN",
     ]
     clock.advance(proto.control.timeoutsmtpd + 1)
     assert [formatEvent(e) for e in logEvents if "refused" in e.get("log_format", "")][-1] == (
-        "smtp: refused 127.0.0.1 451 (timeout)")
+        "smtp: refused 127.0.0.1 451 4.4.2 (timeout)")
 
 
 def _selfSigned(cn: str):

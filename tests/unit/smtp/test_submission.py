@@ -82,7 +82,7 @@ def test_plain_success_relays_and_names_the_user(home, logEvents):
     assert said(t) == b"503 5.5.1 you are already authenticated (#5.5.1)\r\n"
     proto.dataReceived(b"MAIL FROM:<alice-lists@test.example>\r\nRCPT TO:<x@elsewhere.example>\r\n"
                        b"DATA\r\nSubject: hi\r\n\r\nbody\r\n.\r\n")
-    assert said(t) == b"250 ok\r\n250 ok\r\n354 go ahead\r\n250 ok 1700000000 qp 100\r\n"
+    assert said(t) == b"250 2.1.0 ok\r\n250 2.1.5 ok\r\n354 go ahead\r\n250 2.0.0 ok 1700000000 qp 100\r\n"
     [w] = inj.writers
     assert w.committed == (b"alice-lists@test.example", [b"x@elsewhere.example"])
     assert w.data.split(b"\n")[:3] == [
@@ -119,7 +119,7 @@ def test_failure_answered_after_the_delay_and_the_third_ends_the_session(home, l
         clock.advance(AUTH_DELAY - 0.01)
         assert said(t) == b""
         clock.advance(0.01)
-        assert said(t) == b"535 5.7.8 authentication failed (#5.7.8)\r\n250 ok\r\n"
+        assert said(t) == b"535 5.7.8 authentication failed (#5.7.8)\r\n250 2.0.0 ok\r\n"
     proto.dataReceived(b"AUTH LOGIN " + b64(b"alice") + b"\r\n")
     assert said(t) == b"334 UGFzc3dvcmQ6\r\n"
     proto.dataReceived(b64(b"nope") + b"\r\n")
@@ -182,10 +182,10 @@ def test_sender_must_be_the_users(home):
     for sender, reply in [(b"bob@test.example", refused), (b"bob-x@test.example", refused),
                           (b"postmaster@test.example", refused), (b"x@bob.example", refused),
                           (b"alice@far.example", refused),
-                          (b"ALICE@test.example", b"250 ok\r\n"),
-                          (b"alice-ext@localhost", b"250 ok\r\n"),
-                          (b"alice@elsewhere.example", b"250 ok\r\n"),
-                          (b"anyone@Alice.Example", b"250 ok\r\n"), (b"", b"250 ok\r\n")]:
+                          (b"ALICE@test.example", b"250 2.1.0 ok\r\n"),
+                          (b"alice-ext@localhost", b"250 2.1.0 ok\r\n"),
+                          (b"alice@elsewhere.example", b"250 2.1.0 ok\r\n"),
+                          (b"anyone@Alice.Example", b"250 2.1.0 ok\r\n"), (b"", b"250 2.1.0 ok\r\n")]:
         proto.dataReceived(b"MAIL FROM:<" + sender + b">\r\n")
         assert said(t) == reply, sender
 
@@ -194,5 +194,5 @@ def test_no_relay_without_auth(home):
     proto, t, inj, _ = session(home)
     proto.dataReceived(b"MAIL FROM:<a@b.example>\r\nRCPT TO:<x@elsewhere.example>\r\nDATA\r\n")
     assert said(t) == (b"530 5.7.0 authentication required (#5.7.0)\r\n"
-                       b"503 MAIL first (#5.5.1)\r\n503 MAIL first (#5.5.1)\r\n")
+                       b"503 5.5.1 MAIL first (#5.5.1)\r\n503 5.5.1 MAIL first (#5.5.1)\r\n")
     assert inj.writers == []
