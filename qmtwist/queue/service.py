@@ -301,8 +301,8 @@ class QueueService(service.Service):
         if report.outcome is Outcome.DEFERRAL and ch.lastPass:
             report = Report(Outcome.FAILURE, report.text + TOO_LONG)
         log.info(
-            "delivery {delivery}: {outcome}: {text}",
-            delivery=number, outcome=report.outcome.value, text=logSafe(report.text))
+            "delivery {delivery}: msg {id}: {outcome}: {text}",
+            delivery=number, id=m.id, outcome=report.outcome.value, text=logSafe(report.text))
         self._status()
         if report.outcome is Outcome.DEFERRAL:
             ch.deferred = True
