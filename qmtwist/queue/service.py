@@ -217,9 +217,9 @@ class QueueService(service.Service):
         self._pump()
 
     def alrm(self) -> None:
-        """SIGALRM: every pending pass, local and remote, is due now (FAQ 7.2)."""
+        """SIGALRM: every pending pass, local and remote, is due now (FAQ 7.2); not if held."""
         now = self.clock.seconds()
-        for m in self.messages.values():
+        for m in (m for m in self.messages.values() if m.id not in self.held):
             for ch in m.channels.values():
                 if not ch.inPass:
                     ch.scheduled = now
