@@ -211,3 +211,65 @@ def test_json_log_lines(tmp_path, deferring):
     r = cli(home, "ctl", "why", str(n))
     assert r.returncode == 0, r.stderr
     assert [x.split("] ", 1)[1] for x in r.stdout.decode().splitlines()][0] == f"new msg {n}"
+
+
+# -- mailq for an unprivileged account -------------------------------------------------------
+
+from tests.integration.tools.conftest import ROOT  # noqa: E402
+from tests.integration.tools.test_unprivileged import PYTHON, USER, world  # noqa: E402,F401
+
+
+def queueGroup() -> int:
+    """The gid of group qmtwistq, made with groupadd when missing (as useradd makes accounts)."""
+    try:
+        return grp.getgrnam("qmtwistq").gr_gid
+    except KeyError:
+        subprocess.run(["groupadd", "--system", "qmtwistq"], check=True)
+        return grp.getgrnam("qmtwistq").gr_gid
+
+
+def asUser(pw, groups: list[int], deps: str, *argv: str) -> subprocess.CompletedProcess[bytes]:
+    ids = ["--groups=" + ",".join(map(str, groups))] if groups else ["--clear-groups"]
+    return subprocess.run(
+        ["setpriv", f"--reuid={pw.pw_uid}", f"--regid={pw.pw_gid}", *ids, PYTHON, *argv],
+        capture_output=True, env={"PATH": "/usr/bin:/bin", "PYTHONPATH": f"{ROOT}:{deps}",
+                                  "USER": USER}, timeout=60)
+
+
+def test_mailq_for_a_user_in_group_qmtwistq_through_the_socket(world):  # noqa: F811
+    home, pw, deps = world
+    gid = queueGroup()
+    top = os.path.dirname(home.path)
+    with open(os.path.join(home.control, "smtproutes"), "w") as f:
+        f.write(f"remote.example:127.0.0.1:{freePort()}\n")
+    d = Daemon(top, ["--home", home.path, *NO_LISTENERS], os.path.join(top, "twistd.log"))
+    d.start()
+    try:
+        d.waitLine("status: local 0/10 remote 0/20")
+        inject(home, "far@remote.example", "stuck")
+        d.waitLine(f"deferral: {REFUSED}")
+        [n] = newMessages(d)
+        sock = os.stat(os.path.join(home.run, "qmtwist-ctl.sock"))
+        assert (sock.st_mode & 0o777, sock.st_gid) == (0o660, gid)
+
+        mailq = os.path.join(home.bin, "mailq")
+        r = asUser(pw, [gid], deps, mailq)
+        assert (r.returncode, r.stderr) == (0, b"")
+        lines = r.stdout.decode().splitlines()
+        assert re.fullmatch(rf".* GMT  #{n}  \d+  <joe@{ME}> ", lines[0])
+        assert lines[1:3] == ["\tremote\tfar@remote.example",
+                              "\t\tlast deferral: " + REASON.rstrip("\n")]
+        assert re.fullmatch(r"\t\tnext attempt: \d+ \w+ \d{4} \d\d:\d\d:\d\d GMT", lines[3])
+
+        # outside the group: neither the queue nor the socket
+        r = asUser(pw, [], deps, mailq)
+        assert r.returncode == 111
+        assert b"Permission denied" in r.stderr and b"permission denied" in r.stderr
+        # in the group, but changes are for root and the daemon's user
+        r = asUser(pw, [gid], deps, "-m", "qmtwist.cli", "--home", home.path, "ctl", "hold",
+                   str(n))
+        assert (r.returncode, r.stderr) == (1, b"qmtwist ctl: hold: permission denied (root or "
+                                               b"the daemon's user only)\n")
+        assert queueJson(home)[n]["held"] is False
+    finally:
+        assert d.stop() == 0
