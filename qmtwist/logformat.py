@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import os
 import re
+import signal
 import sys
 from typing import Any, TextIO
 
@@ -22,6 +23,7 @@ from twisted.logger import (
     FilteringLogObserver,
     ILogFilterPredicate,
     ILogObserver,
+    LegacyLogObserverWrapper,
     PredicateResult,
     formatEvent,
     jsonFileLogObserver,
@@ -64,6 +66,12 @@ def jsonLines(outFile: TextIO) -> ILogObserver:
     return observe
 
 
+def _reactor() -> Any:
+    from twisted.internet import reactor
+
+    return reactor
+
+
 def logFileName(config: Any) -> str | None:
     """The file twistd logs to for its options C{config}, or None for stdout or syslog."""
     name = config.get("logfile") or ""
@@ -74,14 +82,21 @@ def logFileName(config: Any) -> str | None:
 
 def daemonObserver(config: Any, fmt: str = "text", noise: bool = False) -> ILogObserver:
     """The observer for twistd's options C{config}: text or JSON, noise filtered unless asked."""
-    observer: ILogObserver
+    observer: Any
     if fmt == "json":
         name = logFileName(config)
-        observer = jsonLines(sys.stdout if name is None else LogFile.fromFullPath(name))
+        if name is None:
+            observer = jsonLines(sys.stdout)
+        else:
+            logFile = LogFile.fromFullPath(name)  # twistd's rotation: at 1 MB, and on SIGUSR1
+            signal.signal(signal.SIGUSR1, lambda *a: _reactor().callFromThread(logFile.rotate))
+            observer = jsonLines(logFile)
     else:
         from twisted.scripts._twistd_unix import UnixAppLogger
 
         observer = UnixAppLogger(config)._getLogObserver()
+        if not ILogObserver.providedBy(observer):
+            observer = LegacyLogObserverWrapper(observer)  # --syslog's observer
     if noise:
         return observer
     return FilteringLogObserver(observer, [_dropNoise])  # type: ignore[list-item]

@@ -112,3 +112,15 @@ def test_json_lines_carry_qmails_text_and_read_back():
     assert event["delivery"] == 3
     [told] = matching(io.StringIO(out.getvalue()), 77)
     assert told.endswith(" [qmail-send] delivery 3: msg 77: deferral: later/")
+
+
+def test_daemonObserver_wraps_twistds_own_observers():
+    from twisted.logger import ILogObserver
+
+    from qmtwist.logformat import daemonObserver
+
+    syslog = {"syslog": True, "prefix": "qmtwist", "logfile": None, "nodaemon": True}
+    stdout = {"syslog": False, "prefix": "qmtwist", "logfile": None, "nodaemon": True}
+    for config in (syslog, stdout):
+        for noise in (False, True):
+            assert ILogObserver.providedBy(daemonObserver(config, "text", noise))
