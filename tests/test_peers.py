@@ -26,6 +26,7 @@ PROGRAMS = {
     "smtp-sink": "postfix",
     "setpriv": "util-linux",
     "useradd": "passwd",
+    "groupadd": "passwd",  # group qmtwistq of the mailq test (docs/behaviour/queue-control.md)
     "ip": "iproute2",  # adds interface addresses for the remote self-check test
 }
 

@@ -110,7 +110,11 @@ class ControlProtocol(LineOnlyReceiver):
     def _send(self, answer: dict[str, Any]) -> None:
         if self.transport is None:
             return
-        self.transport.write(json.dumps(answer).encode() + b"\n")
+        try:
+            line = json.dumps(answer)
+        except (TypeError, ValueError) as e:  # e.g. a figure that is not a number
+            line = json.dumps(_answer(False, errors=[f"internal error: {e}"]))
+        self.transport.write(line.encode() + b"\n")
         self.transport.loseConnection()
 
 

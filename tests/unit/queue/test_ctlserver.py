@@ -9,12 +9,17 @@ from __future__ import annotations
 import json
 import os
 import struct
+import subprocess
+import sys
 
+import pytest_twisted
 from twisted.internet.testing import StringTransport
+
+from qmtwist.ctlclient import controlSocket
 
 from qmtwist.delivery import Report
 from qmtwist.queue.admin import QueueAdmin
-from qmtwist.queue.ctlserver import ControlFactory
+from qmtwist.queue.ctlserver import ControlFactory, ControlService, queueGroup
 from qmtwist.queue.marks import readNote
 from tests.conftest import logLines
 from tests.unit.queue.test_service import later, makeHarness, ok
@@ -192,3 +197,43 @@ def test_stats_from_the_metrics_callable_or_no_metrics(home):
     assert ask(h, {"op": "stats"}) == {"ok": False, "errors": ["no metrics"]}
     assert ask(h, {"op": "stats"}, stats=lambda: {"qmtwist_queue_messages": 1}) == {
         "ok": True, "stats": {"qmtwist_queue_messages": 1}}
+
+
+def test_stats_that_cannot_be_written_as_json_get_an_error_answer(home):
+    h, _ = deferredMessage(home)
+    answer = ask(h, {"op": "stats"}, stats=lambda: {"bad": object()})
+    assert answer["ok"] is False and answer["errors"][0].startswith("internal error: ")
+
+
+@pytest_twisted.ensureDeferred
+async def test_ctl_stats_command_through_a_listening_control_service(home):
+    """The ControlService's socket (mode, group) and qmtwist ctl stats's two formats."""
+    from twisted.internet import reactor
+    from twisted.internet.threads import deferToThread
+
+    h, _ = deferredMessage(home)
+    figures = {"qmtwist_queue_messages": 1, "qmtwist_smtp_sessions_total": 7}
+    svc = ControlService(reactor, controlSocket(home),
+                         ControlFactory(QueueAdmin(h.service), lambda: figures))
+    svc.startService()
+    try:
+        st = os.stat(controlSocket(home))
+        gid = queueGroup()
+        assert (st.st_mode & 0o777, st.st_gid if gid is not None else None) == (
+            (0o660, gid) if gid is not None else (0o600, None))
+
+        def run(*args: str) -> subprocess.CompletedProcess:
+            return subprocess.run([sys.executable, "-m", "qmtwist.cli", "--home", home.path,
+                                   "ctl", *args], capture_output=True, timeout=60)
+
+        r = await deferToThread(run, "stats")
+        assert (r.returncode, r.stdout, r.stderr) == (
+            0, b"qmtwist_queue_messages 1\nqmtwist_smtp_sessions_total 7\n", b"")
+        r = await deferToThread(run, "stats", "--json")
+        assert (r.returncode, json.loads(r.stdout)) == (0, figures)
+    finally:
+        await svc.stopService()
+    r = subprocess.run([sys.executable, "-m", "qmtwist.cli", "--home", home.path, "ctl",
+                        "queue"], capture_output=True, timeout=60)
+    assert (r.returncode, r.stderr) == (
+        111, f"qmtwist ctl: fatal: not running (no {controlSocket(home)})\n".encode())
