@@ -124,3 +124,8 @@ def test_daemonObserver_wraps_twistds_own_observers():
     for config in (syslog, stdout):
         for noise in (False, True):
             assert ILogObserver.providedBy(daemonObserver(config, "text", noise))
+
+
+def test_story_from_standard_input():
+    assert [x.split("] ")[1] for x in story([], 77, io.StringIO(LOG))] == [
+        "new msg 77", "hold msg 77"]
