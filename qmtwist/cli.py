@@ -21,6 +21,11 @@ subcommands:
   setup [--me NAME]            create or complete the home directory
   user add|del|list            manage virtual users
   ctl hup|alrm|term            signal the running daemon
+  ctl queue [--json]           list the queue of the running daemon
+  ctl hold|release|delete|retry ID...
+                               hold, release, delete (no bounce) or deliver now messages
+  ctl stats [--json]           the running daemon's figures
+  ctl why ID [--log FILE|-]    the story of a message in the daemon's log
   inject, queue, sendmail, qstat, qread, showctl and every qmail program name in HOME/bin
 """
 
@@ -56,6 +61,11 @@ _SIGNALS = {"hup": signal.SIGHUP, "alrm": signal.SIGALRM, "term": signal.SIGTERM
 
 
 def _ctl(home: Home, argv: list[str]) -> int:
+    from qmtwist.ctlcommand import COMMANDS, ctlCommand
+
+    homeOpt, words = _popHome(argv)
+    if words and words[0] in COMMANDS:
+        return ctlCommand(chooseHome(homeOpt) if homeOpt else home, words)
     p = argparse.ArgumentParser(prog="qmtwist ctl")
     p.add_argument("--home")
     p.add_argument("signal", choices=sorted(_SIGNALS))

@@ -28,10 +28,15 @@ from qmtwist.home import Home, chooseHome, setup
 from qmtwist.interfaces import IDeliveryAgent
 from qmtwist.listeners import SUBMISSION, ListenerOptions, endpoints, settings
 from qmtwist.local.agent import LocalAgent, interpreterReachable
+from qmtwist.logformat import forTwistd
+from qmtwist.logstory import logPointer
 from qmtwist.pop3.listener import makePOP3Service
 from qmtwist.ptr import makeHostLookup
 from qmtwist.qmtp.listener import makeQMTPService
+from qmtwist.ctlclient import controlSocket
+from qmtwist.queue.admin import QueueAdmin
 from qmtwist.queue.commit import Injector
+from qmtwist.queue.ctlserver import ControlFactory, ControlService
 from qmtwist.queue.service import QueueService
 from qmtwist.queue.socketserver import QueueSocketFactory, prepareSocketPath
 from qmtwist.queue.store import pokeTrigger
@@ -50,7 +55,8 @@ class Options(ListenerOptions, usage.Options):
 
     synopsis = "[options]"
     longdesc = "The qmail mail system: SMTP, QMTP and POP3 listeners and the queue service."
-    optFlags = [["no-queue", None, "run listeners only (another process runs the queue)"]]
+    optFlags = [["no-queue", None, "run listeners only (another process runs the queue)"],
+                ["log-noise", None, "keep Twisted's per-port 'starting on' and factory lines"]]
     optParameters = [
         ["home", None, None, "the home directory (default: $QMTWIST_HOME or ./qmtwist-home)"],
         ["smtp-concurrency", None, 40, "most simultaneous SMTP sessions", int],
@@ -60,6 +66,7 @@ class Options(ListenerOptions, usage.Options):
         ["qmtp-per-ip", None, 10, "most QMTP sessions of one client address (0: no limit)", int],
         ["pop3-per-ip", None, 10, "most POP3 sessions of one client address (0: no limit)", int],
         ["checkpassword", None, None, "POP3 checkpassword program (default: built-in)"],
+        ["log-format", None, "text", "log lines as text (twistd's) or json (one object a line)"],
     ]
 
     def __init__(self) -> None:
@@ -73,6 +80,10 @@ class Options(ListenerOptions, usage.Options):
         if not host or not port.isdigit():
             raise usage.UsageError(f"--dns wants HOST:PORT, not {value!r}")
         self["dns"].append((host.strip("[]"), int(port)))
+
+    def postOptions(self) -> None:
+        if self["log-format"] not in ("text", "json"):
+            raise usage.UsageError(f"--log-format wants text or json, not {self['log-format']!r}")
 
 
 class SignalService(service.Service):
@@ -232,6 +243,9 @@ def buildServices(options: dict[str, Any], reactor: Any = None) -> Built:
         prepareSocketPath(home.queueSocket)
         sock = strports.service(f"unix:{home.queueSocket}:mode=666", QueueSocketFactory(injector))
         sock.setServiceParent(top)
+        # qmtwist ctl queue/hold/...: stats= the metrics object's stats when there is one
+        ControlService(reactor, controlSocket(home), ControlFactory(QueueAdmin(queue), stats=None)
+                       ).setServiceParent(top)
         if os.getuid() == 0 and not interpreterReachable(sys.executable):
             log.warn("warning: {python} is not reachable by other users: HOME/bin programs in "
                      ".qmail pipes (preline, forward, qmail-inject) will fail when run as the "
@@ -309,4 +323,5 @@ def listenerAddresses(options: dict[str, Any],
 
 def makeService(options: Options) -> service.IService:
     """twistd's entry point (see twisted/plugins/qmtwist_plugin.py)."""
-    return buildServices(options).top
+    built = buildServices(options)
+    return forTwistd(built.top, options, logPointer(built.context.home))

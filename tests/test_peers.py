@@ -27,6 +27,7 @@ PROGRAMS = {
     "postfix": "postfix",  # a private instance for the SMTPUTF8 peer tests (tests/integration/postfix.py)
     "setpriv": "util-linux",
     "useradd": "passwd",
+    "groupadd": "passwd",  # group qmtwistq of the mailq test (docs/behaviour/queue-control.md)
     "ip": "iproute2",  # adds interface addresses for the remote self-check test
 }
 

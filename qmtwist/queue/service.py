@@ -28,7 +28,7 @@ from qmtwist.context import ControlCache, RunInThread
 from qmtwist.delivery import Outcome, Report
 from qmtwist.interfaces import IDeliveryAgent, IInjector
 from qmtwist.queue import bounce as qbounce
-from qmtwist.queue import clean
+from qmtwist.queue import clean, marks
 from qmtwist.queue.dispatch import Dispatcher
 from qmtwist.queue.envelope import ChannelEntry
 from qmtwist.queue.finish import FileOps, finishMessage
@@ -46,10 +46,7 @@ TODO_SCAN_INTERVAL = 25 * 60
 
 
 class QueueService(service.Service):
-    """
-    qmail-send. Construct with the queue, controls, clock, a thread hop, the agents by channel
-    name and the injector used for bounces.
-    """
+    """qmail-send: the queue, controls, clock, a thread hop, agents by channel, the injector."""
 
     name = "qmail-send"  # type: ignore[assignment]  # Service declares name = None
 
@@ -73,6 +70,7 @@ class QueueService(service.Service):
         self.ops = FileOps(runInThread)
         self.runInThread = runInThread
         self.messages: dict[int, Message] = {}
+        self.held: set[int] = set()  # no pass starts for these (qmtwist.queue.admin)
         self.shutdown = Shutdown(self._idle)
         self.intake = Intake(layout, controls, clock, runInThread, self.syncer,
                              self._adopt, self.shutdown.check)
@@ -131,6 +129,7 @@ class QueueService(service.Service):
     def _recovered(self, scan: clean.Scan) -> None:
         for line in scan.problems:
             log.warn("{line}", line=line)
+        self.held |= scan.held
         if self._stopping:
             self.started.callback(None)
             return
@@ -224,9 +223,9 @@ class QueueService(service.Service):
         return self.controls.reloadOffThread(self.runInThread).addCallback(reloaded)
 
     def alrm(self) -> None:
-        """SIGALRM: every pending pass, local and remote, is due now (FAQ 7.2)."""
+        """SIGALRM: every pending pass, local and remote, is due now (FAQ 7.2); not if held."""
         now = self.clock.seconds()
-        for m in self.messages.values():
+        for m in (m for m in self.messages.values() if m.id not in self.held):
             for ch in m.channels.values():
                 if not ch.inPass:
                     ch.scheduled = now
@@ -275,7 +274,7 @@ class QueueService(service.Service):
         for n, name in self.timers.popDue(now):
             m = self.messages.get(n)
             ch = m.channels.get(name) if m is not None else None
-            if m is None or ch is None or ch.inPass or ch.scheduled > now:
+            if m is None or ch is None or ch.inPass or ch.scheduled > now or n in self.held:
                 continue
             self._beginPass(m, ch, now)
         due = self.timers.nextDue()
@@ -307,11 +306,12 @@ class QueueService(service.Service):
         if report.outcome is Outcome.DEFERRAL and ch.lastPass:
             report = Report(Outcome.FAILURE, report.text + TOO_LONG)
         log.info(
-            "delivery {delivery}: {outcome}: {text}",
-            delivery=number, outcome=report.outcome.value, text=logSafe(report.text))
+            "delivery {delivery}: msg {id}: {outcome}: {text}",
+            delivery=number, id=m.id, outcome=report.outcome.value, text=logSafe(report.text))
         self._status()
+        ch.reasons.pop(e.position, None)
         if report.outcome is Outcome.DEFERRAL:
-            ch.deferred = True
+            ch.deferred, ch.reasons[e.position] = True, report.text
             self._entryFinished(m, ch, e, done=False)
         elif report.outcome is Outcome.FAILURE:
             para = qbounce.paragraph(unprefix(self.controls.snapshot, e.address), report.text)
@@ -364,6 +364,8 @@ class QueueService(service.Service):
         else:
             ch.scheduled = nextPass(m.birth, ch.passStart, ch.name)
             self.timers.push(ch.scheduled, m.id, ch.name)
+            self.ops.submit(partial(marks.writeNote, self.layout, m.id, marks.noteOf(m))
+                            ).addErrback(lambda f: None)  # mailq's cache (queue-control.md 4)
             self._armTimer()
         self.shutdown.check()
 

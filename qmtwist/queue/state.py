@@ -37,6 +37,8 @@ class Channel:
     lastPass: bool = False
     outstanding: int = 0
     deferred: bool = False
+    #: the last deferral text of each recipient position (queue-control.md 4)
+    reasons: dict[int, bytes] = field(factory=dict)
 
     def undone(self) -> list[ChannelEntry]:
         return [e for e in self.entries if e.position not in self.done]
