@@ -38,7 +38,7 @@ from qmtwist.errors import MailError, PermanentFailure
 from qmtwist.interfaces import IDeliveryAgent
 from qmtwist.remote import ipme, qmtpclient, routes, smtpclient
 from qmtwist.remote.concurrency import Limiter, descriptorWarning
-from qmtwist.remote.connection import ClientProtocol, Dialer
+from qmtwist.remote.connection import ClientProtocol, Dialer, NextAddress
 from qmtwist.remote.mx import DNS_TIMEOUT, NO_HOST, MailHost, MXResolver, makeResolver
 from qmtwist.remote.reports import NO_CONNECTION, STOPPING, UNREADABLE
 from qmtwist.remote.tcpto import TimeoutTable
@@ -344,9 +344,13 @@ class RemoteAgent:
             tls, tried = self.tlsPolicy.setting(
                 plan or Plan.fixed(host.name, TLSVERIFY if policy.required else OPPORTUNISTIC),
                 host, ip, allowTLS, opts)
-            return tried.annotate(await smtpclient.transact(
-                proto, ip, control.helohost, sender, recipients, messPath, tls,
-                self.ctx.runInThread))
+            try:
+                return tried.annotate(await smtpclient.transact(
+                    proto, ip, control.helohost, sender, recipients, messPath, tls,
+                    self.ctx.runInThread))
+            except NextAddress as e:  # a refused certificate: its report names the session too
+                e.reports = tried.annotate(e.reports)
+                raise
 
         def makeProto() -> ClientProtocol:
             return smtpclient.ReplyProtocol(self.reactor, control.timeoutremote)

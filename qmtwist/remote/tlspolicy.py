@@ -226,14 +226,15 @@ class OutboundTLS:
         if rule.kind == TLSVERIFY:
             attempt.verdict = f"certificate verified for {printable(host.name)} ({rule.kind})"
         elif rule.kind == DANE:
-            match, why = await self.runInThread(
+            match, failed = await self.runInThread(
                 partial(dane.check, rule.records, session.chain, host.name))
+            why = failed if match is None else None
             if match is not None:
                 usage = "EE" if match.usage == dane.DANE_EE else "TA"
                 attempt.verdict = f"DANE-{usage} TLSA {match} matched for {printable(host.name)}"
             else:
                 attempt.verdict = "DANE TLSA not matched"
-                refusal = daneRefusal(host.name, ip, why)
+                refusal = daneRefusal(host.name, ip, failed)
         else:
             try:
                 anchors = await self.anchors.current()
