@@ -114,7 +114,7 @@ class AnchorCache:
         now = (path, st.st_mtime_ns, st.st_size, st.st_ino)
         if now == stamp and anchors is not None:
             return stamp, anchors
-        name = "control/tlsca" if path.startswith(self.controlDir) else path
+        name = "control/tlsca" if path == os.path.join(self.controlDir, "tlsca") else path
         return now, loadAnchors(path, name)
 
     async def current(self) -> Anchors:
