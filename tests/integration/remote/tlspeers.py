@@ -106,7 +106,7 @@ class _Policy(resource.Resource):
             return b"not found\n"
         request.setResponseCode(self.owner.status)
         request.setHeader(b"content-type", self.owner.contentType)
-        return self.owner.body
+        return self.owner.bodies.get(request.getRequestHostname(), self.owner.body)
 
 
 @define(eq=False)
@@ -115,10 +115,12 @@ class PolicyServer:
     HTTPS on 127.0.0.x port 0 serving C{body} at C{/.well-known/mta-sts.txt}.
 
     @ivar requests: C{(host, path)} of every request, for assertions.
+    @ivar bodies: host name -> the policy served for it (else C{body}).
     """
 
     issued: Issued
     body: bytes = b""
+    bodies: dict[bytes, bytes] = field(factory=dict)
     status: int = 200
     contentType: bytes = b"text/plain"
     requests: list[tuple[bytes, bytes]] = field(factory=list)
