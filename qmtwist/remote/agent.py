@@ -113,7 +113,7 @@ class RemoteAgent:
         self.limiter = Limiter(max(1, ctx.controls.snapshot.concurrencyremote))
         self._inflight: set[defer.Deferred[Any]] = set()
         self._opportunistic: Any = None
-        # MTA-STS and DANE for mail by MX (docs/behaviour/tls-policy.md 12)
+        # MTA-STS and DANE for mail by MX (docs/behaviour/tls-policy.md 19)
         self.tlsPolicy = OutboundTLS.forAgent(ctx, self.resolver, self.mx, httpsPort=httpsPort,
                                               dnsTimeout=tuple(dnsTimeout))
 
@@ -340,7 +340,7 @@ class RemoteAgent:
                 if self._opportunistic is None:
                     self._opportunistic = tlsOptions.unverifiedClientOptions()
                 opts = self._opportunistic
-            # MTA-STS, DANE, the TLS log line and report line (docs/behaviour/tls-policy.md 12)
+            # MTA-STS, DANE, the TLS log line and report line (docs/behaviour/tls-policy.md 19)
             tls, tried = self.tlsPolicy.setting(
                 plan or Plan.fixed(host.name, TLSVERIFY if policy.required else OPPORTUNISTIC),
                 host, ip, allowTLS, opts)

@@ -1,6 +1,6 @@
 """
 Trust anchors and certificate checks for the outbound TLS policy (docs/behaviour/tls-policy.md
-12.4): MTA-STS's HTTPS fetch and its SMTP peers are verified against C{control/tlsca} when it
+19.4): MTA-STS's HTTPS fetch and its SMTP peers are verified against C{control/tlsca} when it
 exists, else against the system's CA bundle (OpenSSL's default file, which C{SSL_CERT_FILE}
 overrides, as for every OpenSSL program).
 

@@ -1,5 +1,5 @@
 """
-DANE for SMTP (RFC 7672; docs/behaviour/tls-policy.md 12.3): the TLSA records of
+DANE for SMTP (RFC 7672; docs/behaviour/tls-policy.md 19.3): the TLSA records of
 C{_25._tcp.MXHOST} and their match against the peer's certificate chain after STARTTLS.
 
 twisted.names has no TLSA type and does not report the AD bit, so the lookup is dnspython's,

@@ -1,6 +1,6 @@
 """
 MTA-STS (RFC 8461) for remote delivery: the C{_mta-sts} TXT record, the policy file and its MX
-patterns (docs/behaviour/tls-policy.md 12.2). Pure functions and records; the fetch is
+patterns (docs/behaviour/tls-policy.md 19.2). Pure functions and records; the fetch is
 L{qmtwist.remote.stsfetch}, the cache L{qmtwist.remote.stscache}.
 
 A policy is hostile input from the network: it is parsed strictly (RFC 8461 3.2), capped at

@@ -1,5 +1,5 @@
 """
-The MTA-STS policy cache (RFC 8461 5.1, 10.2; docs/behaviour/tls-policy.md 12.2), kept in
+The MTA-STS policy cache (RFC 8461 5.1, 10.2; docs/behaviour/tls-policy.md 19.2), kept in
 C{queue/lock/mtasts} so policies survive a restart: a policy seen once keeps protecting its
 domain for C{max_age} seconds, even when an attacker later hides the TXT record or the HTTPS
 server.

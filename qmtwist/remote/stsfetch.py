@@ -1,5 +1,5 @@
 """
-Finding a domain's MTA-STS policy (RFC 8461 3, 5.1; docs/behaviour/tls-policy.md 12.2): the TXT
+Finding a domain's MTA-STS policy (RFC 8461 3, 5.1; docs/behaviour/tls-policy.md 19.2): the TXT
 record C{_mta-sts.DOMAIN} on the daemon's C{--dns} resolver (twisted.names), the policy file
 over HTTPS with treq, and the cache of L{qmtwist.remote.stscache}.
 

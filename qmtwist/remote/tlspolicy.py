@@ -1,5 +1,5 @@
 """
-The outbound TLS policy of mail delivered by MX (docs/behaviour/tls-policy.md 12): per MX host,
+The outbound TLS policy of mail delivered by MX (docs/behaviour/tls-policy.md 19): per MX host,
 DANE (L{qmtwist.remote.dane}) first, then MTA-STS (L{qmtwist.remote.stsfetch}), else
 opportunistic STARTTLS; C{control/tlsverify} (docs/behaviour/remote.md 11.5), where it matches,
 decides instead, as before.

@@ -408,7 +408,7 @@ async def test_startTLSOpportunistic(home, tmp_path, loopbackDNS, ports) -> None
     [r] = await deliverAll(
         agent(home, loopbackDNS, mxPort=port), [request(message(tmp_path), b"a@tls.example")]
     )
-    # the report names the TLS session (docs/behaviour/tls-policy.md 12.5)
+    # the report names the TLS session (docs/behaviour/tls-policy.md 19.5)
     assert r.outcome is Outcome.SUCCESS
     assert re.fullmatch(rb"127\.0\.0\.2 accepted message\.\n" + re.escape(OK)
                         + rb"TLS: TLSv1\.[23] \S+, certificate not verified \(opportunistic\)\.\n",

@@ -1,5 +1,5 @@
 """
-The outbound TLS policy end to end on loopback (docs/behaviour/tls-policy.md 12): MTA-STS with
+The outbound TLS policy end to end on loopback (docs/behaviour/tls-policy.md 19): MTA-STS with
 the policy on a twisted.web HTTPS server and a private CA, DANE with TLSA records from the
 loopback DNS server (AD bit set for secure zones), TLS SMTP sinks with good, foreign and
 mismatching certificates, and L{RemoteAgent} driven with L{DeliveryRequest}s.

@@ -1,5 +1,5 @@
 """
-The outbound TLS policy in a real C{twistd qmtwist} child (docs/behaviour/tls-policy.md 12):
+The outbound TLS policy in a real C{twistd qmtwist} child (docs/behaviour/tls-policy.md 19):
 trust anchors from control/tlsca, DNS from --dns (the loopback server in this process), the
 policy cache in queue/lock/mtasts, the TLS log line and the report's TLS line in the log.
 """

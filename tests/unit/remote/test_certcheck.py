@@ -1,4 +1,4 @@
-"""Trust anchors and PKIX checks of the TLS policy (docs/behaviour/tls-policy.md 12.4)."""
+"""Trust anchors and PKIX checks of the TLS policy (docs/behaviour/tls-policy.md 19.4)."""
 
 from __future__ import annotations
 

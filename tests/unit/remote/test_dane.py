@@ -1,4 +1,4 @@
-"""DANE TLSA matching (RFC 7672 3.1; docs/behaviour/tls-policy.md 12.3) and the lookup's answer."""
+"""DANE TLSA matching (RFC 7672 3.1; docs/behaviour/tls-policy.md 19.3) and the lookup's answer."""
 
 from __future__ import annotations
 

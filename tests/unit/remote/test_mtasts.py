@@ -1,4 +1,4 @@
-"""MTA-STS records and policies (RFC 8461; docs/behaviour/tls-policy.md 12.2): pure functions."""
+"""MTA-STS records and policies (RFC 8461; docs/behaviour/tls-policy.md 19.2): pure functions."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""The MTA-STS policy cache (docs/behaviour/tls-policy.md 12.2): expiry on a Clock, the file."""
+"""The MTA-STS policy cache (docs/behaviour/tls-policy.md 19.2): expiry on a Clock, the file."""
 
 from __future__ import annotations
 
