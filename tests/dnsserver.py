@@ -215,7 +215,9 @@ def main(argv: list[str] | None = None) -> None:
     Run a L{LoopbackDNS} as a child process, for tests whose parent blocks (twistd children):
 
         python -m tests.dnsserver --mx movie.edu=10:mailhost.movie.edu \\
-            --a mailhost.movie.edu=127.0.0.2 --cname www.movie.edu=movie.edu
+            --a mailhost.movie.edu=127.0.0.2 --cname www.movie.edu=movie.edu \\
+            --txt _mta-sts.movie.edu='v=STSv1; id=1' --tlsa _25._tcp.mailhost.movie.edu=3:1:1:HEX \\
+            --secure movie.edu
 
     Prints the port on one line once listening (UDP and TCP on 127.0.0.1), then serves until
     killed.
@@ -226,7 +228,7 @@ def main(argv: list[str] | None = None) -> None:
     from twisted.internet import reactor
 
     ap = argparse.ArgumentParser()
-    for kind in ("mx", "a", "aaaa", "cname", "silence"):
+    for kind in ("mx", "a", "aaaa", "cname", "silence", "txt", "tlsa", "secure"):
         ap.add_argument(f"--{kind}", action="append", default=[])
     args = ap.parse_args(argv)
     server = LoopbackDNS(reactor)
@@ -245,6 +247,15 @@ def main(argv: list[str] | None = None) -> None:
         server.cname(name.encode(), value.encode())
     for zone in args.silence:
         server.silence(zone.encode())
+    for spec in args.txt:
+        name, _, value = spec.partition("=")
+        server.txt(name.encode(), value.encode())
+    for spec in args.tlsa:
+        name, _, value = spec.partition("=")
+        usage, selector, matching, data = value.split(":")
+        server.tlsa(name.encode(), int(usage), int(selector), int(matching), bytes.fromhex(data))
+    for zone in args.secure:
+        server.secure(zone.encode())
     server.start()
     sys.stdout.write(f"{server.port}\n")
     sys.stdout.flush()

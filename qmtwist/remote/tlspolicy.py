@@ -19,7 +19,7 @@ import os
 from functools import partial
 from typing import Any
 
-from attrs import define, field, frozen
+from attrs import define, frozen
 from twisted.internet import defer
 from twisted.logger import Logger
 
@@ -140,7 +140,6 @@ class OutboundTLS:
     finder: PolicyFinder
     tlsa: dane.TLSAResolver
     anchors: certcheck.AnchorCache
-    _pending: list[Any] = field(factory=list)
 
     @classmethod
     def forAgent(cls, ctx: Any, resolver: Any, mx: MXResolver, *, httpsPort: int = 443,
