@@ -23,6 +23,7 @@ from attrs import frozen
 from twisted.internet import defer
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 
 from qmtwist.remote.mtasts import ENFORCE, NONE, TESTING, Policy
 
@@ -158,10 +159,9 @@ class PolicyCache:
         self._writing = d
 
         def done(result: Any) -> None:
-            if isinstance(result, Exception) or hasattr(result, "getErrorMessage"):
+            if isinstance(result, Failure):
                 _log.warn("warning: unable to write {path}: {why}", path=self.path,
-                          why=result.getErrorMessage() if hasattr(result, "getErrorMessage")
-                          else str(result))
+                          why=result.getErrorMessage())
             self._writing = None
             if self._dirty:
                 self._writeBehind()
