@@ -117,7 +117,7 @@ def test_daemon_bounces_5_6_7_to_the_sender(tmp_path, monkeypatch) -> None:
         inj = subprocess.run(cli + ["inject", "-f", "joe@sender.example", "tést@remote.example"],
                              input="Subject: ünï\n\nhi\n".encode(), capture_output=True, cwd=REPO)
         assert inj.returncode == 0, inj.stderr
-        d.waitLine("delivery 1: failure: Connected_to_127.0.0.1_but_it_does_not_offer_SMTPUTF8,"
+        d.waitLine(": failure: Connected_to_127.0.0.1_but_it_does_not_offer_SMTPUTF8,"
                    "_needed_for_a_UTF-8_address._(#5.6.7)/")
         new = os.path.join(home.homes, "joe", "Maildir", "new")
         [bounce] = waitFor(lambda: os.listdir(new), "the bounce in joe's Maildir")
