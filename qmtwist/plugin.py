@@ -27,6 +27,8 @@ from qmtwist.errors import ControlError
 from qmtwist.home import Home, chooseHome, setup
 from qmtwist.interfaces import IDeliveryAgent
 from qmtwist.local.agent import LocalAgent, interpreterReachable
+from qmtwist.metrics import Metrics
+from qmtwist.metricsweb import makeMetricsService, observe
 from qmtwist.pop3.listener import makePOP3Service
 from qmtwist.ptr import makeHostLookup
 from qmtwist.qmtp.listener import makeQMTPService
@@ -64,6 +66,7 @@ class Options(usage.Options):
         ["qmtp-per-ip", None, 10, "most QMTP sessions of one client address (0: no limit)", int],
         ["pop3-per-ip", None, 10, "most POP3 sessions of one client address (0: no limit)", int],
         ["checkpassword", None, None, "POP3 checkpassword program (default: built-in)"],
+        ["metrics", None, "none", "Prometheus /metrics endpoint (e.g. tcp:9125:interface=127.0.0.1)"],
     ]
 
     def __init__(self) -> None:
@@ -172,6 +175,7 @@ class Built:
     top: service.MultiService
     context: Context
     queue: QueueService | None
+    metrics: Metrics | None = None  # its stats() is what ctl stats shows
 
 
 def fatal(line: str) -> None:
@@ -250,6 +254,7 @@ def buildServices(options: dict[str, Any], reactor: Any = None) -> Built:
                 reload()
         SignalService(reactor, home, hupListeners, lambda: None).setServiceParent(top)
 
+    served: list[Any] = []  # every listener, for the metrics
     makers: tuple[tuple[str, Callable[..., Any]], ...] = (
         ("smtp", makeSMTPService), ("qmtp", makeQMTPService), ("pop3", makePOP3Service))
     for name, make in makers:
@@ -270,7 +275,12 @@ def buildServices(options: dict[str, Any], reactor: Any = None) -> Built:
             # docs/behaviour/smtp.md 7.5's warning, again on every SIGHUP
             ctx.reloaders.append(partial(warnIfNoRcpthosts, ctx))
         svc.setServiceParent(top)
-    return Built(top, ctx, queue)
+        served.append(svc)
+    metrics = Metrics(reactor)
+    observe(metrics, reactor, injector, queue, served)
+    if (options.get("metrics") or "none") != "none":
+        makeMetricsService(options["metrics"], metrics).setServiceParent(top)
+    return Built(top, ctx, queue, metrics)
 
 
 def _makeAgents(ctx: Context, options: dict[str, Any], listeners: list[Any],

@@ -167,6 +167,7 @@ class TCPServerService(StreamServerEndpointService):
         factory = SessionFactory(protocolFactory, ctx, self.log, self.rules,
                                  lookupHost or makeHostLookup(ctx.reactor), concurrency, perIP,
                                  overLimit)
+        factory.listener = name
         super().__init__(ListenerEndpoint(self), factory)
         for line in self.rules.reload():
             self.log.warn("{line}", line=line)

@@ -85,6 +85,7 @@ class QueueService(service.Service):
         self._mutexFd = -1
         self._finishing = 0
         self.started: Deferred[None] = Deferred()
+        self.deliveryObservers: list[Any] = []  # IDeliveryObserver: told of each result
 
     @property
     def agents(self) -> dict[str, IDeliveryAgent]:
@@ -303,6 +304,8 @@ class QueueService(service.Service):
         log.info(
             "delivery {delivery}: {outcome}: {text}",
             delivery=number, outcome=report.outcome.value, text=logSafe(report.text))
+        for o in self.deliveryObservers:
+            o.delivered(ch.name, report.outcome, report.text, m.birth)
         self._status()
         if report.outcome is Outcome.DEFERRAL:
             ch.deferred = True
