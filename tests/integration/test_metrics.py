@@ -15,7 +15,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from qmtwist.home import Home, setup
 from qmtwist.users import userCommand
 from tests.integration.daemon import Daemon
-from tests.integration.smtp.test_tls import writeCertificate
+from tests.integration.smtp.test_tls import noVerify, writeCertificate
 from tests.integration.test_daemon import maildirFiles
 from tests.support import freePort, waitFor
 
@@ -51,6 +51,7 @@ def test_scrape_after_known_traffic_shows_exact_counts(tmp_path):
     home = Home(str(tmp_path / "home"))
     setup(home, me="test.example")
     assert userCommand(home, ["add", "alice"]) == 0
+    writeCertificate(os.path.join(home.control, "servercert.pem"))
     write(os.path.join(home.rules, "smtp"), b'127.:allow,RELAYCLIENT=""\n')
     dead = freePort()  # nothing listens there: a deferral of class "connection"
     write(os.path.join(home.control, "smtproutes"),
@@ -70,8 +71,10 @@ def test_scrape_after_known_traffic_shows_exact_counts(tmp_path):
         assert before[("qmtwist_queue_messages", ())] == 0
 
         recipients = [b"alice@test.example"] * 3 + [b"bob@far.example", b"carol@dead.example"]
-        for rcpt in recipients:
+        for i, rcpt in enumerate(recipients):
             with smtplib.SMTP("127.0.0.1", smtpPort, timeout=30) as s:
+                if i == 2:
+                    s.starttls(context=noVerify())
                 s.sendmail("joe@example.org", [rcpt.decode()], b"Subject: m\r\n\r\nhello\r\n")
         alice = os.path.join(home.homes, "alice", "Maildir")
         bob = os.path.join(peer.homes, "bob", "Maildir")
@@ -98,11 +101,13 @@ def test_scrape_after_known_traffic_shows_exact_counts(tmp_path):
         assert m[("qmtwist_deferrals_total", (("channel", "remote"), ("reason", "connection")))] == 1
         assert m[("qmtwist_delivery_latency_seconds_count", (("channel", "local"),))] == 3
         assert m[("qmtwist_delivery_latency_seconds_count", (("channel", "remote"),))] == 1
-        # inbound: five plaintext SMTP sessions; outbound: one over TLS (to the peer)
+        # inbound: four plaintext SMTP sessions and one STARTTLS; outbound: one over TLS
         assert m[("qmtwist_sessions_total", (("direction", "inbound"), ("protocol", "smtp"),
-                                             ("tls", "no")))] == 5
-        assert ("qmtwist_sessions_total", (("direction", "inbound"), ("protocol", "smtp"),
-                                           ("tls", "yes"))) not in m
+                                             ("tls", "no")))] == 4
+        assert m[("qmtwist_sessions_total", (("direction", "inbound"), ("protocol", "smtp"),
+                                             ("tls", "yes")))] == 1
+        assert ("qmtwist_sessions_total", (("direction", "outbound"), ("protocol", "smtp"),
+                                           ("tls", "no"))) not in m
         # the deferred message is the queue's only one
         assert m[("qmtwist_queue_messages", ())] == 1
         assert m[("qmtwist_queue_recipients", (("channel", "remote"),))] == 1
