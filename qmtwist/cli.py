@@ -48,13 +48,21 @@ def _setup(home: Home, argv: list[str]) -> int:
     opts = p.parse_args(argv)
     if opts.home:
         home = chooseHome(opts.home)
+    from qmtwist.check import readMe
+    before = readMe(home)
     try:
         created = setup(home, opts.me)
     except OSError as e:
         sys.stderr.write(f"qmtwist setup: fatal: {e}\n")
         return 111
     if created:
-        print(f"setup: created {home.path}")
+        print(f"setup: created {home.path}" if before is None else
+              f"setup: completed {home.path}: created {len(created)} missing files and directories")
+    if before is not None and opts.me:
+        # an existing home keeps its files (docs/behaviour/operations.md 5)
+        kept = "" if opts.me == before else f", not {opts.me}"
+        print(f"setup: kept control/me ({before}{kept}) and every file that was there; "
+              "edit HOME/control/me to rename the host")
     return 0
 
 

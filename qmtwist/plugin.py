@@ -41,6 +41,7 @@ from qmtwist.remote.agent import RemoteAgent
 from qmtwist.remote.concurrency import descriptorWarning
 from qmtwist.remote.mx import makeResolver
 from qmtwist.smtp.listener import makeSMTPService, warnIfNoRcpthosts
+from qmtwist.startup import StartGuard, checkEndpoints, fatal, oneLineUsage
 
 log = Logger(namespace="qmtwist")
 
@@ -72,6 +73,13 @@ class Options(usage.Options):
     def __init__(self) -> None:
         super().__init__()
         self["dns"] = []
+
+    def parseOptions(self, options: list[str] | None = None) -> None:
+        # a bad option is one line and exit 1, not twistd's whole help (operations.md 5)
+        oneLineUsage(lambda: super(Options, self).parseOptions(options))
+
+    def postOptions(self) -> None:
+        checkEndpoints(self)
 
     def opt_dns(self, value: str) -> None:
         """DNS server HOST:PORT for remote delivery and =host rules (repeatable; default: the
@@ -178,13 +186,6 @@ class Built:
     metrics: Metrics | None = None  # its stats() is what ctl stats shows
 
 
-def fatal(line: str) -> None:
-    """Log qmail's alert line and stop twistd with a nonzero exit."""
-    log.critical("{line}", line=line)
-    sys.stderr.write(line + "\n")
-    raise SystemExit(111)
-
-
 def buildServices(options: dict[str, Any], reactor: Any = None) -> Built:
     """Build the whole mail system for C{options} (an L{Options} or an equivalent dict)."""
     if reactor is None:
@@ -203,7 +204,7 @@ def buildServices(options: dict[str, Any], reactor: Any = None) -> Built:
         fatal(str(e) if "cannot start" in str(e) else f"alert: cannot start: {e}")
     pool = reactor.getThreadPool()
     runInThread = partial(deferToThreadPool, reactor, pool)
-    top = service.MultiService()
+    top = StartGuard()  # a part that cannot start: one line, exit 1 (operations.md 5)
     queue: QueueService | None = None
     noQueue = bool(options.get("no-queue"))
     listeners: list[Any] = []  # the SMTP and QMTP services, for the remote self check
@@ -223,7 +224,7 @@ def buildServices(options: dict[str, Any], reactor: Any = None) -> Built:
         try:
             queue.lockMutex()
         except RuntimeError:
-            fatal("alert: cannot start: qmail-send is already running")
+            raise SystemExit(1)  # lockMutex logged the alert line
         queue.setServiceParent(top)
         TriggerService(reactor, home.queue.trigger, queue.scanTodo).setServiceParent(top)
 

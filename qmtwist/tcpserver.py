@@ -63,6 +63,7 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from qmtwist.ptr import LookupHost, makeHostLookup
+from qmtwist.startup import CannotStart
 from qmtwist.tcprules import RulesFile
 from qmtwist.tcpsession import SessionFactory, plainIP
 
@@ -141,7 +142,8 @@ class ListenerEndpoint:
         reason = str(f.value) or f.getErrorMessage()
         self.service.log.critical("alert: cannot start: unable to listen on {endpoint}: {reason}",
                                   endpoint=self.service.description, reason=reason)
-        return f
+        # logged: the daemon's StartGuard exits with status 1 and no traceback
+        return Failure(CannotStart(reason))
 
 
 class TCPServerService(StreamServerEndpointService):
