@@ -22,6 +22,7 @@ subcommands:
   setup [--me NAME]            create or complete the home directory
   user add|del|list            manage virtual users
   ctl hup|alrm|term            signal the running daemon
+  check [--dns HOST:PORT]      report what is wrong with the home (exit 0: nothing)
   inject, queue, sendmail, qstat, qread, showctl and every qmail program name in HOME/bin
 """
 
@@ -133,7 +134,13 @@ def _user(home: Home, argv: list[str]) -> int:
     return userCommand(chooseHome(homeOpt) if homeOpt else home, argv)
 
 
-_COMMANDS = {"setup": _setup, "ctl": _ctl, "user": _user}
+def _check(home: Home, argv: list[str]) -> int:
+    from qmtwist.check import checkCommand
+
+    return checkCommand(home, argv)
+
+
+_COMMANDS = {"setup": _setup, "ctl": _ctl, "user": _user, "check": _check}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -40,6 +40,7 @@ from qmtwist.queue.trigger import TriggerReader
 from qmtwist.remote.agent import RemoteAgent
 from qmtwist.remote.concurrency import descriptorWarning
 from qmtwist.remote.mx import makeResolver
+from qmtwist.sdnotify import NotifyService
 from qmtwist.smtp.listener import makeSMTPService, warnIfNoRcpthosts
 from qmtwist.startup import StartGuard, checkEndpoints, fatal, oneLineUsage
 
@@ -281,6 +282,7 @@ def buildServices(options: dict[str, Any], reactor: Any = None) -> Built:
     observe(metrics, reactor, injector, queue, served)
     if (options.get("metrics") or "none") != "none":
         makeMetricsService(options["metrics"], metrics).setServiceParent(top)
+    NotifyService(top).setServiceParent(top)  # last: READY=1 once all listen; first to stop
     return Built(top, ctx, queue, metrics)
 
 

@@ -27,6 +27,7 @@ PROGRAMS = {
     "setpriv": "util-linux",
     "useradd": "passwd",
     "ip": "iproute2",  # adds interface addresses for the remote self-check test
+    "systemd-socket-activate": "systemd",  # socket activation with named descriptors
 }
 
 # Perl modules swaks --tls needs; swaks only Recommends them, so --no-install-recommends skips them.
