@@ -30,6 +30,19 @@ class CannotStart(Exception):
     """A part could not start; its C{alert: cannot start: ...} line has been logged."""
 
 
+def splitTLS(description: str) -> tuple[str, bool]:
+    """
+    A C{systemd:} endpoint with qmtwist's C{:tls=yes} (the socket units for 465 and 995): the
+    description Twisted parses, and whether the listener wraps the adopted socket in TLS with
+    C{control/servercert.pem}. Any other description is returned as it is.
+    """
+    if description.startswith("systemd:"):
+        parts = re.split(r"(?<!\\):", description)
+        if "tls=yes" in parts:
+            return ":".join(p for p in parts if p != "tls=yes"), True
+    return description, False
+
+
 def endpointProblem(description: str) -> str | None:
     """
     What is wrong with a server endpoint string, as one line, or L{None}. Nothing is bound or
@@ -47,7 +60,7 @@ def endpointProblem(description: str) -> str | None:
         if kind == "ssl":
             return None
     try:
-        serverFromString(None, description)
+        serverFromString(None, splitTLS(description)[0])
     except KeyError as e:
         return f"no socket named {e.args[0]!r} was handed over (LISTEN_FDNAMES)"
     except IndexError:

@@ -14,6 +14,7 @@ import shutil
 import signal
 import smtplib
 import socket
+import subprocess
 import sys
 
 import pytest
@@ -21,6 +22,7 @@ import pytest
 from qmtwist.home import Home, setup
 from qmtwist.users import userCommand
 from tests.integration.daemon import Daemon
+from tests.integration.smtp.test_tls import noVerify, writeCertificate
 from tests.integration.test_daemon import maildirFiles
 from tests.support import freePort, waitFor
 
@@ -47,15 +49,16 @@ def test_socket_activation_with_named_descriptors(tmp_path):
     setup(home, me="test.example")
     assert userCommand(home, ["add", "alice", "--password-stdin"],
                        stdin=io.BytesIO(b"secret\n")) == 0
+    writeCertificate(os.path.join(home.control, "servercert.pem"))
     smtpPort, pop3Port = freePort(), freePort()
     sock = str(tmp_path / "notify")
     notify = notifySocket(sock)
     assert SSA is not None
     prefix = [SSA, "-l", f"127.0.0.1:{smtpPort}", "--fdname=smtp",
-              "-l", f"127.0.0.1:{pop3Port}", "--fdname=pop3",
+              "-l", f"127.0.0.1:{pop3Port}", "--fdname=pop3s",
               "-E", "PYTHONPATH", "-E", f"NOTIFY_SOCKET={sock}", *TWISTD_TAIL]
     d = Daemon(str(tmp_path), ["--home", home.path, "--smtp", "systemd:domain=INET:name=smtp",
-                               "--pop3", "systemd:domain=INET:name=pop3", "--qmtp", "none"],
+                               "--pop3", "systemd:domain=INET:name=pop3s:tls=yes", "--qmtp", "none"],
                str(tmp_path / "log"), twistd=prefix)
     d.start()
     try:
@@ -71,12 +74,14 @@ def test_socket_activation_with_named_descriptors(tmp_path):
         assert f"pop3: listening on 127.0.0.1:{pop3Port}" in lines
         maildir = os.path.join(home.homes, "alice", "Maildir")
         waitFor(lambda: maildirFiles(maildir), "the message in alice's Maildir")
-        pop = poplib.POP3("127.0.0.1", pop3Port, timeout=30)
+        # the pop3s socket (995's unit) speaks TLS from the first byte
+        pop = poplib.POP3_SSL("127.0.0.1", pop3Port, timeout=30, context=noVerify())
         try:
             assert pop.getwelcome().startswith(b"+OK <")
             pop.user("alice")
             pop.pass_("secret")
             assert pop.stat()[0] == 1
+            assert pop.sock.version() is not None  # an SSLSocket: TLS from the start
         finally:
             pop.quit()
         d.send(signal.SIGTERM)
@@ -112,3 +117,41 @@ def test_ready_and_stopping_on_an_abstract_notify_socket(tmp_path):
     finally:
         d.stop()
         notify.close()
+
+
+UNITS = os.path.join(os.path.dirname(__file__), "..", "..", "contrib", "systemd")
+
+
+def test_socket_units_name_the_services_endpoints():
+    """Each socket unit's FileDescriptorName is the name= of one systemd: endpoint."""
+    with open(os.path.join(UNITS, "qmtwist.service")) as f:
+        service = f.read()
+    names = {}
+    for unit in sorted(os.listdir(UNITS)):
+        if not unit.endswith(".socket"):
+            continue
+        with open(os.path.join(UNITS, unit)) as f:
+            fields = dict(line.split("=", 1) for line in f.read().splitlines()
+                          if "=" in line and not line.startswith("#"))
+        names[fields["FileDescriptorName"]] = fields["ListenStream"]
+        assert unit in service.split("Sockets=")[1].splitlines()[0].split()
+        assert f"name={fields['FileDescriptorName']}" in service
+    assert names == {"smtp": "25", "submission": "587", "smtps": "465", "pop3": "110",
+                     "pop3s": "995"}
+    assert "name=smtps:tls=yes" in service and "name=pop3s:tls=yes" in service
+    assert "Type=notify" in service
+
+
+@pytest.mark.skipif(shutil.which("systemd-analyze") is None,
+                    reason="systemd-analyze is missing: install the Debian package systemd")
+def test_units_pass_systemd_analyze_verify(tmp_path):
+    """systemd's own checker accepts the units (twistd's path set to this machine's)."""
+    twistd = shutil.which("twistd")
+    assert twistd is not None
+    for unit in os.listdir(UNITS):
+        with open(os.path.join(UNITS, unit)) as f:
+            text = f.read().replace("/usr/local/bin/twistd", twistd)
+        (tmp_path / unit).write_text(text)
+    r = subprocess.run(["systemd-analyze", "verify", *sorted(str(p) for p in tmp_path.iterdir())],
+                       capture_output=True, text=True, cwd=str(tmp_path))
+    assert (r.returncode, r.stderr) == (0, ""), r.stderr
