@@ -1,5 +1,5 @@
 """
-C{qmtwist check} (docs/behaviour/operations.md 6): what C{postfix check} is to Postfix. It looks
+C{qmtwist check} (docs/behaviour/operations.md 21.6): what C{postfix check} is to Postfix. It looks
 at a home as the daemon would use it and prints one line per problem; silent with exit 0 when
 everything is right, exit 1 when anything is not (111 when the home cannot be read at all).
 

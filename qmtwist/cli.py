@@ -60,7 +60,7 @@ def _setup(home: Home, argv: list[str]) -> int:
         print(f"setup: created {home.path}" if before is None else
               f"setup: completed {home.path}: created {len(created)} missing files and directories")
     if before is not None and opts.me:
-        # an existing home keeps its files (docs/behaviour/operations.md 5)
+        # an existing home keeps its files (docs/behaviour/operations.md 21.5)
         kept = "" if opts.me == before else f", not {opts.me}"
         print(f"setup: kept control/me ({before}{kept}) and every file that was there; "
               "edit HOME/control/me to rename the host")

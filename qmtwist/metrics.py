@@ -1,5 +1,5 @@
 """
-The daemon's figures for Prometheus and for C{qmtwist ctl stats} (docs/behaviour/operations.md 2).
+The daemon's figures for Prometheus and for C{qmtwist ctl stats} (docs/behaviour/operations.md 21.2).
 
 L{Metrics} owns its own C{CollectorRegistry} (never prometheus_client's global one, so two
 daemons in one test process, or a library that registers its own figures, never mix). It learns
@@ -47,7 +47,7 @@ Figures = dict[str, "float | dict[str, float]"]
 
 def deferralReason(text: bytes) -> str:
     """
-    The class of a deferral, from its report text (docs/behaviour/operations.md 2.2):
+    The class of a deferral, from its report text (docs/behaviour/operations.md 21.2.2):
     C{remote} when a remote host answered 4xx (C{Remote host said:}), C{dns} for C{#4.4.3},
     C{connection} for C{#4.4.1} and C{#4.4.2}, else RFC 3463's subject of its C{(#4.x.y)} code
     (C{address}, C{mailbox}, C{system}, C{protocol}, C{content}, C{security}), else C{other}.
@@ -141,7 +141,7 @@ class QueueCollector(Collector):
 @implementer(IDeliveryObserver, ISessionObserver)
 class Metrics:
     """
-    The figures of one daemon (names and meanings: docs/behaviour/operations.md 2.1).
+    The figures of one daemon (names and meanings: docs/behaviour/operations.md 21.2.1).
 
     @param clock: for delivery latencies.
     @ivar registry: the registry a scrape serves and L{stats} reads.

@@ -1,5 +1,5 @@
 """
-C{--metrics ENDPOINT}: Prometheus text at C{/metrics} (docs/behaviour/operations.md 2), and the
+C{--metrics ENDPOINT}: Prometheus text at C{/metrics} (docs/behaviour/operations.md 21.2), and the
 wiring of L{qmtwist.metrics.Metrics} to the parts it observes.
 
 The page is prometheus_client's Twisted resource (C{MetricsResource}, a WSGI resource on the

@@ -76,7 +76,7 @@ class Options(usage.Options):
         self["dns"] = []
 
     def parseOptions(self, options: list[str] | None = None) -> None:
-        # a bad option is one line and exit 1, not twistd's whole help (operations.md 5)
+        # a bad option is one line and exit 1, not twistd's whole help (operations.md 21.5)
         oneLineUsage(lambda: super(Options, self).parseOptions(options))
 
     def postOptions(self) -> None:
@@ -205,7 +205,7 @@ def buildServices(options: dict[str, Any], reactor: Any = None) -> Built:
         fatal(str(e) if "cannot start" in str(e) else f"alert: cannot start: {e}")
     pool = reactor.getThreadPool()
     runInThread = partial(deferToThreadPool, reactor, pool)
-    top = StartGuard()  # a part that cannot start: one line, exit 1 (operations.md 5)
+    top = StartGuard()  # a part that cannot start: one line, exit 1 (operations.md 21.5)
     queue: QueueService | None = None
     noQueue = bool(options.get("no-queue"))
     listeners: list[Any] = []  # the SMTP and QMTP services, for the remote self check

@@ -1,6 +1,6 @@
 """
 systemd's readiness protocol (sd_notify(3)) for C{Type=notify} units (docs/behaviour/operations.md
-3): C{READY=1} once every listener is bound, C{STOPPING=1} when the stop begins.
+21.3): C{READY=1} once every listener is bound, C{STOPPING=1} when the stop begins.
 
 The message is one datagram to the AF_UNIX socket named by C{$NOTIFY_SOCKET} (a path, or an
 abstract name written with a leading C{@}). Without the variable nothing is sent, so the same

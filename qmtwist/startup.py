@@ -1,5 +1,5 @@
 """
-Start-up errors a person can read (docs/behaviour/operations.md 5): a bad option or endpoint, an
+Start-up errors a person can read (docs/behaviour/operations.md 21.5): a bad option or endpoint, an
 unusable home, a port that cannot be bound each give one line and exit status 1, never a
 traceback.
 
@@ -26,8 +26,13 @@ log = Logger(namespace="qmtwist")
 ENDPOINT_OPTIONS = ("smtp", "qmtp", "pop3", "metrics")
 
 
-class CannotStart(Exception):
-    """A part could not start; its C{alert: cannot start: ...} line has been logged."""
+def markReported(e: BaseException) -> BaseException:
+    """
+    Note on C{e} that its C{alert: cannot start: ...} line has been logged, so L{StartGuard}
+    does not log it again (the exception keeps its type for the callers that test it).
+    """
+    e.qmtwistReported = True  # type: ignore[attr-defined]
+    return e
 
 
 def splitTLS(description: str) -> tuple[str, bool]:
@@ -102,16 +107,17 @@ def oneLineUsage(parse: Callable[[], None], command: str = "twistd qmtwist") -> 
 class StartGuard(service.MultiService):
     """
     The top of the daemon's service tree: when a part cannot start, the process exits with
-    status 1 after one log line, instead of twistd's traceback. A L{CannotStart} was logged by
-    the part; any other exception is logged here as C{alert: cannot start: NAME: REASON}.
+    status 1 after one log line, instead of twistd's traceback. An exception marked by
+    L{markReported} was logged by the part; any other exception is logged here as
+    C{alert: cannot start: NAME: REASON}.
     """
 
     def _guard(self, svc: service.IService, start: Callable[[], None]) -> None:
         try:
             start()
-        except CannotStart:
-            raise SystemExit(1) from None
         except Exception as e:
+            if getattr(e, "qmtwistReported", False):
+                raise SystemExit(1) from None
             log.critical("alert: cannot start: {name}: {why}", name=svc.name or type(svc).__name__,
                          why=str(e) or type(e).__name__)
             raise SystemExit(1) from None

@@ -63,7 +63,7 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from qmtwist.ptr import LookupHost, makeHostLookup
-from qmtwist.startup import CannotStart, splitTLS
+from qmtwist.startup import markReported, splitTLS
 from qmtwist.tcprules import RulesFile
 from qmtwist.tcpsession import SessionFactory, plainIP
 
@@ -134,7 +134,7 @@ class ListenerEndpoint:
             self._checkServerCert()
             description, tls = splitTLS(self._description())
             endpoint = serverFromString(self.service.ctx.reactor, description)
-            if tls:  # a systemd: socket for SMTPS or POP3S (docs/behaviour/operations.md 3)
+            if tls:  # a systemd: socket for SMTPS or POP3S (docs/behaviour/operations.md 21.3)
                 protocolFactory = self._tlsFactory(protocolFactory)
             d: Deferred[IListeningPort] = endpoint.listen(protocolFactory)
         except Exception:
@@ -160,8 +160,8 @@ class ListenerEndpoint:
         reason = str(f.value) or f.getErrorMessage()
         self.service.log.critical("alert: cannot start: unable to listen on {endpoint}: {reason}",
                                   endpoint=self.service.description, reason=reason)
-        # logged: the daemon's StartGuard exits with status 1 and no traceback
-        return Failure(CannotStart(reason))
+        markReported(f.value)  # the daemon's StartGuard exits with status 1, no traceback
+        return f
 
 
 class TCPServerService(StreamServerEndpointService):

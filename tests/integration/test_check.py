@@ -1,5 +1,5 @@
 """
-C{qmtwist check} (docs/behaviour/operations.md 6): silent and exit 0 on a fresh home; each thing
+C{qmtwist check} (docs/behaviour/operations.md 21.6): silent and exit 0 on a fresh home; each thing
 broken on purpose gives its own line and exit 1. The DKIM records are checked against the
 loopback DNS server of tests/dnsserver.py.
 """

@@ -1,5 +1,5 @@
 """
-Errors a person can read (docs/behaviour/operations.md 5): real twistd and qmtwist children,
+Errors a person can read (docs/behaviour/operations.md 21.5): real twistd and qmtwist children,
 each mistake one line and exit 1 (twistd) or the command's usual status, never a traceback.
 """
 

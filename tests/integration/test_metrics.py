@@ -1,7 +1,7 @@
 """
 C{--metrics}: a real twistd child takes known traffic over SMTP (smtplib), delivers it locally,
 to a second daemon over STARTTLS and to a route nobody answers, and its C{/metrics} page shows
-exactly that (docs/behaviour/operations.md 2).
+exactly that (docs/behaviour/operations.md 21.2).
 """
 
 from __future__ import annotations

@@ -1,5 +1,5 @@
 """
-systemd (docs/behaviour/operations.md 3): the daemon under C{systemd-socket-activate} (the
+systemd (docs/behaviour/operations.md 21.3): the daemon under C{systemd-socket-activate} (the
 Debian package systemd; it needs no systemd as PID 1) with named descriptors, as the socket units
 of contrib/systemd/ hand them over, and the sd_notify messages on a NOTIFY_SOCKET the test
 listens on.

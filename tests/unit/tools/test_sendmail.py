@@ -185,7 +185,7 @@ def test_datemailKeepsAnExistingDate(home):
     ([], b"Subject: no argument\n\nhello\n"),
 ])
 def test_no_recipients_is_refused(home, args, stdin):
-    """docs/behaviour/operations.md 5: an MUA learns at once, and nothing is queued."""
+    """docs/behaviour/operations.md 21.5: an MUA learns at once, and nothing is queued."""
     r = run(home, args, stdin, USER="u")
     assert (r.code, r.err) == (100, b"qmail-inject: fatal: no recipients\n")
     assert queuedMessages(home) == []
