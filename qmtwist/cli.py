@@ -21,6 +21,7 @@ subcommands:
   setup [--me NAME]            create or complete the home directory
   user add|del|list            manage virtual users
   ctl hup|alrm|term            signal the running daemon
+  check [--dns HOST:PORT]      report what is wrong with the home (exit 0: nothing)
   ctl queue [--json]           list the queue of the running daemon
   ctl hold|release|delete|retry ID...
                                hold, release, delete (no bounce) or deliver now messages
@@ -47,13 +48,21 @@ def _setup(home: Home, argv: list[str]) -> int:
     opts = p.parse_args(argv)
     if opts.home:
         home = chooseHome(opts.home)
+    from qmtwist.check import readMe
+    before = readMe(home)
     try:
         created = setup(home, opts.me)
     except OSError as e:
         sys.stderr.write(f"qmtwist setup: fatal: {e}\n")
         return 111
     if created:
-        print(f"setup: created {home.path}")
+        print(f"setup: created {home.path}" if before is None else
+              f"setup: completed {home.path}: created {len(created)} missing files and directories")
+    if before is not None and opts.me:
+        # an existing home keeps its files (docs/behaviour/operations.md 21.5)
+        kept = "" if opts.me == before else f", not {opts.me}"
+        print(f"setup: kept control/me ({before}{kept}) and every file that was there; "
+              "edit HOME/control/me to rename the host")
     return 0
 
 
@@ -129,7 +138,13 @@ def _user(home: Home, argv: list[str]) -> int:
     return userCommand(chooseHome(homeOpt) if homeOpt else home, argv)
 
 
-_COMMANDS = {"setup": _setup, "ctl": _ctl, "user": _user}
+def _check(home: Home, argv: list[str]) -> int:
+    from qmtwist.check import checkCommand
+
+    return checkCommand(home, argv)
+
+
+_COMMANDS = {"setup": _setup, "ctl": _ctl, "user": _user, "check": _check}
 
 
 def main(argv: list[str] | None = None) -> int:

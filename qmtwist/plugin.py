@@ -30,6 +30,8 @@ from qmtwist.listeners import SUBMISSION, ListenerOptions, endpoints, settings
 from qmtwist.local.agent import LocalAgent, interpreterReachable
 from qmtwist.logformat import forTwistd
 from qmtwist.logstory import logPointer
+from qmtwist.metrics import Metrics
+from qmtwist.metricsweb import makeMetricsService, observe
 from qmtwist.pop3.listener import makePOP3Service
 from qmtwist.ptr import makeHostLookup
 from qmtwist.qmtp.listener import makeQMTPService
@@ -44,7 +46,9 @@ from qmtwist.queue.trigger import TriggerReader
 from qmtwist.remote.agent import RemoteAgent
 from qmtwist.remote.concurrency import descriptorWarning
 from qmtwist.remote.mx import makeResolver
+from qmtwist.sdnotify import NotifyService
 from qmtwist.smtp.listener import makeSMTPService, warnIfNoRcpthosts
+from qmtwist.startup import StartGuard, checkEndpoints, fatal, oneLineUsage
 from qmtwist.smtp.submission import Authority, makeSubmissionService
 
 log = Logger(namespace="qmtwist")
@@ -67,11 +71,16 @@ class Options(ListenerOptions, usage.Options):
         ["pop3-per-ip", None, 10, "most POP3 sessions of one client address (0: no limit)", int],
         ["checkpassword", None, None, "POP3 checkpassword program (default: built-in)"],
         ["log-format", None, "text", "log lines as text (twistd's) or json (one object a line)"],
+        ["metrics", None, "none", "Prometheus /metrics endpoint (e.g. tcp:9125:interface=127.0.0.1)"],
     ]
 
     def __init__(self) -> None:
         super().__init__()
         self["dns"] = []
+
+    def parseOptions(self, options: list[str] | None = None) -> None:
+        # a bad option is one line and exit 1, not twistd's whole help (operations.md 21.5)
+        oneLineUsage(lambda: super(Options, self).parseOptions(options))
 
     def opt_dns(self, value: str) -> None:
         """DNS server HOST:PORT for remote delivery and =host rules (repeatable; default: the
@@ -84,6 +93,7 @@ class Options(ListenerOptions, usage.Options):
     def postOptions(self) -> None:
         if self["log-format"] not in ("text", "json"):
             raise usage.UsageError(f"--log-format wants text or json, not {self['log-format']!r}")
+        checkEndpoints(self)
 
 
 class SignalService(service.Service):
@@ -179,13 +189,7 @@ class Built:
     top: service.MultiService
     context: Context
     queue: QueueService | None
-
-
-def fatal(line: str) -> None:
-    """Log qmail's alert line and stop twistd with a nonzero exit."""
-    log.critical("{line}", line=line)
-    sys.stderr.write(line + "\n")
-    raise SystemExit(111)
+    metrics: Metrics | None = None  # its stats() is what ctl stats shows
 
 
 def buildServices(options: dict[str, Any], reactor: Any = None) -> Built:
@@ -206,12 +210,13 @@ def buildServices(options: dict[str, Any], reactor: Any = None) -> Built:
         fatal(str(e) if "cannot start" in str(e) else f"alert: cannot start: {e}")
     pool = reactor.getThreadPool()
     runInThread = partial(deferToThreadPool, reactor, pool)
-    top = service.MultiService()
+    top = StartGuard()  # a part that cannot start: one line, exit 1 (operations.md 21.5)
     queue: QueueService | None = None
     noQueue = bool(options.get("no-queue"))
     listeners: list[Any] = []  # the SMTP and QMTP services, for the remote self check
 
     injector = Injector(home.queue, home.control, reactor, runInThread)
+    metrics = Metrics(reactor)  # its stats() is also what ctl stats shows
     ctx = Context(home, reactor, injector, controls, runInThread)
     # one resolver (--dns) for remote delivery's MX lookups and the listeners' PTR lookups,
     # made when the first of them needs it (a listeners-only daemon may never need one)
@@ -231,7 +236,7 @@ def buildServices(options: dict[str, Any], reactor: Any = None) -> Built:
         try:
             queue.lockMutex()
         except RuntimeError:
-            fatal("alert: cannot start: qmail-send is already running")
+            raise SystemExit(1)  # lockMutex logged the alert line
         queue.setServiceParent(top)
         TriggerService(reactor, home.queue.trigger, queue.scanTodo).setServiceParent(top)
 
@@ -244,7 +249,7 @@ def buildServices(options: dict[str, Any], reactor: Any = None) -> Built:
         sock = strports.service(f"unix:{home.queueSocket}:mode=666", QueueSocketFactory(injector))
         sock.setServiceParent(top)
         # qmtwist ctl queue/hold/...: stats= the metrics object's stats when there is one
-        ControlService(reactor, controlSocket(home), ControlFactory(QueueAdmin(queue), stats=None)
+        ControlService(reactor, controlSocket(home), ControlFactory(QueueAdmin(queue), stats=metrics.stats)
                        ).setServiceParent(top)
         if os.getuid() == 0 and not interpreterReachable(sys.executable):
             log.warn("warning: {python} is not reachable by other users: HOME/bin programs in "
@@ -261,6 +266,7 @@ def buildServices(options: dict[str, Any], reactor: Any = None) -> Built:
             controls.reloadOffThread(runInThread).addCallback(lambda _: reloadListeners())
         SignalService(reactor, home, hupListeners, lambda: None).setServiceParent(top)
 
+    served: list[Any] = []  # every listener, for the metrics
     makers: tuple[tuple[str, Callable[..., Any]], ...] = (
         ("smtp", makeSMTPService), ("qmtp", makeQMTPService), ("pop3", makePOP3Service),
         ("submission", makeSubmissionService), ("submissions", makeSubmissionService))
@@ -284,7 +290,12 @@ def buildServices(options: dict[str, Any], reactor: Any = None) -> Built:
                 # docs/behaviour/smtp.md 7.5's warning, again on every SIGHUP
                 ctx.reloaders.append(partial(warnIfNoRcpthosts, ctx))
             svc.setServiceParent(top)
-    return Built(top, ctx, queue)
+            served.append(svc)
+    observe(metrics, reactor, injector, queue, served)
+    if (options.get("metrics") or "none") != "none":
+        makeMetricsService(options["metrics"], metrics).setServiceParent(top)
+    NotifyService(top).setServiceParent(top)  # last: READY=1 once all listen; first to stop
+    return Built(top, ctx, queue, metrics)
 
 
 def _makeAgents(ctx: Context, options: dict[str, Any], listeners: list[Any],

@@ -63,6 +63,7 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from qmtwist.ptr import LookupHost, makeHostLookup
+from qmtwist.startup import markReported, splitTLS
 from qmtwist.tcprules import RulesFile
 from qmtwist.tcpsession import SessionFactory, plainIP
 
@@ -131,16 +132,35 @@ class ListenerEndpoint:
     def listen(self, protocolFactory: IProtocolFactory) -> Deferred[IListeningPort]:
         try:
             self._checkServerCert()
-            endpoint = serverFromString(self.service.ctx.reactor, self._description())
+            description, tls = splitTLS(self._description())
+            endpoint = serverFromString(self.service.ctx.reactor, description)
+            if tls:  # a systemd: socket for SMTPS or POP3S (docs/behaviour/operations.md 21.3)
+                protocolFactory = self._tlsFactory(protocolFactory)
             d: Deferred[IListeningPort] = endpoint.listen(protocolFactory)
         except Exception:
             d = fail()
         return d.addErrback(self._failed)
 
+    def _tlsFactory(self, protocolFactory: IProtocolFactory) -> IProtocolFactory:
+        """TLS from the first byte with C{control/servercert.pem}, as an C{ssl:} endpoint."""
+        from twisted.protocols.tls import TLSMemoryBIOFactory
+
+        from qmtwist.tls import KeyMismatch, loadServerOptions
+
+        try:
+            options = loadServerOptions(os.path.join(self.service.ctx.home.control,
+                                                     "servercert.pem"))
+        except KeyMismatch as e:
+            raise ValueError(f"control/servercert.pem: {e}") from None
+        except OSError as e:
+            raise ValueError(f"control/servercert.pem: {e.strerror}") from None
+        return TLSMemoryBIOFactory(options, False, protocolFactory)  # type: ignore[arg-type]
+
     def _failed(self, f: Failure) -> Failure:
         reason = str(f.value) or f.getErrorMessage()
         self.service.log.critical("alert: cannot start: unable to listen on {endpoint}: {reason}",
                                   endpoint=self.service.description, reason=reason)
+        markReported(f.value)  # the daemon's StartGuard exits with status 1, no traceback
         return f
 
 
@@ -169,6 +189,7 @@ class TCPServerService(StreamServerEndpointService):
         factory = SessionFactory(protocolFactory, ctx, self.log, self.rules,
                                  lookupHost or makeHostLookup(ctx.reactor), concurrency, perIP,
                                  overLimit)
+        factory.listener = name
         super().__init__(ListenerEndpoint(self), factory)
         for line in self.rules.reload():
             self.log.warn("{line}", line=line)

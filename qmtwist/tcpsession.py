@@ -33,7 +33,8 @@ from typing import Any
 
 from twisted.internet.defer import Deferred, gatherResults, succeed
 from twisted.internet.error import ConnectionDone
-from twisted.internet.interfaces import IHalfCloseableProtocol, IHandshakeListener, IProtocol
+from twisted.internet.interfaces import (
+    IHalfCloseableProtocol, IHandshakeListener, IProtocol, ISSLTransport)
 from twisted.internet.protocol import Factory, Protocol
 from twisted.logger import Logger
 from twisted.protocols.policies import ProtocolWrapper, WrappingFactory
@@ -167,6 +168,8 @@ class SessionFactory(WrappingFactory):
 
     @ivar port: the listening port (L{listeningOn}), paused at the concurrency limit.
     @ivar active: sessions counted against the limit.
+    @ivar listener: the listener's name (C{smtp}, C{qmtp}, C{pop3}), for the observers.
+    @ivar observers: L{qmtwist.interfaces.ISessionObserver}s told of each allowed session.
     """
 
     noisy = False  # the wrapped factory says "Starting factory" already
@@ -189,6 +192,8 @@ class SessionFactory(WrappingFactory):
         self._perAddress: dict[str, int] = {}
         self._numbers = itertools.count(1)
         self._portPaused = False
+        self.listener = ""
+        self.observers: list[Any] = []
 
     def buildProtocol(self, addr: Any) -> Session:
         return Session(self, addr)
@@ -315,6 +320,8 @@ class SessionFactory(WrappingFactory):
             s.transport.loseConnection()
             return
         inner.env = sessionEnv(local, peer, me, host, decision)
+        for o in self.observers:
+            o.sessionStarted("inbound", self.listener)
         s.attach(inner)
         if not s.closed:
             s.transport.resumeProducing()
@@ -343,6 +350,9 @@ class SessionFactory(WrappingFactory):
             exitStatus = getattr(inner, "exitStatus", None)
             status = exitStatus if exitStatus is not None else (
                 0 if reason.check(ConnectionDone) else 256)
+            tls = bool(getattr(inner, "tls", False)) or ISSLTransport.providedBy(s.transport)
+            for o in self.observers:
+                o.sessionEnded("inbound", self.listener, tls)
         self.log.info("tcpserver: end {n} status {status}", n=s.number, status=status)
         self.active -= 1
         self.logStatus()

@@ -83,6 +83,7 @@ class QueueService(service.Service):
         self._mutexFd = -1
         self._finishing = 0
         self.started: Deferred[None] = Deferred()
+        self.deliveryObservers: list[Any] = []  # IDeliveryObserver: told of each result
 
     @property
     def agents(self) -> dict[str, IDeliveryAgent]:
@@ -308,6 +309,8 @@ class QueueService(service.Service):
         log.info(
             "delivery {delivery}: msg {id}: {outcome}: {text}",
             delivery=number, id=m.id, outcome=report.outcome.value, text=logSafe(report.text))
+        for o in self.deliveryObservers:
+            o.delivered(ch.name, report.outcome, report.text, m.birth)
         self._status()
         ch.reasons.pop(e.position, None)
         if report.outcome is Outcome.DEFERRAL:

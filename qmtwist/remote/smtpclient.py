@@ -58,6 +58,8 @@ class ReplyProtocol(ClientProtocol):
     C{timeout} seconds (C{timeoutremote}) on C{clock}.
     """
 
+    kind = "smtp"
+
     def __init__(self, clock: IReactorTime, timeout: float) -> None:
         super().__init__(clock, timeout)
         self._buffer = b""
@@ -289,6 +291,7 @@ async def transact(
                         text = tls.failureText(tls.name, ip, str(e) or "handshake failed")
                         return rest(Report.deferral(text))
                     raise Reconnect(f"TLS to {ip} failed ({e}); retrying without STARTTLS") from e
+                proto.tls = True  # an answer came through TLS: the handshake is done
                 if r.code != 250:
                     return quit(Outcome.DEFERRAL,
                                 b"Connected to %s but my name was rejected.\n" % host, r)

@@ -125,7 +125,7 @@ def main(argv: list[str], env: ProgramEnv) -> int:
     if sender is not None:
         injectArgv += ["-f", sender]
     injectArgv += ["--", *args]
-    return inject.main(injectArgv, evolve(env, environ=environ))
+    return inject.main(injectArgv, evolve(env, environ=environ), requireRecipients=True)
 
 
 def _mailq(env: ProgramEnv) -> int:

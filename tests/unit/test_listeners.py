@@ -16,6 +16,9 @@ def built(monkeypatch, home, argv: list[str]) -> list[tuple[str, str, str]]:
     calls: list[tuple[str, str, str]] = []
 
     class _Service:
+        def __init__(self) -> None:
+            self.factory = type("Factory", (), {"observers": []})()  # the metrics observe it
+
         def setServiceParent(self, parent) -> None:
             pass
 

@@ -15,6 +15,9 @@ def built(monkeypatch, home, argv: list[str]) -> dict[str, dict]:
     calls: dict[str, dict] = {}
 
     class _Service:
+        def __init__(self) -> None:
+            self.factory = type("Factory", (), {"observers": []})()  # the metrics observe it
+
         def setServiceParent(self, parent) -> None:
             pass
 
