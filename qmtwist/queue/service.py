@@ -3,7 +3,7 @@ The queue service (qmail-send): start-up and recovery, the schedule of passes, t
 deliveries, the end of each message, signals and the stop (docs/behaviour/queue.md 5.5-5.10, 6).
 
 Its parts, one job each: L{qmtwist.queue.intake.Intake} preprocesses todo entries into
-messages; L{qmtwist.queue.timers.TimerHeap} holds when each channel's next pass is due;
+messages; L{qmtwist.queue.passes.Passes} holds when each channel's next pass is due and begins it;
 L{qmtwist.queue.dispatch.Dispatcher} starts deliveries within the concurrency limits;
 L{qmtwist.queue.shutdown.Shutdown} holds what the stop waits for. This service records each
 report (done mark, bounce paragraph or next pass) and finishes messages with
@@ -20,7 +20,7 @@ from typing import Any
 
 from twisted.application import service
 from twisted.internet.defer import Deferred, gatherResults, maybeDeferred
-from twisted.internet.interfaces import IDelayedCall, IReactorTime
+from twisted.internet.interfaces import IReactorTime
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 
@@ -35,11 +35,11 @@ from qmtwist.queue.finish import FileOps, finishMessage
 from qmtwist.queue.intake import RETRY_SOON, Intake
 from qmtwist.queue.layout import QueueLayout
 from qmtwist.queue.preprocess import unprefix
-from qmtwist.queue.schedule import TOO_LONG, isLastPass, nextPass
+from qmtwist.queue.schedule import TOO_LONG, nextPass
 from qmtwist.queue.shutdown import Shutdown, storeSchedule
 from qmtwist.queue.state import Channel, Message, logSafe
 from qmtwist.queue.store import Syncer
-from qmtwist.queue.timers import TimerHeap
+from qmtwist.queue.passes import Passes
 
 log = Logger(namespace="qmail-send")
 TODO_SCAN_INTERVAL = 25 * 60
@@ -74,10 +74,11 @@ class QueueService(service.Service):
         self.shutdown = Shutdown(self._idle)
         self.intake = Intake(layout, controls, clock, runInThread, self.syncer,
                              self._adopt, self.shutdown.check)
-        self.timers = TimerHeap()
-        self._wakeCall: IDelayedCall | None = None
         self.dispatch = Dispatcher(layout, controls, agents, self.messages, self._result,
                                    self._status)
+        self.passes = Passes(clock, layout, controls, self.ops, self.dispatch, self.messages,
+                             self.held, lambda: self._stopping, self._pump)
+        self.timers = self.passes.timers
         self._stopping = False
         self._todoScan: LoopingCall | None = None
         self._mutexFd = -1
@@ -161,8 +162,7 @@ class QueueService(service.Service):
         self._stopping = self.intake.closed = True
         if self._todoScan is not None and self._todoScan.running:
             self._todoScan.stop()
-        if self._wakeCall is not None and self._wakeCall.active():
-            self._wakeCall.cancel()
+        self.passes.cancel()
         self._status()
         d = self.shutdown.whenIdle()
         d.addCallback(lambda _: self.ops.submit(
@@ -266,30 +266,7 @@ class QueueService(service.Service):
         self._armTimer()
 
     def _armTimer(self) -> None:
-        if self._stopping:
-            return
-        if self._wakeCall is not None and self._wakeCall.active():
-            self._wakeCall.cancel()
-        self._wakeCall = None
-        now = self.clock.seconds()
-        for n, name in self.timers.popDue(now):
-            m = self.messages.get(n)
-            ch = m.channels.get(name) if m is not None else None
-            if m is None or ch is None or ch.inPass or ch.scheduled > now or n in self.held:
-                continue
-            self._beginPass(m, ch, now)
-        due = self.timers.nextDue()
-        if due is not None:
-            self._wakeCall = self.clock.callLater(max(0.0, due - now), self._armTimer)
-        self._pump()
-
-    def _beginPass(self, m: Message, ch: Channel, now: float) -> None:
-        try:
-            m.birth = os.stat(self.layout.info(m.id)).st_mtime  # touch rejuvenates (FAQ 7.3)
-        except OSError:
-            pass
-        lastPass = isLastPass(m.birth, now, self.controls.snapshot.queuelifetime)
-        self.dispatch.beginPass(m, ch, now, lastPass)
+        self.passes.arm()
 
     def _pump(self) -> None:
         if not self._stopping:
