@@ -289,6 +289,7 @@ def buildServices(options: dict[str, Any], reactor: Any = None) -> Built:
             if name == "smtp" and i == 0:
                 # docs/behaviour/smtp.md 7.5's warning, again on every SIGHUP
                 ctx.reloaders.append(partial(warnIfNoRcpthosts, ctx))
+            ctx.reloaders.append(svc.reload)  # its rules file, on SIGHUP
             svc.setServiceParent(top)
             served.append(svc)
     observe(metrics, reactor, injector, queue, served)

@@ -36,7 +36,7 @@ line; QMTP and POP3: nothing) and is closed.
 Before each connection is decided, C{ctx.controls.refresh} (L{qmtwist.context.ControlCache})
 and L{qmtwist.tcprules.RulesFile.refresh} check the control files, C{servercert.pem} and the
 rules file on threads, so the session gets them as they are now without the reactor ever
-stat-ing or opening one. L{reload} (SIGHUP; makeListener appends it to C{ctx.reloaders})
+stat-ing or opening one. L{reload} (SIGHUP; plugin.py appends it to C{ctx.reloaders})
 rereads the rules file, on a thread too.
 
 Log lines (namespace C{qmtwist.NAME}): C{tcpserver: status: A/L}, C{tcpserver: pid N from IP},
@@ -270,9 +270,5 @@ def makeListener(ctx: Any, name: str, endpoint: str, rulesPath: str | None, conc
     @param perIP: the most sessions one client address may hold; 0 = no such limit.
     @param overLimit: what a connection over C{perIP} is sent before it is closed.
     """
-    service = TCPServerService(ctx, name, endpoint, rulesPath, concurrency, protocolFactory,
-                               lookupHost, perIP, overLimit)
-    reloaders = getattr(ctx, "reloaders", None)
-    if reloaders is not None:
-        reloaders.append(service.reload)
-    return service
+    return TCPServerService(ctx, name, endpoint, rulesPath, concurrency, protocolFactory,
+                            lookupHost, perIP, overLimit)

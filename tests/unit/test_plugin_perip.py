@@ -18,6 +18,9 @@ def built(monkeypatch, home, argv: list[str]) -> dict[str, dict]:
         def __init__(self) -> None:
             self.factory = type("Factory", (), {"observers": []})()  # the metrics observe it
 
+        def reload(self) -> None:  # plugin.py wires it to SIGHUP
+            pass
+
         def setServiceParent(self, parent) -> None:
             pass
 
