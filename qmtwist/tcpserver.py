@@ -50,7 +50,7 @@ does not start when that file's key is not its certificate's.
 from __future__ import annotations
 
 import os
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from twisted.application.internet import StreamServerEndpointService
 from twisted.application.service import IService, Service
@@ -68,6 +68,9 @@ from qmtwist.tcprules import RulesFile
 from qmtwist.tcpsession import SessionFactory, plainIP
 
 __all__ = ["LookupHost", "TCPServerService", "makeListener", "plainIP"]
+
+if TYPE_CHECKING:
+    from qmtwist.context import Context
 
 
 def describeAddress(address: Any) -> str:
@@ -174,7 +177,7 @@ class TCPServerService(StreamServerEndpointService):
     @ivar factory: the L{SessionFactory} the port sees.
     """
 
-    def __init__(self, ctx: Any, name: str, endpoint: str, rulesPath: str | None,
+    def __init__(self, ctx: Context, name: str, endpoint: str, rulesPath: str | None,
                  concurrency: int, protocolFactory: Any,
                  lookupHost: LookupHost | None = None, perIP: int = 10,
                  overLimit: bytes = b"") -> None:
@@ -252,7 +255,7 @@ class TCPServerService(StreamServerEndpointService):
             self.log.warn("{line}", line=line)
 
 
-def makeListener(ctx: Any, name: str, endpoint: str, rulesPath: str | None, concurrency: int,
+def makeListener(ctx: Context, name: str, endpoint: str, rulesPath: str | None, concurrency: int,
                  protocolFactory: Any, lookupHost: LookupHost | None = None, perIP: int = 10,
                  overLimit: bytes = b"") -> IService:
     """

@@ -29,7 +29,7 @@ from __future__ import annotations
 import ipaddress
 import itertools
 from collections import deque
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from twisted.internet.defer import Deferred, gatherResults, succeed
 from twisted.internet.error import ConnectionDone
@@ -43,6 +43,9 @@ from zope.interface import directlyProvides, implementer, providedBy
 
 from qmtwist.ptr import LookupHost
 from qmtwist.tcprules import Decision, RulesFile, RuleSet
+
+if TYPE_CHECKING:
+    from qmtwist.context import Context
 
 
 def plainIP(host: str) -> str:
@@ -174,7 +177,7 @@ class SessionFactory(WrappingFactory):
 
     noisy = False  # the wrapped factory says "Starting factory" already
 
-    def __init__(self, wrappedFactory: Factory, ctx: Any, log: Logger, rules: RulesFile,
+    def __init__(self, wrappedFactory: Factory, ctx: Context, log: Logger, rules: RulesFile,
                  lookupHost: LookupHost, concurrency: int, perIP: int,
                  overLimit: bytes) -> None:
         super().__init__(wrappedFactory)

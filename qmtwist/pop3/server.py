@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import itertools
 from abc import ABCMeta, abstractmethod
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IHalfCloseableProtocol, IReactorTime, ISSLTransport
@@ -34,6 +34,9 @@ from qmtwist.queue.state import logSafe
 from qmtwist.pop3.checkpassword import ILogin, Relay, Result
 from qmtwist.pop3.transaction import OK, SYNTAX, UNIMPLEMENTED, RunInThread, Transaction
 from qmtwist.ratelimit import FailureLimiter, addressKey
+
+if TYPE_CHECKING:
+    from qmtwist.context import Context
 
 MAX_LINE = 4096
 IDLE_SECONDS = 1200
@@ -342,7 +345,7 @@ class POP3Factory(ServerFactory):
         failures a minute, see L{FailureLimiter}, on the context's reactor).
     """
 
-    def __init__(self, ctx: Any, login: ILogin, tlsOptions: Callable[[], Any] | None,
+    def __init__(self, ctx: Context, login: ILogin, tlsOptions: Callable[[], Any] | None,
                  limiter: FailureLimiter | None = None) -> None:
         self.ctx = ctx
         self.login = login

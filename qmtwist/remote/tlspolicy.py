@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import os
 from functools import partial
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from attrs import define, frozen
 from twisted.internet import defer
@@ -30,6 +30,9 @@ from qmtwist.remote.reports import printable
 from qmtwist.remote.smtpclient import TLSSetting, tlsFailureText
 from qmtwist.remote.stscache import PolicyCache
 from qmtwist.remote.stsfetch import Found, PolicyFinder
+
+if TYPE_CHECKING:
+    from qmtwist.context import Context
 
 DANE = "DANE"
 STS_ENFORCE = "MTA-STS enforce"
@@ -142,7 +145,7 @@ class OutboundTLS:
     anchors: certcheck.AnchorCache
 
     @classmethod
-    def forAgent(cls, ctx: Any, resolver: Any, mx: MXResolver, *, httpsPort: int = 443,
+    def forAgent(cls, ctx: Context, resolver: Any, mx: MXResolver, *, httpsPort: int = 443,
                  dnsTimeout: tuple[float, ...] = (1, 3, 11)) -> OutboundTLS:
         """Built for the remote agent: the cache in C{queue/lock/mtasts}, anchors in control/."""
         anchors = certcheck.AnchorCache(ctx.home.control, ctx.runInThread)

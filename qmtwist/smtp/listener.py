@@ -9,7 +9,7 @@ virtual domains} (docs/behaviour/smtp.md 7.5) when the service is built and on e
 from __future__ import annotations
 
 import os
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from twisted.application.service import IService
 from twisted.internet.protocol import ServerFactory
@@ -23,6 +23,9 @@ from qmtwist.tcpserver import makeListener
 from qmtwist.tls import ServerCertificate
 
 #: What a client over the per-address limit gets before the close (docs/behaviour/smtp.md 7.10).
+if TYPE_CHECKING:
+    from qmtwist.context import Context
+
 R_OVERLIMIT = b"421 too many connections from your address (#4.7.0)\r\n"
 
 log = Logger(namespace="qmtwist.smtp")
@@ -32,7 +35,7 @@ class SMTPFactory(ServerFactory):
     """Builds L{SMTPServer} sessions from the daemon's context C{ctx} (a L{qmtwist.context.Context});
     controls are read (mtime-checked) for every connection, as qmail-smtpd reads them at start."""
 
-    def __init__(self, ctx: Any) -> None:
+    def __init__(self, ctx: Context) -> None:
         self.ctx = ctx
         self.certificate = ServerCertificate(os.path.join(ctx.home.control, "servercert.pem"),
                                              ctx.controls)
@@ -47,13 +50,13 @@ class SMTPFactory(ServerFactory):
         return p
 
 
-def warnIfNoRcpthosts(ctx: Any) -> None:
+def warnIfNoRcpthosts(ctx: Context) -> None:
     """Log docs/behaviour/smtp.md 7.5's warning when C{control/rcpthosts} is missing."""
     if ctx.controls.current().rcpthosts is None:
         log.warn("{line}", line=MISSING_WARNING)
 
 
-def makeSMTPService(ctx: Any, endpoint: str, rulesPath: str | None, concurrency: int,
+def makeSMTPService(ctx: Context, endpoint: str, rulesPath: str | None, concurrency: int,
                     lookupHost: LookupHost | None = None, perIP: int = 10) -> IService:
     """
     The SMTP listening service.

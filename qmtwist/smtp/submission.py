@@ -20,7 +20,7 @@ The reply texts are L{qmtwist.smtp.authreplies}; each AUTH attempt is logged
 from __future__ import annotations
 
 import os
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 from attrs import define
 from twisted.application.service import IService
@@ -45,6 +45,9 @@ from qmtwist.smtp.state import State
 from qmtwist.tcpserver import makeListener
 
 #: seconds before a failed login is answered (RFC 4954 leaves it to the server)
+if TYPE_CHECKING:
+    from qmtwist.context import Context
+
 AUTH_DELAY = 1.0
 #: the failure of a session that ends it (421)
 MAX_FAILURES = 3
@@ -72,7 +75,7 @@ class Authority:
     delay: float = AUTH_DELAY
 
     @classmethod
-    def forContext(cls, ctx: Any) -> Authority:
+    def forContext(cls, ctx: Context) -> Authority:
         """The one of a daemon: portal and checks over C{ctx.home}, the limiter on its reactor."""
         return cls(makePortal(ctx.home, ctx.runInThread), SenderCheck(ctx.home),
                    FailureLimiter(ctx.reactor, LIMIT_FAILURES, LIMIT_WINDOW), ctx.runInThread)
@@ -225,7 +228,7 @@ class SubmissionServer(SMTPServer):
 class SubmissionFactory(SMTPFactory):
     """Builds L{SubmissionServer} sessions; C{servercert.pem} serves STARTTLS as for SMTP."""
 
-    def __init__(self, ctx: Any, authority: Authority) -> None:
+    def __init__(self, ctx: Context, authority: Authority) -> None:
         super().__init__(ctx)
         self.authority = authority
 
@@ -236,7 +239,7 @@ class SubmissionFactory(SMTPFactory):
         return p
 
 
-def makeSubmissionService(ctx: Any, name: str, endpoint: str, rulesPath: str | None,
+def makeSubmissionService(ctx: Context, name: str, endpoint: str, rulesPath: str | None,
                           concurrency: int, authority: Authority,
                           lookupHost: LookupHost | None = None, perIP: int = 10) -> IService:
     """
