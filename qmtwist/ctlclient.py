@@ -1,6 +1,6 @@
 """
 The client side of the control socket C{HOME/run/qmtwist-ctl.sock}
-(L{qmtwist.queue.ctlserver} has the protocol; docs/behaviour/queue-control.md 2).
+(L{qmtwist.queue.ctlserver} has the protocol; docs/behaviour/queue-control.md 17.2).
 
 Plain blocking sockets and no Twisted, so C{mailq} run by an ordinary user needs nothing more
 than the tools do.
@@ -47,7 +47,7 @@ def ask(home: Home, request: dict[str, Any], timeout: float = TIMEOUT) -> dict[s
         except OSError as e:
             if e.errno in (errno.EACCES, errno.EPERM):
                 raise ControlError(f"unable to connect to {path}: permission denied "
-                                   "(see docs/behaviour/queue-control.md 2)") from None
+                                   "(see docs/behaviour/queue-control.md 17.2)") from None
             raise ControlError(f"unable to connect to {path}: {e.strerror}") from None
         s.sendall(json.dumps(request).encode() + b"\n")
         chunks = []

@@ -1,5 +1,5 @@
 """
-The two system-call idioms every durable write here is made of (docs/behaviour/queue.md 1):
+The two system-call idioms every durable write here is made of (docs/behaviour/queue.md 5.1):
 write a whole buffer to a descriptor, and fsync a directory so that a name made in it (a
 create, link or rename) survives a crash. Blocking: callers run them on a thread.
 """

@@ -1,5 +1,5 @@
 """
-The daemon's log observer (docs/behaviour/queue-control.md 6, docs/commands.md "Logs"): twistd's
+The daemon's log observer (docs/behaviour/queue-control.md 17.9, docs/commands.md "Logs"): twistd's
 own text log, or JSON lines with C{--log-format json}; Twisted's per-port noise left out unless
 C{--log-noise}; and C{HOME/run/logfile}, which tells C{qmtwist ctl why} where the log is.
 

@@ -1,5 +1,5 @@
 """
-C{qmtwist ctl why ID}: a message's story from the daemon's log (docs/behaviour/queue-control.md 6).
+C{qmtwist ctl why ID}: a message's story from the daemon's log (docs/behaviour/queue-control.md 17.9).
 
 Every queue service line about a message names it as C{msg N} (C{new msg}, C{info msg},
 C{starting delivery D: msg N}, C{delivery D: msg N: ...}, C{hold msg}, C{bounce msg},

@@ -1,5 +1,5 @@
 """
-Queue control of the live queue service (docs/behaviour/queue-control.md 3): list, hold,
+Queue control of the live queue service (docs/behaviour/queue-control.md 17.1): list, hold,
 release, delete and retry messages by number.
 
 Every change is made here, on the reactor thread, in the queue service's own state (its

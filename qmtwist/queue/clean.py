@@ -73,7 +73,7 @@ def removeMessage(layout: QueueLayout, n: int) -> None:
 def deleteMessage(layout: QueueLayout, n: int) -> None:
     """
     Delete a preprocessed message with no bounce (C{qmtwist ctl delete},
-    docs/behaviour/queue-control.md 3.3): the mess file goes first and its directory is synced,
+    docs/behaviour/queue-control.md 17.5): the mess file goes first and its directory is synced,
     which is the delete's commit point (a message whose mess file is gone is removed whole by
     L{recover} at the next start, never delivered or bounced); then L{removeMessage}.
     """

@@ -1,5 +1,5 @@
 """
-The control socket C{HOME/run/qmtwist-ctl.sock} (docs/behaviour/queue-control.md 2): how
+The control socket C{HOME/run/qmtwist-ctl.sock} (docs/behaviour/queue-control.md 17.2): how
 C{qmtwist ctl queue/hold/release/delete/retry/stats} and C{mailq} reach the running daemon.
 
 Protocol: the client sends one line holding a JSON object, C{{"op": OP}} plus C{"ids": [N, ...]}
@@ -36,7 +36,7 @@ from qmtwist.queue.socketserver import peerUid, prepareSocketPath
 
 log = Logger(namespace="qmtwist-ctl")
 CHANGES = ("hold", "release", "delete", "retry")
-#: the group whose members may list the queue through the socket (docs: queue-control.md 2)
+#: the group whose members may list the queue through the socket (docs: queue-control.md 17.2)
 QUEUE_GROUP = "qmtwistq"
 MAX_IDS = 100_000
 

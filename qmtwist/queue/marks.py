@@ -1,6 +1,6 @@
 """
 Per-message marks kept beside qmail's queue, outside its commit story
-(docs/behaviour/queue-control.md 3, 4): hold markers and deferral notes.
+(docs/behaviour/queue-control.md 17.4, 17.7): hold markers and deferral notes.
 
 C{hold/N} holds message N: the queue service starts no delivery pass for it until it is released.
 The marker is durable (its file and the directory are fsynced before C{qmtwist ctl hold} answers),

@@ -345,7 +345,7 @@ class QueueService(service.Service):
             ch.scheduled = nextPass(m.birth, ch.passStart, ch.name)
             self.timers.push(ch.scheduled, m.id, ch.name)
             self.ops.submit(partial(marks.writeNote, self.layout, m.id, marks.noteOf(m))
-                            ).addErrback(lambda f: None)  # mailq's cache (queue-control.md 4)
+                            ).addErrback(lambda f: None)  # mailq's cache (queue-control.md 17.7)
             self._armTimer()
         self.shutdown.check()
 

@@ -39,7 +39,7 @@ class Channel:
     lastPass: bool = False
     outstanding: int = 0
     deferred: bool = False
-    #: the last deferral text of each recipient position (queue-control.md 4)
+    #: the last deferral text of each recipient position (queue-control.md 17.7)
     reasons: dict[int, bytes] = field(factory=dict)
 
     def undone(self) -> list[ChannelEntry]:

@@ -1,6 +1,6 @@
 """
 qmail-qread (and C{mailq}): list the messages in the queue (docs/behaviour/tools.md 13,
-docs/behaviour/queue-control.md 5). Replaces qmail's qmail-qread.
+docs/behaviour/queue-control.md 17.8). Replaces qmail's qmail-qread.
 
 Like qmail, it lists preprocessed messages (those with an C{info} file): one line
 C{D Mon YYYY hh:mm:ss GMT  #N  BYTES  <SENDER> } (plus C{ bouncing}, and C{ held} [qmtwist]),
@@ -117,7 +117,7 @@ def main(argv: list[str], env: ProgramEnv) -> int:
     try:
         text = listing(env.home.queue, env.warn)
     except PermissionError as e:
-        # not allowed to read the queue: ask the daemon (docs/behaviour/queue-control.md 5)
+        # not allowed to read the queue: ask the daemon (docs/behaviour/queue-control.md 17.8)
         try:
             answer = ask(env.home, {"op": "queue"})
         except ControlError as c:

@@ -1,6 +1,6 @@
 """
 qmtwist ctl why's log reading (qmtwist.logstory) and the daemon's log observer
-(qmtwist.logformat): the noise filter and JSON lines (docs/behaviour/queue-control.md 6).
+(qmtwist.logformat): the noise filter and JSON lines (docs/behaviour/queue-control.md 17.9).
 """
 
 from __future__ import annotations

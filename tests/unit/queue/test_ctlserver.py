@@ -1,7 +1,7 @@
 """
 The control socket's protocol (qmtwist.queue.ctlserver) on a StringTransport, over a real queue
 service (the harness of test_service: a Clock, synchronous file operations, spy agents) and a
-real queue directory (docs/behaviour/queue-control.md 2, 3).
+real queue directory (docs/behaviour/queue-control.md 17.2, 17.4).
 """
 
 from __future__ import annotations
