@@ -38,7 +38,7 @@ class LoadedMessage:
 
 
 def _ids(path: str) -> list[int]:
-    out = []
+    out: list[int] = []
     try:
         names = os.listdir(path)
     except FileNotFoundError:

@@ -22,7 +22,7 @@ import ctypes
 import errno
 import os
 import time
-from typing import BinaryIO, Callable, Iterable, Iterator
+from typing import Callable, Iterable, Iterator, Protocol
 
 from attrs import define, field, frozen
 
@@ -295,7 +295,14 @@ def writeMessage(
     return p
 
 
-def readChunks(source: BinaryIO | int, size: int = 65536) -> Iterator[bytes]:
+class Readable(Protocol):
+    """What a message is read from: a binary file, or a stream standing in for one."""
+
+    def read(self, n: int = -1, /) -> bytes:
+        """Up to C{n} bytes (all that is left when C{n} < 0)."""
+
+
+def readChunks(source: Readable | int, size: int = 65536) -> Iterator[bytes]:
     """
     The bytes of a file object or a descriptor, C{size} at a time, to the end.
 
@@ -346,7 +353,7 @@ def inject(
     layout: QueueLayout,
     sender: bytes,
     recipients: list[bytes],
-    message: bytes | BinaryIO,
+    message: bytes | Readable,
     how: bytes,
     uid: int | None = None,
     qp: int | None = None,
