@@ -61,4 +61,6 @@ def observe(metrics: Metrics, reactor: Any, injector: Any, queue: Any,
         if dialer is not None:
             dialer.observers.append(metrics)
     for svc in listeners:
-        svc.factory.observers.append(metrics)
+        observers = getattr(getattr(svc, "factory", None), "observers", None)
+        if observers is not None:  # (a listener that is no tcpserver has no sessions to tell)
+            observers.append(metrics)
