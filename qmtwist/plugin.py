@@ -25,6 +25,7 @@ from twisted.python import usage
 from qmtwist.context import ControlCache, Context
 from qmtwist.errors import ControlError
 from qmtwist.home import Home, chooseHome, setup
+from qmtwist.inbound.writer import InboundVerifier
 from qmtwist.interfaces import IDeliveryAgent
 from qmtwist.local.agent import LocalAgent, interpreterReachable
 from qmtwist.pop3.listener import makePOP3Service
@@ -250,8 +251,10 @@ def buildServices(options: dict[str, Any], reactor: Any = None) -> Built:
                 reload()
         SignalService(reactor, home, hupListeners, lambda: None).setServiceParent(top)
 
+    # the MX listener verifies mail of non-relay clients (docs/behaviour/authentication.md)
     makers: tuple[tuple[str, Callable[..., Any]], ...] = (
-        ("smtp", makeSMTPService), ("qmtp", makeQMTPService), ("pop3", makePOP3Service))
+        ("smtp", partial(makeSMTPService, inbound=InboundVerifier(ctx, resolver))),
+        ("qmtp", makeQMTPService), ("pop3", makePOP3Service))
     for name, make in makers:
         endpoint = options.get(name)
         if not endpoint or endpoint == "none":

@@ -188,6 +188,15 @@ class SessionPolicy:
             return recipient
         return None
 
+    @property
+    def verifyInbound(self) -> bool:
+        """
+        Whether the session's mail gets the inbound SPF, DKIM and DMARC checks
+        (docs/behaviour/authentication.md 1.1): not for a relay client (RELAYCLIENT set) nor for
+        an authenticated one (an C{authenticated} attribute, once SMTP AUTH adds it).
+        """
+        return self.relayclient is None and not getattr(self, "authenticated", False)
+
     def roomFor(self, held: int) -> bool:
         """Whether a message that already has C{held} recipients may take one more."""
         return self.maxrcpt <= 0 or held < self.maxrcpt

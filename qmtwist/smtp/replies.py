@@ -49,7 +49,11 @@ REFUSALS: dict[Refusal, bytes] = {
 
 def queueErrorReply(err: MailError) -> bytes:
     """C{451 TEXT} or C{554 TEXT} for a queue failure: the reason of docs/behaviour/queue.md 5.3
-    without its D/Z letter (docs/behaviour/smtp.md 7.2)."""
+    without its D/Z letter (docs/behaviour/smtp.md 7.2); an error that carries its own C{reply}
+    (L{qmtwist.inbound.writer.DMARCRejected}) gives that."""
+    reply = getattr(err, "reply", None)
+    if isinstance(reply, bytes):
+        return reply
     return (b"554 " if err.permanent else b"451 ") + err.text.encode("ascii", "replace")
 
 
