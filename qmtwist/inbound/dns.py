@@ -35,6 +35,9 @@ TIMEOUTS: tuple[float, ...] = (1.0, 3.0)
 #: seconds for every lookup of one message's verification together
 BUDGET = 30.0
 
+#: CNAMEs followed for one lookup
+MAX_CNAME = 8
+
 #: a pyspf answer: C{((name, type), value)}
 Record = tuple[tuple[str, str], Any]
 
@@ -121,9 +124,10 @@ class ThreadDNS:
             raise DNSTempError(f"lookup of {name} failed: {result.type.__name__}")
         return result
 
-    def lookup(self, name: str, qtype: str) -> list[Record]:
+    def lookup(self, name: str, qtype: str, _hops: int = 0) -> list[Record]:
         """
-        Records of C{qtype} at C{name} (and CNAMEs met on the way), in pyspf's shape.
+        Records of C{qtype} at C{name} (and CNAMEs met on the way), in pyspf's shape. A
+        CNAME answered without its target's records is followed (at most L{MAX_CNAME} hops).
 
         @raise DNSTempError: see the module docstring.
         """
@@ -133,12 +137,12 @@ class ThreadDNS:
         result = self._ask(method, name)
         if result is None:
             return []
-        answers = result[0]
-        out = []
-        for rr in answers:
-            record = _record(rr)
-            if record is not None:
-                out.append(record)
+        out = [r for r in map(_record, result[0]) if r is not None]
+        if qtype != "CNAME" and not any(kind == qtype for (_n, kind), _v in out):
+            targets = [v for (owner, kind), v in out
+                       if kind == "CNAME" and owner == name.lower().rstrip(".")]
+            if targets and _hops < MAX_CNAME:
+                out += self.lookup(targets[0], qtype, _hops + 1)
         return out
 
     def txt(self, name: str) -> list[bytes]:
