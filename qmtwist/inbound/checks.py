@@ -136,7 +136,10 @@ def checkDKIM(resolver: ThreadDNS, q: message.Queued, scan: message.HeaderScan
     data = message.whole(q)
     if data is None:
         return tuple(DKIMCheck("neutral", d, s, "message too large to verify") for d, s in ids)
-    verifier = dkim.DKIM(data, logger=None, minkey=1024)
+    try:
+        verifier = dkim.DKIM(data, logger=None, minkey=1024)
+    except dkim.DKIMException:  # a header dkimpy cannot parse
+        return tuple(DKIMCheck("neutral", d, s, "invalid signature") for d, s in ids)
     out = []
     for idx, (d, s) in enumerate(ids):
         key = _KeyLookup(resolver)
@@ -247,8 +250,8 @@ def verify(resolver: ThreadDNS, q: message.Queued, ip: bytes, sender: bytes,
     return Verification(spfChecks, dkimChecks, checkDMARC(resolver, scan, spfChecks, dkimChecks))
 
 
-def unverified(note: str) -> Verification:
+def unverified(note: str, sender: bytes) -> Verification:
     """The results when the checks themselves failed: C{temperror} for each method."""
-    return Verification((SPFCheck("temperror", "mailfrom", b"", "", note),),
+    return Verification((SPFCheck("temperror", "mailfrom", sender, "", note),),
                         (DKIMCheck("temperror", comment=note),),
                         DMARCCheck("temperror", comment=note))

@@ -112,7 +112,7 @@ class InboundVerifier:
                     v = checks.verify(resolver, q, w.ip, sender, w.helo)
                 except Exception:
                     log.failure("inbound verification failed")
-                    v = checks.unverified("internal error")
+                    v = checks.unverified("internal error", sender)
                 if v.dmarc.rejects and w.control.dmarcreject == 1:
                     return _Refused(v)
                 removed = message.Removed()
