@@ -277,3 +277,24 @@ async def test_dns_failure_is_temperror_and_accepted(home, mx, zones):
     h = ours(got)
     assert b"; spf=temperror smtp.mailfrom=a@silent.example; " in h, h
     assert h.endswith(b"; dmarc=temperror (policy lookup failed) header.from=silent.example"), h
+
+
+SMALL_DKIM = twistdWith("from qmtwist.inbound import dns, message\ndns.TIMEOUTS = (0.5, 0.5)\n"
+                        "message.DKIM_LIMIT = 4096")
+
+
+@pytest_twisted.ensureDeferred
+async def test_message_over_the_dkim_limit_is_neutral_and_copied_whole(home, mx):
+    mx.twistd = SMALL_DKIM  # the daemon verifies messages of up to 4096 bytes
+    await start(mx)
+    body = b"".join(b"line %06d of a long body\n" % i for i in range(20000))  # ~500 kB
+    m = message("bob@signed.example", "big", body, sign=True)
+    assert (await send(mx, "bob@pass.example", m))[0] == 250
+    [got] = await delivered(mx, home, 1)
+    h = ours(got)
+    assert (b"; dkim=neutral (message too large to verify) header.d=signed.example "
+            b"header.s=sel; " in h), h
+    assert got.endswith(b"\n\n" + body)
+    # what the client sent, byte for byte after our lines (CRLF stored as LF)
+    client = got.split(b"Received: from ", 1)[1].split(b"\n", 2)[2]
+    assert client == m.replace(b"\r\n", b"\n")
