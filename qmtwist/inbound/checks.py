@@ -20,6 +20,7 @@ import spf
 from dkim.util import parse_tag_value
 from publicsuffixlist import PublicSuffixList
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 
 from qmtwist.inbound import message
 from qmtwist.inbound.dns import DNSTempError, ThreadDNS, using
@@ -30,6 +31,11 @@ log = Logger(namespace="qmtwist.inbound")
 _LABEL = re.compile(rb"^[A-Za-z0-9_](?:[A-Za-z0-9_-]{0,61}[A-Za-z0-9])?$")
 _DMARC1 = re.compile(rb"^v\s*=\s*DMARC1\s*(;|$)")
 _psl: PublicSuffixList | None = None
+
+
+def logFailure(reactor: Any, text: str) -> None:
+    """Log the exception being handled, with its traceback, from the reactor thread."""
+    reactor.callFromThread(log.failure, text, Failure())
 
 
 def isDomain(name: bytes) -> bool:
@@ -61,11 +67,11 @@ class _OrgDomains:
 # -- SPF ----------------------------------------------------------------------------------
 
 
-def _spfQuery(ip: str, sender: str, helo: str) -> tuple[str, str | None]:
+def _spfQuery(resolver: ThreadDNS, ip: str, sender: str, helo: str) -> tuple[str, str | None]:
     try:
         result, _code, _text = spf.query(i=ip, s=sender, h=helo, querytime=0).check()
     except Exception:
-        log.failure("SPF check failed inside pyspf")
+        logFailure(resolver.reactor, "SPF check failed inside pyspf")
         return "temperror", "internal error"
     return str(result), None
 
@@ -79,7 +85,7 @@ def checkSPF(resolver: ThreadDNS, ip: bytes, sender: bytes, helo: bytes | None
     heloName = helo or b""
     with using(resolver):
         if isDomain(heloName):
-            result, note = _spfQuery(_text(ip), "", _text(heloName))
+            result, note = _spfQuery(resolver, _text(ip), "", _text(heloName))
             heloCheck = SPFCheck(result, "helo", heloName, _text(heloName).lower().rstrip("."),
                                  note)
         else:
@@ -89,7 +95,7 @@ def checkSPF(resolver: ThreadDNS, ip: bytes, sender: bytes, helo: bytes | None
         domain = sender.rpartition(b"@")[2]
         if b"@" not in sender or not isDomain(domain):
             return (SPFCheck("none", "mailfrom", sender, "", "no sender domain"), heloCheck)
-        result, note = _spfQuery(_text(ip), _text(sender), _text(heloName) or "unknown")
+        result, note = _spfQuery(resolver, _text(ip), _text(sender), _text(heloName) or "unknown")
         return (SPFCheck(result, "mailfrom", sender, _text(domain).lower().rstrip("."), note),
                 heloCheck)
 
@@ -154,7 +160,7 @@ def checkDKIM(resolver: ThreadDNS, q: message.Queued, scan: message.HeaderScan
             out.append(DKIMCheck("neutral", d, s, "invalid signature"))
             continue
         except Exception:
-            log.failure("DKIM verification failed inside dkimpy")
+            logFailure(resolver.reactor, "DKIM verification failed inside dkimpy")
             out.append(DKIMCheck("temperror", d, s, "internal error"))
             continue
         if ok:
@@ -193,6 +199,8 @@ def _policyRecord(resolver: ThreadDNS, domain: str) -> str | None:
 
 
 _LOWER = {"reject": "quarantine", "quarantine": "none"}
+_SPF_VALUES = {r.value for r in dmarc.SPFResult}
+_DKIM_VALUES = {r.value for r in dmarc.DKIMResult}
 
 
 def checkDMARC(resolver: ThreadDNS, scan: message.HeaderScan, spfChecks: tuple[SPFCheck, ...],
@@ -219,17 +227,16 @@ def checkDMARC(resolver: ThreadDNS, scan: message.HeaderScan, spfChecks: tuple[S
         return DMARCCheck("permerror", domain, comment="invalid policy record")
     mailfrom = spfChecks[0]  # the MAIL FROM identity (the HELO one for the null sender)
     spfAuth = (dmarc.SPF(mailfrom.domain, dmarc.SPFResult(mailfrom.result))
-               if mailfrom.domain and mailfrom.result in dmarc.SPFResult._value2member_map_
-               else None)
+               if mailfrom.domain and mailfrom.result in _SPF_VALUES else None)
     dkimAuth = [dmarc.DKIM(c.domain, dmarc.DKIMResult(c.result)) for c in dkimChecks
-                if c.domain and c.result in dmarc.DKIMResult._value2member_map_]
+                if c.domain and c.result in _DKIM_VALUES]
     published = (policy.sp if at != domain and policy.sp is not dmarc.DMARCDisposition.UNSPECIFIED
                  else policy.p).value
     try:
         res = evaluator.get_result(policy, auth_results=dmarc.AuthResults(spf=spfAuth,
                                                                            dkim=dkimAuth))
     except Exception:
-        log.failure("DMARC evaluation failed inside dmarc")
+        logFailure(resolver.reactor, "DMARC evaluation failed inside dmarc")
         return DMARCCheck("temperror", domain, comment="internal error")
     if res.result is dmarc.DMARCResult.PASS:
         return DMARCCheck("pass", domain, published, "none")

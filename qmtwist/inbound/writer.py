@@ -111,7 +111,7 @@ class InboundVerifier:
                 try:
                     v = checks.verify(resolver, q, w.ip, sender, w.helo)
                 except Exception:
-                    log.failure("inbound verification failed")
+                    checks.logFailure(self.ctx.reactor, "inbound verification failed")
                     v = checks.unverified("internal error", sender)
                 if v.dmarc.rejects and w.control.dmarcreject == 1:
                     return _Refused(v)
