@@ -182,7 +182,11 @@ async def test_dkim_and_dmarc(home, mx):
     assert (await send(mx, "bob@pass.example", message("bob@pass.example", "spf")))[0] == 250
     # SPF pass but not aligned under aspf=s, unsigned: DMARC fail (p=reject, delivered)
     assert (await send(mx, "bob@pass.example", message("c@strict.example", "strict")))[0] == 250
-    got = await delivered(mx, home, 4)
+    # From a subdomain with no record of its own: the organizational domain's policy, and
+    # relaxed alignment with the parent's signature
+    sub = message("d@sub.signed.example", "sub", b"sub body\n", sign=True)
+    assert (await send(mx, "d@none.example", sub))[0] == 250
+    got = await delivered(mx, home, 5)
     byName = bySubject(got)
     h = [byName[s] for s in (b"signed", b"signed", b"spf", b"strict")]
     h[1] = next(ours(m) for m in got if b"changed body" in m)
@@ -195,6 +199,8 @@ async def test_dkim_and_dmarc(home, mx):
     assert b"spf=pass smtp.mailfrom=bob@pass.example" in h[2]
     assert h[2].endswith(b"; dkim=none; dmarc=pass (p=reject dis=none) header.from=pass.example")
     assert h[3].endswith(b"; dmarc=fail (p=reject dis=reject) header.from=strict.example"), h[3]
+    assert byName[b"sub"].endswith(b"; dkim=pass header.d=signed.example header.s=sel; "
+                                   b"dmarc=pass (p=reject dis=none) header.from=sub.signed.example")
     # the delivered copy still verifies (the header went in front of the signed fields)
     signed = next(m for m in got if b"signed body" in m)
     body = signed.split(b"Received: from ", 1)[1].split(b"\n", 2)[2]
