@@ -8,7 +8,6 @@ accepted only before the subcommand, because their own grammar reads later words
 from __future__ import annotations
 
 import argparse
-import importlib
 import os
 import signal
 import sys
@@ -22,6 +21,12 @@ subcommands:
   setup [--me NAME]            create or complete the home directory
   user add|del|list            manage virtual users
   ctl hup|alrm|term            signal the running daemon
+  check [--dns HOST:PORT]      report what is wrong with the home (exit 0: nothing)
+  ctl queue [--json]           list the queue of the running daemon
+  ctl hold|release|delete|retry ID...
+                               hold, release, delete (no bounce) or deliver now messages
+  ctl stats [--json]           the running daemon's figures
+  ctl why ID [--log FILE|-]    the story of a message in the daemon's log
   inject, queue, sendmail, qstat, qread, showctl and every qmail program name in HOME/bin
 """
 
@@ -31,14 +36,9 @@ def runProgram(homePath: str, name: str, args: list[str]) -> int:
     from qmtwist.tools.base import ProgramEnv
 
     name = ALIASES.get(name, name)
-    modname, func = PROGRAMS[name].split(":")
-    try:
-        module = importlib.import_module(modname)
-    except ImportError:
-        sys.stderr.write(f"qmtwist: {name} is not available in this installation\n")
-        return 111
+    main = PROGRAMS[name]()
     env = ProgramEnv(Home(homePath))
-    return int(getattr(module, func)([name, *args], env) or 0)
+    return int(main([name, *args], env) or 0)
 
 
 def _setup(home: Home, argv: list[str]) -> int:
@@ -48,13 +48,21 @@ def _setup(home: Home, argv: list[str]) -> int:
     opts = p.parse_args(argv)
     if opts.home:
         home = chooseHome(opts.home)
+    from qmtwist.check import readMe
+    before = readMe(home)
     try:
         created = setup(home, opts.me)
     except OSError as e:
         sys.stderr.write(f"qmtwist setup: fatal: {e}\n")
         return 111
     if created:
-        print(f"setup: created {home.path}")
+        print(f"setup: created {home.path}" if before is None else
+              f"setup: completed {home.path}: created {len(created)} missing files and directories")
+    if before is not None and opts.me:
+        # an existing home keeps its files (docs/behaviour/operations.md 21.5)
+        kept = "" if opts.me == before else f", not {opts.me}"
+        print(f"setup: kept control/me ({before}{kept}) and every file that was there; "
+              "edit HOME/control/me to rename the host")
     return 0
 
 
@@ -62,6 +70,11 @@ _SIGNALS = {"hup": signal.SIGHUP, "alrm": signal.SIGALRM, "term": signal.SIGTERM
 
 
 def _ctl(home: Home, argv: list[str]) -> int:
+    from qmtwist.ctlcommand import COMMANDS, ctlCommand
+
+    homeOpt, words = _popHome(argv)
+    if words and words[0] in COMMANDS:
+        return ctlCommand(chooseHome(homeOpt) if homeOpt else home, words)
     p = argparse.ArgumentParser(prog="qmtwist ctl")
     p.add_argument("--home")
     p.add_argument("signal", choices=sorted(_SIGNALS))
@@ -125,7 +138,13 @@ def _user(home: Home, argv: list[str]) -> int:
     return userCommand(chooseHome(homeOpt) if homeOpt else home, argv)
 
 
-_COMMANDS = {"setup": _setup, "ctl": _ctl, "user": _user}
+def _check(home: Home, argv: list[str]) -> int:
+    from qmtwist.check import checkCommand
+
+    return checkCommand(home, argv)
+
+
+_COMMANDS = {"setup": _setup, "ctl": _ctl, "user": _user, "check": _check}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -83,10 +83,38 @@ class ControlCache:
             self.log.warn("{line}", line=w)
 
     def reload(self) -> list[str]:
-        """SIGHUP: re-read everything; unreadable or bad files keep their previous values."""
-        self.snapshot, warnings = control.load(self.home.control, self.snapshot)
+        """Re-read everything now (blocking: tests and start-up; the daemon's SIGHUP uses
+        L{reloadOffThread}); unreadable or bad files keep their previous values."""
+        return self._applyReload(self._readAll(self.home.control, self.snapshot))
+
+    def reloadOffThread(self, runInThread: Callable[[Callable[[], Any]], Any]
+                        ) -> Deferred[list[str]]:
+        """
+        SIGHUP: L{reload} with the reading done on C{runInThread}; the new values take effect
+        on the calling (reactor) thread when it is done.
+
+        @return: fires with the warnings (already logged); never fails: a read that crashes
+            is logged and the values in force stay.
+        """
+        controlDir, previous = self.home.control, self.snapshot
+        read: Deferred[tuple[Control, list[str], Stamp]] = runInThread(
+            lambda: self._readAll(controlDir, previous))
+        d = read.addCallback(self._applyReload)
+
+        def crashed(f: Failure) -> list[str]:
+            self.log.failure("control files reload failed", f)
+            return []
+
+        return d.addErrback(crashed)
+
+    @staticmethod
+    def _readAll(controlDir: str, previous: Control) -> tuple[Control, list[str], Stamp]:
+        loaded, warnings = control.load(controlDir, previous)
+        return loaded, warnings, _mtimes(controlDir)
+
+    def _applyReload(self, result: tuple[Control, list[str], Stamp]) -> list[str]:
+        self.snapshot, warnings, self._stamp = result
         self._current = self.snapshot
-        self._stamp = _mtimes(self.home.control)
         self._generation += 1
         for w in warnings:
             self.log.warn("{line}", line=w)

@@ -6,7 +6,6 @@ L{setup} is idempotent: it creates what is missing and never rewrites a file tha
 
 from __future__ import annotations
 
-import importlib.util
 import os
 import pwd
 import socket
@@ -151,15 +150,19 @@ def launcherText(home: Home, name: str) -> bytes:
 
 def checkPrograms() -> None:
     """
-    Every module named in L{PROGRAMS} exists, so that each launcher written into C{bin/} runs
+    Every program in L{PROGRAMS} loads, so that each launcher written into C{bin/} runs
     (docs/behaviour/home.md 1.3): a missing one is an installation error, not a program to skip.
 
-    @raise ModuleNotFoundError: naming every missing module.
+    @raise ModuleNotFoundError: naming every program that does not load, and why.
     """
-    missing = sorted({spec.split(":")[0] for spec in PROGRAMS.values()
-                      if importlib.util.find_spec(spec.split(":")[0]) is None})
+    missing = []
+    for name, load in sorted(PROGRAMS.items()):
+        try:
+            load()
+        except ImportError as e:
+            missing.append(f"{name} ({e})")
     if missing:
-        raise ModuleNotFoundError(f"qmtwist is incomplete: no module {', '.join(missing)}")
+        raise ModuleNotFoundError(f"qmtwist is incomplete: cannot load {', '.join(missing)}")
 
 
 DEFAULT_DATABYTES = 50 * 1024 * 1024

@@ -138,3 +138,39 @@ class IPasswordChecker(Interface):
 
     def check(user: bytes, password: bytes) -> "Deferred[object]":  # noqa: F821
         """@return: a Deferred firing with the user's mailbox, or failing when refused."""
+
+
+class ISessionObserver(Interface):
+    """
+    Told of the sessions of the listeners (C{inbound}) and of remote delivery's connections
+    (C{outbound}), on the reactor thread: the metrics (L{qmtwist.metrics}) count them. A
+    listener's L{qmtwist.tcpsession.SessionFactory} and remote delivery's
+    L{qmtwist.remote.connection.Dialer} keep a list C{observers} that the plugin fills.
+    """
+
+    def sessionStarted(direction: str, protocol: str) -> None:
+        """
+        A session began: an inbound one the rules allowed (the C{ok N} line), or an outbound
+        connection that was made.
+
+        @param direction: C{"inbound"} or C{"outbound"}.
+        @param protocol: C{"smtp"}, C{"qmtp"} or C{"pop3"}.
+        """
+
+    def sessionEnded(direction: str, protocol: str, tls: bool) -> None:
+        """That session ended; C{tls}: it was encrypted (STARTTLS, STLS or an C{ssl:} port)."""
+
+
+class IDeliveryObserver(Interface):
+    """
+    Told of the result of every delivery, on the reactor thread, after the queue service logged
+    it (C{QueueService.deliveryObservers}): the metrics count them.
+    """
+
+    def delivered(channel: str, outcome: object, text: bytes, birth: float) -> None:
+        """
+        @param outcome: the L{qmtwist.delivery.Outcome} as recorded (a deferral in the last
+            pass is already a failure).
+        @param text: the report text.
+        @param birth: the message's time of arrival in the queue (its info file's mtime).
+        """

@@ -27,11 +27,19 @@ from qmtwist.errors import ControlError
 from qmtwist.home import Home, chooseHome, setup
 from qmtwist.inbound.writer import InboundVerifier
 from qmtwist.interfaces import IDeliveryAgent
+from qmtwist.listeners import SUBMISSION, ListenerOptions, endpoints, settings
 from qmtwist.local.agent import LocalAgent, interpreterReachable
+from qmtwist.logformat import forTwistd
+from qmtwist.logstory import logPointer
+from qmtwist.metrics import Metrics
+from qmtwist.metricsweb import makeMetricsService, observe
 from qmtwist.pop3.listener import makePOP3Service
 from qmtwist.ptr import makeHostLookup
 from qmtwist.qmtp.listener import makeQMTPService
+from qmtwist.ctlclient import controlSocket
+from qmtwist.queue.admin import QueueAdmin
 from qmtwist.queue.commit import Injector
+from qmtwist.queue.ctlserver import ControlFactory, ControlService
 from qmtwist.queue.service import QueueService
 from qmtwist.queue.socketserver import QueueSocketFactory, prepareSocketPath
 from qmtwist.queue.store import pokeTrigger
@@ -39,25 +47,23 @@ from qmtwist.queue.trigger import TriggerReader
 from qmtwist.remote.agent import RemoteAgent
 from qmtwist.remote.concurrency import descriptorWarning
 from qmtwist.remote.mx import makeResolver
+from qmtwist.sdnotify import NotifyService
 from qmtwist.smtp.listener import makeSMTPService, warnIfNoRcpthosts
+from qmtwist.startup import StartGuard, checkEndpoints, fatal, oneLineUsage
+from qmtwist.smtp.submission import Authority, makeSubmissionService
 
 log = Logger(namespace="qmtwist")
 
 
-class Options(usage.Options):
+class Options(ListenerOptions, usage.Options):
     """twistd qmtwist's options (docs/commands.md)."""
 
     synopsis = "[options]"
     longdesc = "The qmail mail system: SMTP, QMTP and POP3 listeners and the queue service."
-    optFlags = [["no-queue", None, "run listeners only (another process runs the queue)"]]
+    optFlags = [["no-queue", None, "run listeners only (another process runs the queue)"],
+                ["log-noise", None, "keep Twisted's per-port 'starting on' and factory lines"]]
     optParameters = [
         ["home", None, None, "the home directory (default: $QMTWIST_HOME or ./qmtwist-home)"],
-        ["smtp", None, "tcp:2525:interface=127.0.0.1", "SMTP listener endpoint, or none"],
-        ["qmtp", None, "tcp:2209:interface=127.0.0.1", "QMTP listener endpoint, or none"],
-        ["pop3", None, "tcp:2110:interface=127.0.0.1", "POP3 listener endpoint, or none"],
-        ["smtp-rules", None, None, "tcprules text file (default HOME/rules/smtp)"],
-        ["qmtp-rules", None, None, "tcprules text file (default HOME/rules/qmtp)"],
-        ["pop3-rules", None, None, "tcprules text file (default HOME/rules/pop3)"],
         ["smtp-concurrency", None, 40, "most simultaneous SMTP sessions", int],
         ["qmtp-concurrency", None, 40, "most simultaneous QMTP sessions", int],
         ["pop3-concurrency", None, 40, "most simultaneous POP3 sessions", int],
@@ -65,11 +71,17 @@ class Options(usage.Options):
         ["qmtp-per-ip", None, 10, "most QMTP sessions of one client address (0: no limit)", int],
         ["pop3-per-ip", None, 10, "most POP3 sessions of one client address (0: no limit)", int],
         ["checkpassword", None, None, "POP3 checkpassword program (default: built-in)"],
+        ["log-format", None, "text", "log lines as text (twistd's) or json (one object a line)"],
+        ["metrics", None, "none", "Prometheus /metrics endpoint (e.g. tcp:9125:interface=127.0.0.1)"],
     ]
 
     def __init__(self) -> None:
         super().__init__()
         self["dns"] = []
+
+    def parseOptions(self, options: list[str] | None = None) -> None:
+        # a bad option is one line and exit 1, not twistd's whole help (operations.md 21.5)
+        oneLineUsage(lambda: super(Options, self).parseOptions(options))
 
     def opt_dns(self, value: str) -> None:
         """DNS server HOST:PORT for remote delivery and =host rules (repeatable; default: the
@@ -78,6 +90,11 @@ class Options(usage.Options):
         if not host or not port.isdigit():
             raise usage.UsageError(f"--dns wants HOST:PORT, not {value!r}")
         self["dns"].append((host.strip("[]"), int(port)))
+
+    def postOptions(self) -> None:
+        if self["log-format"] not in ("text", "json"):
+            raise usage.UsageError(f"--log-format wants text or json, not {self['log-format']!r}")
+        checkEndpoints(self)
 
 
 class SignalService(service.Service):
@@ -173,13 +190,7 @@ class Built:
     top: service.MultiService
     context: Context
     queue: QueueService | None
-
-
-def fatal(line: str) -> None:
-    """Log qmail's alert line and stop twistd with a nonzero exit."""
-    log.critical("{line}", line=line)
-    sys.stderr.write(line + "\n")
-    raise SystemExit(111)
+    metrics: Metrics | None = None  # its stats() is what ctl stats shows
 
 
 def buildServices(options: dict[str, Any], reactor: Any = None) -> Built:
@@ -200,17 +211,23 @@ def buildServices(options: dict[str, Any], reactor: Any = None) -> Built:
         fatal(str(e) if "cannot start" in str(e) else f"alert: cannot start: {e}")
     pool = reactor.getThreadPool()
     runInThread = partial(deferToThreadPool, reactor, pool)
-    top = service.MultiService()
+    top = StartGuard()  # a part that cannot start: one line, exit 1 (operations.md 21.5)
     queue: QueueService | None = None
     noQueue = bool(options.get("no-queue"))
     listeners: list[Any] = []  # the SMTP and QMTP services, for the remote self check
 
     injector = Injector(home.queue, home.control, reactor, runInThread)
+    metrics = Metrics(reactor)  # its stats() is also what ctl stats shows
     ctx = Context(home, reactor, injector, controls, runInThread)
     # one resolver (--dns) for remote delivery's MX lookups and the listeners' PTR lookups,
     # made when the first of them needs it (a listeners-only daemon may never need one)
     resolver = cache(lambda: makeResolver(reactor, options.get("dns") or None))
     hostLookup = makeHostLookup(reactor, resolver)
+
+    def reloadListeners() -> None:
+        """SIGHUP, once the controls are reread: each listener rereads its rules."""
+        for reload in ctx.reloaders:
+            reload()
 
     if not noQueue:
         agents = _makeAgents(ctx, options, listeners, resolver())
@@ -220,20 +237,21 @@ def buildServices(options: dict[str, Any], reactor: Any = None) -> Built:
         try:
             queue.lockMutex()
         except RuntimeError:
-            fatal("alert: cannot start: qmail-send is already running")
+            raise SystemExit(1)  # lockMutex logged the alert line
         queue.setServiceParent(top)
         TriggerService(reactor, home.queue.trigger, queue.scanTodo).setServiceParent(top)
 
         def hup() -> None:
-            queue.hup()
-            for reload in ctx.reloaders:
-                reload()
+            queue.hup().addCallback(lambda _: reloadListeners())
 
         SignalService(reactor, home, hup, queue.alrm, home.pidfile,
                       abandon=queue.abandon).setServiceParent(top)
         prepareSocketPath(home.queueSocket)
         sock = strports.service(f"unix:{home.queueSocket}:mode=666", QueueSocketFactory(injector))
         sock.setServiceParent(top)
+        # qmtwist ctl queue/hold/...: stats= the metrics object's stats when there is one
+        ControlService(reactor, controlSocket(home), ControlFactory(QueueAdmin(queue), stats=metrics.stats)
+                       ).setServiceParent(top)
         if os.getuid() == 0 and not interpreterReachable(sys.executable):
             log.warn("warning: {python} is not reachable by other users: HOME/bin programs in "
                      ".qmail pipes (preline, forward, qmail-inject) will fail when run as the "
@@ -246,34 +264,42 @@ def buildServices(options: dict[str, Any], reactor: Any = None) -> Built:
         injector.addObserver(lambda ids: pokeTrigger(home.queue))
 
         def hupListeners() -> None:
-            controls.reload()
-            for reload in ctx.reloaders:
-                reload()
+            controls.reloadOffThread(runInThread).addCallback(lambda _: reloadListeners())
         SignalService(reactor, home, hupListeners, lambda: None).setServiceParent(top)
 
+    served: list[Any] = []  # every listener, for the metrics
     # the MX listener verifies mail of non-relay clients (docs/behaviour/authentication.md)
     makers: tuple[tuple[str, Callable[..., Any]], ...] = (
         ("smtp", partial(makeSMTPService, inbound=InboundVerifier(ctx, resolver))),
-        ("qmtp", makeQMTPService), ("pop3", makePOP3Service))
+        ("qmtp", makeQMTPService), ("pop3", makePOP3Service),
+        ("submission", makeSubmissionService), ("submissions", makeSubmissionService))
+    authority = cache(lambda: Authority.forContext(ctx))  # shared by the submission listeners
     for name, make in makers:
-        endpoint = options.get(name)
-        if not endpoint or endpoint == "none":
-            continue
-        rules = options.get(f"{name}-rules") or os.path.join(home.rules, name)
-        concurrency = int(options.get(f"{name}-concurrency") or 40)
-        perIP = options.get(f"{name}-per-ip")
-        perIP = 10 if perIP is None else int(perIP)
-        if name == "pop3":
-            svc = make(ctx, endpoint, rules, concurrency, options.get("checkpassword"),
-                       lookupHost=hostLookup, perIP=perIP)
-        else:
-            svc = make(ctx, endpoint, rules, concurrency, lookupHost=hostLookup, perIP=perIP)
-            listeners.append(svc)
-        if name == "smtp":
-            # docs/behaviour/smtp.md 7.5's warning, again on every SIGHUP
-            ctx.reloaders.append(partial(warnIfNoRcpthosts, ctx))
-        svc.setServiceParent(top)
-    return Built(top, ctx, queue)
+        # each option may be repeated: a listener per endpoint (qmtwist/listeners.py)
+        for i, endpoint in enumerate(endpoints(options, name)):
+            rules, concurrency, perIP = settings(options, name, i, home.rules)
+            if name == "pop3":
+                svc = make(ctx, endpoint, rules, concurrency, options.get("checkpassword"),
+                           lookupHost=hostLookup, perIP=perIP)
+            elif name in SUBMISSION:
+                svc = make(ctx, name, endpoint, rules, concurrency, authority(),
+                           lookupHost=hostLookup, perIP=perIP)
+            else:
+                svc = make(ctx, endpoint, rules, concurrency, lookupHost=hostLookup, perIP=perIP)
+                listeners.append(svc)
+            if i:
+                svc.setName(f"{name}-{i + 1}")  # a MultiService wants unique names
+            if name == "smtp" and i == 0:
+                # docs/behaviour/smtp.md 7.5's warning, again on every SIGHUP
+                ctx.reloaders.append(partial(warnIfNoRcpthosts, ctx))
+            ctx.reloaders.append(svc.reload)  # its rules file, on SIGHUP
+            svc.setServiceParent(top)
+            served.append(svc)
+    observe(metrics, reactor, injector, queue, served)
+    if (options.get("metrics") or "none") != "none":
+        makeMetricsService(options["metrics"], metrics).setServiceParent(top)
+    NotifyService(top).setServiceParent(top)  # last: READY=1 once all listen; first to stop
+    return Built(top, ctx, queue, metrics)
 
 
 def _makeAgents(ctx: Context, options: dict[str, Any], listeners: list[Any],
@@ -300,18 +326,17 @@ def listenerAddresses(options: dict[str, Any],
     """
     from qmtwist.remote import ipme
 
-    bound = {getattr(s, "name", None): ipme.boundAddress(getattr(s, "port", None))
-             for s in services}
     out: list[str] = []
     for name in ("smtp", "qmtp"):
-        endpoint = options.get(name) or "none"
-        if endpoint == "none":
-            continue
-        host = bound.get(name)
-        out.extend([host] if host is not None else ipme.endpointAddresses(endpoint))
+        # the Nth service of a name listens on its Nth endpoint (they are built in order)
+        named = [s for s in services if getattr(s, "kind", getattr(s, "name", None)) == name]
+        for i, endpoint in enumerate(endpoints(options, name)):
+            host = ipme.boundAddress(getattr(named[i], "port", None)) if i < len(named) else None
+            out.extend([host] if host is not None else ipme.endpointAddresses(endpoint))
     return tuple(dict.fromkeys(out))
 
 
 def makeService(options: Options) -> service.IService:
     """twistd's entry point (see twisted/plugins/qmtwist_plugin.py)."""
-    return buildServices(options).top
+    built = buildServices(options)
+    return forTwistd(built.top, options, logPointer(built.context.home))

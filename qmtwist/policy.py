@@ -20,7 +20,7 @@ from __future__ import annotations
 import enum
 from typing import TYPE_CHECKING, Mapping, Union
 
-from attrs import frozen
+from attrs import evolve, frozen
 
 from qmtwist.address import unstorable
 from qmtwist.rcpthosts import RcptHosts
@@ -122,6 +122,8 @@ class SessionPolicy:
     @ivar maxrcpt: the most recipients a message may have; 0 = no limit.
     @ivar relayclient: C{RELAYCLIENT} (L{None} when unset; set, even empty, it replaces the
         rcpthosts check and is appended to every recipient).
+    @ivar user: the name an SMTP AUTH proved (docs/behaviour/submission.md 16.3), else L{None};
+        an authenticated session relays as with an empty C{RELAYCLIENT}.
     """
 
     dialect: Dialect
@@ -130,6 +132,7 @@ class SessionPolicy:
     relayclient: bytes | None
     rcpthosts: RcptHosts
     badmailfrom: tuple[bytes, ...] = ()
+    user: bytes | None = None
 
     @classmethod
     def fromEnv(cls, control: Control, env: Mapping[str, bytes],
@@ -184,6 +187,8 @@ class SessionPolicy:
         """
         if self.relayclient is not None:
             return recipient + self.relayclient
+        if self.user is not None:  # AUTH (docs/behaviour/submission.md 16.3)
+            return recipient
         if self.rcpthosts.allows(recipient):
             return recipient
         return None
@@ -193,9 +198,13 @@ class SessionPolicy:
         """
         Whether the session's mail gets the inbound SPF, DKIM and DMARC checks
         (docs/behaviour/authentication.md 1.1): not for a relay client (RELAYCLIENT set) nor for
-        an authenticated one (an C{authenticated} attribute, once SMTP AUTH adds it).
+        an authenticated one (L{user} set by SMTP AUTH).
         """
-        return self.relayclient is None and not getattr(self, "authenticated", False)
+        return self.relayclient is None and self.user is None
+
+    def authenticated(self, user: bytes) -> SessionPolicy:
+        """This policy for a session whose client proved it is C{user}: it relays."""
+        return evolve(self, user=user)
 
     def roomFor(self, held: int) -> bool:
         """Whether a message that already has C{held} recipients may take one more."""

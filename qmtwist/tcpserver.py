@@ -36,7 +36,7 @@ line; QMTP and POP3: nothing) and is closed.
 Before each connection is decided, C{ctx.controls.refresh} (L{qmtwist.context.ControlCache})
 and L{qmtwist.tcprules.RulesFile.refresh} check the control files, C{servercert.pem} and the
 rules file on threads, so the session gets them as they are now without the reactor ever
-stat-ing or opening one. L{reload} (SIGHUP; makeListener appends it to C{ctx.reloaders})
+stat-ing or opening one. L{reload} (SIGHUP; plugin.py appends it to C{ctx.reloaders})
 rereads the rules file, on a thread too.
 
 Log lines (namespace C{qmtwist.NAME}): C{tcpserver: status: A/L}, C{tcpserver: pid N from IP},
@@ -50,7 +50,7 @@ does not start when that file's key is not its certificate's.
 from __future__ import annotations
 
 import os
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from twisted.application.internet import StreamServerEndpointService
 from twisted.application.service import IService, Service
@@ -63,10 +63,14 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from qmtwist.ptr import LookupHost, makeHostLookup
+from qmtwist.startup import markReported, splitTLS
 from qmtwist.tcprules import RulesFile
 from qmtwist.tcpsession import SessionFactory, plainIP
 
 __all__ = ["LookupHost", "TCPServerService", "makeListener", "plainIP"]
+
+if TYPE_CHECKING:
+    from qmtwist.context import Context
 
 
 def describeAddress(address: Any) -> str:
@@ -131,16 +135,35 @@ class ListenerEndpoint:
     def listen(self, protocolFactory: IProtocolFactory) -> Deferred[IListeningPort]:
         try:
             self._checkServerCert()
-            endpoint = serverFromString(self.service.ctx.reactor, self._description())
+            description, tls = splitTLS(self._description())
+            endpoint = serverFromString(self.service.ctx.reactor, description)
+            if tls:  # a systemd: socket for SMTPS or POP3S (docs/behaviour/operations.md 21.3)
+                protocolFactory = self._tlsFactory(protocolFactory)
             d: Deferred[IListeningPort] = endpoint.listen(protocolFactory)
         except Exception:
             d = fail()
         return d.addErrback(self._failed)
 
+    def _tlsFactory(self, protocolFactory: IProtocolFactory) -> IProtocolFactory:
+        """TLS from the first byte with C{control/servercert.pem}, as an C{ssl:} endpoint."""
+        from twisted.protocols.tls import TLSMemoryBIOFactory
+
+        from qmtwist.tls import KeyMismatch, loadServerOptions
+
+        try:
+            options = loadServerOptions(os.path.join(self.service.ctx.home.control,
+                                                     "servercert.pem"))
+        except KeyMismatch as e:
+            raise ValueError(f"control/servercert.pem: {e}") from None
+        except OSError as e:
+            raise ValueError(f"control/servercert.pem: {e.strerror}") from None
+        return TLSMemoryBIOFactory(options, False, protocolFactory)  # type: ignore[arg-type]
+
     def _failed(self, f: Failure) -> Failure:
         reason = str(f.value) or f.getErrorMessage()
         self.service.log.critical("alert: cannot start: unable to listen on {endpoint}: {reason}",
                                   endpoint=self.service.description, reason=reason)
+        markReported(f.value)  # the daemon's StartGuard exits with status 1, no traceback
         return f
 
 
@@ -154,11 +177,13 @@ class TCPServerService(StreamServerEndpointService):
     @ivar factory: the L{SessionFactory} the port sees.
     """
 
-    def __init__(self, ctx: Any, name: str, endpoint: str, rulesPath: str | None,
+    def __init__(self, ctx: Context, name: str, endpoint: str, rulesPath: str | None,
                  concurrency: int, protocolFactory: Any,
                  lookupHost: LookupHost | None = None, perIP: int = 10,
                  overLimit: bytes = b"") -> None:
         self.ctx = ctx
+        #: the protocol (log lines); the service name is made unique when a protocol has several
+        self.kind = name
         self.setName(name)
         self.description = endpoint
         self.log = Logger(namespace=f"qmtwist.{name}")
@@ -167,6 +192,7 @@ class TCPServerService(StreamServerEndpointService):
         factory = SessionFactory(protocolFactory, ctx, self.log, self.rules,
                                  lookupHost or makeHostLookup(ctx.reactor), concurrency, perIP,
                                  overLimit)
+        factory.listener = name
         super().__init__(ListenerEndpoint(self), factory)
         for line in self.rules.reload():
             self.log.warn("{line}", line=line)
@@ -201,7 +227,7 @@ class TCPServerService(StreamServerEndpointService):
         if port is not None:  # (None: the listen failed later and was logged)
             self.port = port
             self.factory.listeningOn(port)
-            self.log.info("{name}: listening on {address}", name=self.name,
+            self.log.info("{name}: listening on {address}", name=self.kind,
                           address=describeAddress(port.getHost()))
         return port
 
@@ -229,7 +255,7 @@ class TCPServerService(StreamServerEndpointService):
             self.log.warn("{line}", line=line)
 
 
-def makeListener(ctx: Any, name: str, endpoint: str, rulesPath: str | None, concurrency: int,
+def makeListener(ctx: Context, name: str, endpoint: str, rulesPath: str | None, concurrency: int,
                  protocolFactory: Any, lookupHost: LookupHost | None = None, perIP: int = 10,
                  overLimit: bytes = b"") -> IService:
     """
@@ -247,9 +273,5 @@ def makeListener(ctx: Any, name: str, endpoint: str, rulesPath: str | None, conc
     @param perIP: the most sessions one client address may hold; 0 = no such limit.
     @param overLimit: what a connection over C{perIP} is sent before it is closed.
     """
-    service = TCPServerService(ctx, name, endpoint, rulesPath, concurrency, protocolFactory,
-                               lookupHost, perIP, overLimit)
-    reloaders = getattr(ctx, "reloaders", None)
-    if reloaders is not None:
-        reloaders.append(service.reload)
-    return service
+    return TCPServerService(ctx, name, endpoint, rulesPath, concurrency, protocolFactory,
+                            lookupHost, perIP, overLimit)

@@ -29,11 +29,12 @@ from __future__ import annotations
 import ipaddress
 import itertools
 from collections import deque
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from twisted.internet.defer import Deferred, gatherResults, succeed
 from twisted.internet.error import ConnectionDone
-from twisted.internet.interfaces import IHalfCloseableProtocol, IProtocol
+from twisted.internet.interfaces import (
+    IHalfCloseableProtocol, IHandshakeListener, IProtocol, ISSLTransport)
 from twisted.internet.protocol import Factory, Protocol
 from twisted.logger import Logger
 from twisted.protocols.policies import ProtocolWrapper, WrappingFactory
@@ -42,6 +43,9 @@ from zope.interface import directlyProvides, implementer, providedBy
 
 from qmtwist.ptr import LookupHost
 from qmtwist.tcprules import Decision, RulesFile, RuleSet
+
+if TYPE_CHECKING:
+    from qmtwist.context import Context
 
 
 def plainIP(host: str) -> str:
@@ -73,10 +77,13 @@ def sessionEnv(local: Any, peer: Any, me: bytes, host: str | None,
 
 
 @implementer(IHalfCloseableProtocol)
+@implementer(IHandshakeListener)
 class Session(ProtocolWrapper):
     """
     One accepted connection: held and checked by its L{SessionFactory}, then the transport of
-    the session protocol (L{attach}). Data that arrives before that is kept for it.
+    the session protocol (L{attach}). Data that arrives before that is kept for it, and so is
+    the end of a TLS handshake (passed on to a session protocol that is an
+    L{IHandshakeListener}).
     """
 
     factory: SessionFactory
@@ -92,6 +99,13 @@ class Session(ProtocolWrapper):
         self.closed = False
         self._early: list[bytes] = []
         self._readClosed = False
+        self._handshook = False
+
+    def handshakeCompleted(self) -> None:
+        if self.wrappedProtocol is None:
+            self._handshook = True
+        elif IHandshakeListener.providedBy(self.wrappedProtocol):
+            self.wrappedProtocol.handshakeCompleted()  # type: ignore[attr-defined]
 
     def logPrefix(self) -> str:
         return self.__class__.__name__
@@ -107,6 +121,9 @@ class Session(ProtocolWrapper):
         """Connect the session protocol, with this wrapper as its transport."""
         self.wrappedProtocol = inner
         inner.makeConnection(self)  # type: ignore[arg-type]  # it provides the transport's
+        if self._handshook:
+            self._handshook = False
+            self.handshakeCompleted()
         early, self._early = self._early, []
         for data in early:
             if self.closed:
@@ -154,11 +171,13 @@ class SessionFactory(WrappingFactory):
 
     @ivar port: the listening port (L{listeningOn}), paused at the concurrency limit.
     @ivar active: sessions counted against the limit.
+    @ivar listener: the listener's name (C{smtp}, C{qmtp}, C{pop3}), for the observers.
+    @ivar observers: L{qmtwist.interfaces.ISessionObserver}s told of each allowed session.
     """
 
     noisy = False  # the wrapped factory says "Starting factory" already
 
-    def __init__(self, wrappedFactory: Factory, ctx: Any, log: Logger, rules: RulesFile,
+    def __init__(self, wrappedFactory: Factory, ctx: Context, log: Logger, rules: RulesFile,
                  lookupHost: LookupHost, concurrency: int, perIP: int,
                  overLimit: bytes) -> None:
         super().__init__(wrappedFactory)
@@ -176,6 +195,8 @@ class SessionFactory(WrappingFactory):
         self._perAddress: dict[str, int] = {}
         self._numbers = itertools.count(1)
         self._portPaused = False
+        self.listener = ""
+        self.observers: list[Any] = []
 
     def buildProtocol(self, addr: Any) -> Session:
         return Session(self, addr)
@@ -302,6 +323,8 @@ class SessionFactory(WrappingFactory):
             s.transport.loseConnection()
             return
         inner.env = sessionEnv(local, peer, me, host, decision)
+        for o in self.observers:
+            o.sessionStarted("inbound", self.listener)
         s.attach(inner)
         if not s.closed:
             s.transport.resumeProducing()
@@ -330,6 +353,9 @@ class SessionFactory(WrappingFactory):
             exitStatus = getattr(inner, "exitStatus", None)
             status = exitStatus if exitStatus is not None else (
                 0 if reason.check(ConnectionDone) else 256)
+            tls = bool(getattr(inner, "tls", False)) or ISSLTransport.providedBy(s.transport)
+            for o in self.observers:
+                o.sessionEnded("inbound", self.listener, tls)
         self.log.info("tcpserver: end {n} status {status}", n=s.number, status=status)
         self.active -= 1
         self.logStatus()

@@ -24,9 +24,13 @@ PROGRAMS = {
     "s-nail": "s-nail",
     "bsd-mailx": "bsd-mailx",
     "smtp-sink": "postfix",
+    "postfix": "postfix",  # a private instance for the SMTPUTF8 peer tests (tests/integration/postfix.py)
     "setpriv": "util-linux",
     "useradd": "passwd",
+    "groupadd": "passwd",  # group qmtwistq of the mailq test (docs/behaviour/queue-control.md)
     "ip": "iproute2",  # adds interface addresses for the remote self-check test
+    "systemd-socket-activate": "systemd",  # socket activation with named descriptors
+    "systemd-analyze": "systemd",  # checks contrib/systemd's units
 }
 
 # Perl modules swaks --tls needs; swaks only Recommends them, so --no-install-recommends skips them.

@@ -34,7 +34,8 @@ from qmtwist.inbound.dns import ThreadDNS
 from qmtwist.inbound.results import Verification, header
 from qmtwist.interfaces import IMessageWriter
 from qmtwist.queue.store import PendingMessage, Queued, writeMessage
-from qmtwist.smtp.server import SMTPFactory, SMTPServer
+from qmtwist.smtp.listener import SMTPFactory
+from qmtwist.smtp.server import SMTPServer
 
 #: verification jobs at once (docs/behaviour/authentication.md 3)
 CONCURRENCY = 4

@@ -23,6 +23,7 @@ grow with the message size. The child's standard error is logged line by line.
 from __future__ import annotations
 
 import json
+from abc import ABCMeta, abstractmethod
 import socket
 from typing import TYPE_CHECKING, Any
 
@@ -55,10 +56,10 @@ def frame(obj: dict[str, Any]) -> bytes:
     return encode(json.dumps(obj).encode())
 
 
-class FrameReceiver(Protocol):
+class FrameReceiver(Protocol, metaclass=ABCMeta):
     """
     Either end of the helper socket: netstrings in, each one's content handed to
-    L{frameReceived}; L{sendFrame} writes one.
+    L{frameReceived}; L{sendFrame} writes one. Abstract: each end says what a frame means.
     """
 
     def __init__(self) -> None:
@@ -74,13 +75,13 @@ class FrameReceiver(Protocol):
     def sendFrame(self, obj: dict[str, Any]) -> None:
         self.transport.write(frame(obj))  # type: ignore[union-attr]
 
+    @abstractmethod
     def frameReceived(self, content: bytes) -> None:
         """One complete netstring's content (a JSON object)."""
-        raise NotImplementedError
 
+    @abstractmethod
     def badFrame(self, why: str) -> None:
         """The input is no netstring or too long; the socket is closed after this."""
-        raise NotImplementedError
 
 
 @implementer(IHalfCloseableProtocol)

@@ -26,6 +26,7 @@ import socket
 import time
 from typing import Callable
 
+from qmtwist.durable import syncDir, writeAll
 from qmtwist.errors import TemporaryFailure
 
 CHDIR = "Unable to chdir to maildir. (#4.2.1)"
@@ -128,10 +129,7 @@ def deliver(
         raise TemporaryFailure(TEMP)
     try:
         try:
-            for chunk in data:
-                view = memoryview(chunk)
-                while view:
-                    view = view[os.write(fd, view):]
+            writeAll(fd, data)
             os.fsync(fd)
         finally:
             os.close(fd)
@@ -142,11 +140,7 @@ def deliver(
         except OSError as e:
             if e.errno != errno.EEXIST:
                 raise
-        dfd = os.open(newDir, os.O_RDONLY | os.O_DIRECTORY)
-        try:
-            os.fsync(dfd)
-        finally:
-            os.close(dfd)
+        syncDir(newDir)
     except TemporaryFailure:
         _unlink(tmp)
         raise

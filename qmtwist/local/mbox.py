@@ -10,11 +10,12 @@ other deliveries for more than one interval, and give up after 30 seconds with q
 from __future__ import annotations
 
 import fcntl
-import os
 import itertools
+import os
 import time
 from typing import Callable, Iterable
 
+from qmtwist.durable import writeAll
 from qmtwist.errors import TemporaryFailure
 from qmtwist.local.message import mboxQuoted
 
@@ -77,10 +78,7 @@ def deliver(path: bytes | str, prefix: Iterable[bytes], message: bytes | Iterabl
             raise TemporaryFailure(f"Unable to write {name}: {e.strerror}. (#4.3.0)")
         try:
             chunks = [message] if isinstance(message, bytes) else message
-            for data in itertools.chain(prefix, mboxQuoted(chunks)):
-                view = memoryview(data)
-                while view:
-                    view = view[os.write(fd, view):]
+            writeAll(fd, itertools.chain(prefix, mboxQuoted(chunks)))
             os.fsync(fd)
         except TemporaryFailure:  # the message could not be read: undo the partial append
             try:

@@ -6,7 +6,7 @@ service (docs/behaviour/pop3.md 10, 8). C{ssl:} endpoints give POP3S; STLS uses 
 from __future__ import annotations
 
 import os
-from typing import Any
+from typing import TYPE_CHECKING
 
 from twisted.application.service import IService
 
@@ -16,8 +16,11 @@ from qmtwist.ptr import LookupHost
 from qmtwist.tcpserver import makeListener
 from qmtwist.tls import ServerCertificate
 
+if TYPE_CHECKING:
+    from qmtwist.context import Context
 
-def makeLogin(ctx: Any, checkpassword: str | None, root: bool | None = None) -> ILogin:
+
+def makeLogin(ctx: Context, checkpassword: str | None, root: bool | None = None) -> ILogin:
     """
     The login strategy: C{PROG HOME/bin/qmail-pop3d Maildir} for an external checkpassword
     program (docs/behaviour/pop3.md 10.2), else the built-in checker against C{users/passwd}.
@@ -28,7 +31,7 @@ def makeLogin(ctx: Any, checkpassword: str | None, root: bool | None = None) -> 
     return BuiltinLogin(BuiltinChecker(ctx.home, ctx.runInThread), ctx.home, ctx.reactor, root)
 
 
-def makePOP3Service(ctx: Any, endpoint: str, rulesPath: str | None, concurrency: int,
+def makePOP3Service(ctx: Context, endpoint: str, rulesPath: str | None, concurrency: int,
                     checkpassword: str | None = None,
                     lookupHost: LookupHost | None = None, root: bool | None = None,
                     perIP: int = 10) -> IService:

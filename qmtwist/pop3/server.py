@@ -19,7 +19,8 @@ answered C{-ERR line too long}.
 from __future__ import annotations
 
 import itertools
-from typing import Any, Callable
+from abc import ABCMeta, abstractmethod
+from typing import TYPE_CHECKING, Any, Callable
 
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IHalfCloseableProtocol, IReactorTime, ISSLTransport
@@ -34,6 +35,9 @@ from qmtwist.pop3.checkpassword import ILogin, Relay, Result
 from qmtwist.pop3.transaction import OK, SYNTAX, UNIMPLEMENTED, RunInThread, Transaction
 from qmtwist.ratelimit import FailureLimiter, addressKey
 
+if TYPE_CHECKING:
+    from qmtwist.context import Context
+
 MAX_LINE = 4096
 IDLE_SECONDS = 1200
 FAIL_DELAY = 1.0
@@ -44,7 +48,7 @@ TOO_MANY = b"-ERR too many failed logins, try later\r\n"
 
 
 @implementer(IHalfCloseableProtocol)
-class LineSession(Protocol, TimeoutMixin):
+class LineSession(Protocol, TimeoutMixin, metaclass=ABCMeta):
     """
     Line splitting, one command at a time, the idle timeout (L{TimeoutMixin} on the injected
     clock: 20 minutes without input end the session silently, docs/behaviour/pop3.md 10). At
@@ -140,8 +144,9 @@ class LineSession(Protocol, TimeoutMixin):
         self.exitStatus = 256
         self.end()
 
+    @abstractmethod
     def command(self, verb: bytes, arg: bytes) -> Deferred[None] | None:
-        raise NotImplementedError
+        """Answer one command line (the authorization or the transaction state's grammar)."""
 
     def takeBuffer(self) -> bytes:
         """Input received but not yet handled (handed to a relayed child)."""
@@ -340,7 +345,7 @@ class POP3Factory(ServerFactory):
         failures a minute, see L{FailureLimiter}, on the context's reactor).
     """
 
-    def __init__(self, ctx: Any, login: ILogin, tlsOptions: Callable[[], Any] | None,
+    def __init__(self, ctx: Context, login: ILogin, tlsOptions: Callable[[], Any] | None,
                  limiter: FailureLimiter | None = None) -> None:
         self.ctx = ctx
         self.login = login

@@ -5,7 +5,7 @@ The QMTP listener: qmail-qmtpd under tcpserver, as one twistd service (docs/beha
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from twisted.application.service import IService
 from twisted.internet.protocol import ServerFactory
@@ -13,6 +13,9 @@ from twisted.internet.protocol import ServerFactory
 from qmtwist.qmtp.server import QMTPServer
 from qmtwist.ptr import LookupHost
 from qmtwist.tcpserver import makeListener
+
+if TYPE_CHECKING:
+    from qmtwist.context import Context
 
 
 class QMTPFactory(ServerFactory):
@@ -23,7 +26,7 @@ class QMTPFactory(ServerFactory):
     @param ctx: a L{qmtwist.context.Context}.
     """
 
-    def __init__(self, ctx: Any) -> None:
+    def __init__(self, ctx: Context) -> None:
         self.ctx = ctx
 
     def buildProtocol(self, addr: Any) -> QMTPServer:
@@ -32,7 +35,7 @@ class QMTPFactory(ServerFactory):
         return p
 
 
-def makeQMTPService(ctx: Any, endpoint: str, rulesPath: str | None, concurrency: int,
+def makeQMTPService(ctx: Context, endpoint: str, rulesPath: str | None, concurrency: int,
                     lookupHost: LookupHost | None = None, perIP: int = 10) -> IService:
     """
     The QMTP listening service.

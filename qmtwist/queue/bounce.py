@@ -13,6 +13,7 @@ import os
 from attrs import frozen
 
 from qmtwist.control import Control
+from qmtwist.durable import writeAll
 from qmtwist.received import date822, quoteLocal, returnPath
 
 DOUBLE_BOUNCE_SENDER = b"#@[]"
@@ -110,9 +111,7 @@ def appendParagraph(path: str, para: bytes) -> None:
     """Append a failure paragraph to C{bounce/N} durably (thread side)."""
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
     try:
-        view = memoryview(para)
-        while view:
-            view = view[os.write(fd, view):]
+        writeAll(fd, para)
         os.fsync(fd)
     finally:
         os.close(fd)

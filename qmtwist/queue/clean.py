@@ -11,7 +11,7 @@ from typing import Iterable
 
 from attrs import frozen
 
-from qmtwist.queue import fwd
+from qmtwist.queue import fwd, marks
 from qmtwist.queue.envelope import ChannelEntry, CorruptQueueFile, decodeChannel, decodeInfo
 from qmtwist.queue.layout import SPLIT, QueueLayout
 from qmtwist.queue.preprocess import messStamp
@@ -38,7 +38,7 @@ class LoadedMessage:
 
 
 def _ids(path: str) -> list[int]:
-    out = []
+    out: list[int] = []
     try:
         names = os.listdir(path)
     except FileNotFoundError:
@@ -57,11 +57,33 @@ def _unlink(path: str) -> None:
 
 
 def removeMessage(layout: QueueLayout, n: int) -> None:
-    """Remove every file of a finished message (its forward records first); info goes last."""
+    """
+    Remove every file of a finished message (its forward records first, its hold marker and
+    deferral note before the mess file frees its number); info goes last.
+    """
     fwd.dropMessageRecords(layout, n)
     for path in (layout.local(n), layout.remote(n), layout.bounce(n), layout.todo(n),
-                 layout.intd(n), layout.mess(n), layout.info(n)):
+                 layout.intd(n)):
         _unlink(path)
+    marks.dropFiles(layout, n)
+    for path in (layout.mess(n), layout.info(n)):
+        _unlink(path)
+
+
+def deleteMessage(layout: QueueLayout, n: int) -> None:
+    """
+    Delete a preprocessed message with no bounce (C{qmtwist ctl delete},
+    docs/behaviour/queue-control.md 17.5): the mess file goes first and its directory is synced,
+    which is the delete's commit point (a message whose mess file is gone is removed whole by
+    L{recover} at the next start, never delivered or bounced); then L{removeMessage}.
+    """
+    _unlink(layout.mess(n))
+    fd = os.open(os.path.dirname(layout.mess(n)), os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    removeMessage(layout, n)
 
 
 def loadMessage(layout: QueueLayout, n: int) -> LoadedMessage | None:
@@ -93,6 +115,7 @@ class Scan:
     todo: tuple[int, ...]
     messages: tuple[LoadedMessage, ...]
     problems: tuple[str, ...]
+    held: frozenset[int] = frozenset()  # messages with a valid hold marker (marks.loadHeld)
 
 
 def recover(layout: QueueLayout, now: float) -> Scan:
@@ -134,7 +157,8 @@ def recover(layout: QueueLayout, now: float) -> Scan:
             _removeIfOld(layout.sub("pid", name), now)
     except FileNotFoundError:
         pass
-    return Scan(tuple(sorted(todo)), tuple(messages), tuple(problems))
+    held = marks.loadHeld(layout, {m.id: m.stamp for m in messages})
+    return Scan(tuple(sorted(todo)), tuple(messages), tuple(problems), frozenset(held))
 
 
 def _removeIfOld(path: str, now: float) -> None:

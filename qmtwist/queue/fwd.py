@@ -31,6 +31,7 @@ from typing import TYPE_CHECKING
 
 from attrs import frozen
 
+from qmtwist.durable import syncDir, writeAll
 from qmtwist.errors import QQ_WRITE_ERROR, QueueError
 from qmtwist.queue.layout import QueueLayout
 
@@ -102,14 +103,6 @@ def readRecord(layout: QueueLayout, key: str) -> ForwardRecord | None:
     return decodeRecord(data)
 
 
-def _syncDir(path: str) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def writeRecords(batch: list[PendingMessage], syncer: Syncer,
                  failed: dict[int, QueueError]) -> None:
     """
@@ -132,9 +125,7 @@ def writeRecords(batch: list[PendingMessage], syncer: Syncer,
             fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
             p.record = path
             try:
-                view = memoryview(data)
-                while view:
-                    view = view[os.write(fd, view):]
+                writeAll(fd, data)
                 syncer.fsync(fd)
             finally:
                 os.close(fd)
@@ -164,7 +155,7 @@ def removeRecord(path: str) -> bool:
     except OSError:
         return False
     try:
-        _syncDir(os.path.dirname(path))
+        syncDir(os.path.dirname(path))
     except OSError:
         return False
     return True
@@ -254,7 +245,7 @@ def recoverRecords(layout: QueueLayout) -> Recovered:
         names = os.listdir(d)
     except FileNotFoundError:
         os.mkdir(d, 0o700)
-        _syncDir(layout.path)
+        syncDir(layout.path)
         return Recovered((), frozenset())
     problems: list[str] = []
     keep: set[int] = set()
@@ -281,5 +272,5 @@ def recoverRecords(layout: QueueLayout) -> Recovered:
             if record is not None:
                 keep.add(record.id)
     if linked:
-        _syncDir(layout.sub("todo"))
+        syncDir(layout.sub("todo"))
     return Recovered(tuple(problems), frozenset(keep))

@@ -1,8 +1,9 @@
 """
 Paths of qmail's queue (docs/behaviour/queue.md 5.2): split 23, message files named by their inode number.
 
-qmail's layout plus one directory, C{fwd/}: the records that make local delivery's forwards
-exactly-once (L{qmtwist.queue.fwd}).
+qmail's layout plus C{fwd/}, the records that make local delivery's forwards exactly-once
+(L{qmtwist.queue.fwd}), and C{hold/} and C{why/}, hold markers and deferral notes
+(L{qmtwist.queue.marks}).
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from attrs import frozen
 
 SPLIT = 23
 SPLIT_DIRS = ("mess", "info", "local", "remote")
-FLAT_DIRS = ("pid", "intd", "todo", "bounce", "fwd", "lock")
+FLAT_DIRS = ("pid", "intd", "todo", "bounce", "fwd", "lock", "hold", "why")
 
 
 @frozen

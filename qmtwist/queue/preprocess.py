@@ -15,8 +15,8 @@ from attrs import frozen
 
 from qmtwist.address import splitAddress
 from qmtwist.control import Control
-from qmtwist.queue.envelope import (
-    CorruptQueueFile, decodeTodo, encodeChannel, encodeInfo)
+from qmtwist.durable import writeAll
+from qmtwist.queue.envelope import CorruptQueueFile, decodeTodo, encodeChannel, encodeInfo
 from qmtwist.queue.layout import QueueLayout
 from qmtwist.queue.store import Syncer
 
@@ -105,9 +105,7 @@ class Problem:
 def _writeSynced(path: str, data: bytes, syncer: Syncer) -> None:
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     try:
-        view = memoryview(data)
-        while view:
-            view = view[os.write(fd, view):]
+        writeAll(fd, data)
         if not syncer.canGroup:
             syncer.fsync(fd)
     finally:

@@ -3,7 +3,7 @@ The queue service (qmail-send): start-up and recovery, the schedule of passes, t
 deliveries, the end of each message, signals and the stop (docs/behaviour/queue.md 5.5-5.10, 6).
 
 Its parts, one job each: L{qmtwist.queue.intake.Intake} preprocesses todo entries into
-messages; L{qmtwist.queue.timers.TimerHeap} holds when each channel's next pass is due;
+messages; L{qmtwist.queue.passes.Passes} holds when each channel's next pass is due and begins it;
 L{qmtwist.queue.dispatch.Dispatcher} starts deliveries within the concurrency limits;
 L{qmtwist.queue.shutdown.Shutdown} holds what the stop waits for. This service records each
 report (done mark, bounce paragraph or next pass) and finishes messages with
@@ -20,7 +20,7 @@ from typing import Any
 
 from twisted.application import service
 from twisted.internet.defer import Deferred, gatherResults, maybeDeferred
-from twisted.internet.interfaces import IDelayedCall, IReactorTime
+from twisted.internet.interfaces import IReactorTime
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 
@@ -28,28 +28,25 @@ from qmtwist.context import ControlCache, RunInThread
 from qmtwist.delivery import Outcome, Report
 from qmtwist.interfaces import IDeliveryAgent, IInjector
 from qmtwist.queue import bounce as qbounce
-from qmtwist.queue import clean
+from qmtwist.queue import clean, marks
 from qmtwist.queue.dispatch import Dispatcher
 from qmtwist.queue.envelope import ChannelEntry
 from qmtwist.queue.finish import FileOps, finishMessage
 from qmtwist.queue.intake import RETRY_SOON, Intake
 from qmtwist.queue.layout import QueueLayout
 from qmtwist.queue.preprocess import unprefix
-from qmtwist.queue.schedule import TOO_LONG, isLastPass, nextPass
+from qmtwist.queue.schedule import TOO_LONG, nextPass
 from qmtwist.queue.shutdown import Shutdown, storeSchedule
 from qmtwist.queue.state import Channel, Message, logSafe
 from qmtwist.queue.store import Syncer
-from qmtwist.queue.timers import TimerHeap
+from qmtwist.queue.passes import Passes
 
 log = Logger(namespace="qmail-send")
 TODO_SCAN_INTERVAL = 25 * 60
 
 
 class QueueService(service.Service):
-    """
-    qmail-send. Construct with the queue, controls, clock, a thread hop, the agents by channel
-    name and the injector used for bounces.
-    """
+    """qmail-send: the queue, controls, clock, a thread hop, agents by channel, the injector."""
 
     name = "qmail-send"  # type: ignore[assignment]  # Service declares name = None
 
@@ -73,18 +70,21 @@ class QueueService(service.Service):
         self.ops = FileOps(runInThread)
         self.runInThread = runInThread
         self.messages: dict[int, Message] = {}
+        self.held: set[int] = set()  # no pass starts for these (qmtwist.queue.admin)
         self.shutdown = Shutdown(self._idle)
         self.intake = Intake(layout, controls, clock, runInThread, self.syncer,
                              self._adopt, self.shutdown.check)
-        self.timers = TimerHeap()
-        self._wakeCall: IDelayedCall | None = None
         self.dispatch = Dispatcher(layout, controls, agents, self.messages, self._result,
                                    self._status)
+        self.passes = Passes(clock, layout, controls, self.ops, self.dispatch, self.messages,
+                             self.held, lambda: self._stopping, self._pump)
+        self.timers = self.passes.timers
         self._stopping = False
         self._todoScan: LoopingCall | None = None
         self._mutexFd = -1
         self._finishing = 0
         self.started: Deferred[None] = Deferred()
+        self.deliveryObservers: list[Any] = []  # IDeliveryObserver: told of each result
 
     @property
     def agents(self) -> dict[str, IDeliveryAgent]:
@@ -131,6 +131,7 @@ class QueueService(service.Service):
     def _recovered(self, scan: clean.Scan) -> None:
         for line in scan.problems:
             log.warn("{line}", line=line)
+        self.held |= scan.held
         if self._stopping:
             self.started.callback(None)
             return
@@ -161,8 +162,7 @@ class QueueService(service.Service):
         self._stopping = self.intake.closed = True
         if self._todoScan is not None and self._todoScan.running:
             self._todoScan.stop()
-        if self._wakeCall is not None and self._wakeCall.active():
-            self._wakeCall.cancel()
+        self.passes.cancel()
         self._status()
         d = self.shutdown.whenIdle()
         d.addCallback(lambda _: self.ops.submit(
@@ -208,19 +208,25 @@ class QueueService(service.Service):
 
     # -- signals -----------------------------------------------------------------------------
 
-    def hup(self) -> None:
-        """SIGHUP: reread controls (unreadable files keep their old values), reload agents."""
-        warnings = self.controls.reload()
-        for agent in self.agents.values():
-            agent.reload()
-        if not any(w.startswith("alert:") for w in warnings):
-            log.info("hup: reread control files, users and rules")
-        self._pump()
+    def hup(self) -> Deferred[None]:
+        """
+        SIGHUP: reread controls on a thread (unreadable files keep their old values), then
+        reload the agents. Fires when done.
+        """
+
+        def reloaded(warnings: list[str]) -> None:
+            for agent in self.agents.values():
+                agent.reload()
+            if not any(w.startswith("alert:") for w in warnings):
+                log.info("hup: reread control files, users and rules")
+            self._pump()
+
+        return self.controls.reloadOffThread(self.runInThread).addCallback(reloaded)
 
     def alrm(self) -> None:
-        """SIGALRM: every pending pass, local and remote, is due now (FAQ 7.2)."""
+        """SIGALRM: every pending pass, local and remote, is due now (FAQ 7.2); not if held."""
         now = self.clock.seconds()
-        for m in self.messages.values():
+        for m in (m for m in self.messages.values() if m.id not in self.held):
             for ch in m.channels.values():
                 if not ch.inPass:
                     ch.scheduled = now
@@ -260,30 +266,7 @@ class QueueService(service.Service):
         self._armTimer()
 
     def _armTimer(self) -> None:
-        if self._stopping:
-            return
-        if self._wakeCall is not None and self._wakeCall.active():
-            self._wakeCall.cancel()
-        self._wakeCall = None
-        now = self.clock.seconds()
-        for n, name in self.timers.popDue(now):
-            m = self.messages.get(n)
-            ch = m.channels.get(name) if m is not None else None
-            if m is None or ch is None or ch.inPass or ch.scheduled > now:
-                continue
-            self._beginPass(m, ch, now)
-        due = self.timers.nextDue()
-        if due is not None:
-            self._wakeCall = self.clock.callLater(max(0.0, due - now), self._armTimer)
-        self._pump()
-
-    def _beginPass(self, m: Message, ch: Channel, now: float) -> None:
-        try:
-            m.birth = os.stat(self.layout.info(m.id)).st_mtime  # touch rejuvenates (FAQ 7.3)
-        except OSError:
-            pass
-        lastPass = isLastPass(m.birth, now, self.controls.snapshot.queuelifetime)
-        self.dispatch.beginPass(m, ch, now, lastPass)
+        self.passes.arm()
 
     def _pump(self) -> None:
         if not self._stopping:
@@ -301,11 +284,14 @@ class QueueService(service.Service):
         if report.outcome is Outcome.DEFERRAL and ch.lastPass:
             report = Report(Outcome.FAILURE, report.text + TOO_LONG)
         log.info(
-            "delivery {delivery}: {outcome}: {text}",
-            delivery=number, outcome=report.outcome.value, text=logSafe(report.text))
+            "delivery {delivery}: msg {id}: {outcome}: {text}",
+            delivery=number, id=m.id, outcome=report.outcome.value, text=logSafe(report.text))
+        for o in self.deliveryObservers:
+            o.delivered(ch.name, report.outcome, report.text, m.birth)
         self._status()
+        ch.reasons.pop(e.position, None)
         if report.outcome is Outcome.DEFERRAL:
-            ch.deferred = True
+            ch.deferred, ch.reasons[e.position] = True, report.text
             self._entryFinished(m, ch, e, done=False)
         elif report.outcome is Outcome.FAILURE:
             para = qbounce.paragraph(unprefix(self.controls.snapshot, e.address), report.text)
@@ -358,6 +344,8 @@ class QueueService(service.Service):
         else:
             ch.scheduled = nextPass(m.birth, ch.passStart, ch.name)
             self.timers.push(ch.scheduled, m.id, ch.name)
+            self.ops.submit(partial(marks.writeNote, self.layout, m.id, marks.noteOf(m))
+                            ).addErrback(lambda f: None)  # mailq's cache (queue-control.md 17.7)
             self._armTimer()
         self.shutdown.check()
 

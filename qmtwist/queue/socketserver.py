@@ -125,6 +125,8 @@ class QueueSocketProtocol(protocol.Protocol):
 class QueueSocketFactory(protocol.Factory):
     """Builds one L{QueueSocketProtocol} per client of C{HOME/run/qmail-queue.sock}."""
 
+    noisy = False  # no "Starting factory" line (docs/behaviour/queue-control.md 17.9)
+
     def __init__(self, injector: IInjector) -> None:
         self.injector = injector
 

@@ -33,10 +33,14 @@ class Channel:
     inFlight: set[int] = field(factory=set)
     attempted: set[int] = field(factory=set)
     inPass: bool = False
+    #: a pass is about to begin, waiting for the info file's mtime from a thread
+    starting: bool = False
     passStart: float = 0.0
     lastPass: bool = False
     outstanding: int = 0
     deferred: bool = False
+    #: the last deferral text of each recipient position (queue-control.md 17.7)
+    reasons: dict[int, bytes] = field(factory=dict)
 
     def undone(self) -> list[ChannelEntry]:
         return [e for e in self.entries if e.position not in self.done]
@@ -51,3 +55,6 @@ class Message:
     size: int
     channels: dict[str, Channel]
     finishing: bool = False
+    #: C{birth} was just read from the info file (at preprocessing or recovery), so the first
+    #: pass need not read it again; later passes re-read it (a touch rejuvenates, FAQ 7.3)
+    birthFresh: bool = True

@@ -22,10 +22,11 @@ import ctypes
 import errno
 import os
 import time
-from typing import BinaryIO, Callable, Iterable, Iterator
+from typing import Callable, Iterable, Iterator, Protocol
 
 from attrs import define, field, frozen
 
+from qmtwist.durable import writeAll
 from qmtwist.errors import (
     QQ_INTD, QQ_MESS, QQ_PID, QQ_QUEUE_DIR, QQ_READ_ERROR, QQ_TODO, QQ_WRITE_ERROR, QueueError)
 from qmtwist.queue import fwd
@@ -214,9 +215,7 @@ class PendingMessage:
         except OSError as e:
             raise QueueError(QQ_INTD, str(e))
         try:
-            view = memoryview(data)
-            while view:
-                view = view[os.write(fd, view):]
+            writeAll(fd, data)
             if not group:
                 syncer.fsync(fd)
         except OSError as e:
@@ -296,7 +295,14 @@ def writeMessage(
     return p
 
 
-def readChunks(source: BinaryIO | int, size: int = 65536) -> Iterator[bytes]:
+class Readable(Protocol):
+    """What a message is read from: a binary file, or a stream standing in for one."""
+
+    def read(self, n: int = -1, /) -> bytes:
+        """Up to C{n} bytes (all that is left when C{n} < 0)."""
+
+
+def readChunks(source: Readable | int, size: int = 65536) -> Iterator[bytes]:
     """
     The bytes of a file object or a descriptor, C{size} at a time, to the end.
 
@@ -347,7 +353,7 @@ def inject(
     layout: QueueLayout,
     sender: bytes,
     recipients: list[bytes],
-    message: bytes | BinaryIO,
+    message: bytes | Readable,
     how: bytes,
     uid: int | None = None,
     qp: int | None = None,

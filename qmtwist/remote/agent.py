@@ -38,10 +38,11 @@ from qmtwist.errors import MailError, PermanentFailure
 from qmtwist.interfaces import IDeliveryAgent
 from qmtwist.remote import ipme, qmtpclient, routes, smtpclient
 from qmtwist.remote.concurrency import Limiter, descriptorWarning
-from qmtwist.remote.connection import ClientProtocol, Dialer
+from qmtwist.remote.connection import ClientProtocol, Dialer, NextAddress
 from qmtwist.remote.mx import DNS_TIMEOUT, NO_HOST, MailHost, MXResolver, makeResolver
 from qmtwist.remote.reports import NO_CONNECTION, STOPPING, UNREADABLE
 from qmtwist.remote.tcpto import TimeoutTable
+from qmtwist.remote.tlspolicy import OPPORTUNISTIC, TLSVERIFY, OutboundTLS, Plan
 
 __all__ = ["NO_CONNECTION", "Limiter", "RemoteAgent", "descriptorWarning", "makeResolver"]
 
@@ -78,6 +79,7 @@ class RemoteAgent:
     @param interfaces: returns the machine's interface addresses (blocking; run on
         C{ctx.runInThread}, at most every L{interfaceCacheSeconds}); needed only when
         C{localAddresses} has a wildcard address (C{0.0.0.0}, C{::}).
+    @param httpsPort: the port of MTA-STS policy servers (443; tests use another).
     """
 
     channel = "remote"
@@ -95,6 +97,7 @@ class RemoteAgent:
         mxPort: int = 25,
         rng: random.Random | None = None,
         interfaces: Callable[[], Iterable[str]] = ipme.interfaceAddresses,
+        httpsPort: int = 443,
     ) -> None:
         self.ctx = ctx
         self.reactor = ctx.reactor
@@ -110,6 +113,9 @@ class RemoteAgent:
         self.limiter = Limiter(max(1, ctx.controls.snapshot.concurrencyremote))
         self._inflight: set[defer.Deferred[Any]] = set()
         self._opportunistic: Any = None
+        # MTA-STS and DANE for mail by MX (docs/behaviour/tls-policy.md 19)
+        self.tlsPolicy = OutboundTLS.forAgent(ctx, self.resolver, self.mx, httpsPort=httpsPort,
+                                              dnsTimeout=tuple(dnsTimeout))
 
     # -- IDeliveryAgent ---------------------------------------------------------------------
     def deliver(self, requests: list[DeliveryRequest]) -> list[defer.Deferred[Report]]:
@@ -181,7 +187,8 @@ class RemoteAgent:
         self.dialer.stop()
         self.limiter.setLimit(1 << 30)  # let waiting groups run into the stop check
         gathered = defer.DeferredList([_observe(d) for d in self._inflight], consumeErrors=True)
-        return gathered.addCallback(lambda _: self.tcpto.flush())
+        return gathered.addCallback(lambda _: self.tcpto.flush()).addCallback(
+            lambda _: self.tlsPolicy.stop())
 
     # -- one connection's worth of recipients ------------------------------------------------
     async def _deliverGroup(
@@ -199,6 +206,7 @@ class RemoteAgent:
             return [Report.deferral(UNREADABLE)] * n
         if partial and route.protocol == routes.SMTP:
             return [Report.failure(smtpclient.PARTIAL)] * n
+        plan: Plan | None = None
         try:
             if route.relay is not None:
                 if route.isLiteral:
@@ -207,6 +215,12 @@ class RemoteAgent:
                     hosts = await self.mx.relayHosts(route.relay)
             else:
                 hosts, recipients, sender = await self._byMX(control, domain, recipients, sender)
+                if (route.protocol == routes.SMTP and not policy.required
+                        and routes.domainLiteral(domain) is None):
+                    plan = await self.tlsPolicy.plan(domain, hosts)
+                    if plan.refusal is not None:
+                        return [Report.deferral(plan.refusal)] * n
+                    hosts = plan.hosts
         except MailError as e:
             return [_reportFor(e)] * n
         port = route.port if route.relay is not None else self.mxPort
@@ -221,7 +235,8 @@ class RemoteAgent:
                     lambda proto, ip, host, first: qmtpclient.transact(
                         proto, ip, sender, recipients, messPath, self.ctx.runInThread),
                 )
-            return await self._trySMTP(control, hosts, port, sender, recipients, messPath, policy)
+            return await self._trySMTP(control, hosts, port, sender, recipients, messPath, policy,
+                                       plan)
         finally:
             self.limiter.release()
 
@@ -304,6 +319,7 @@ class RemoteAgent:
         recipients: list[bytes],
         messPath: str,
         policy: routes.TLSPolicy,
+        plan: Plan | None = None,
     ) -> list[Report]:
         n = len(recipients)
         options: dict[bytes, Any] = {}
@@ -324,11 +340,17 @@ class RemoteAgent:
                 if self._opportunistic is None:
                     self._opportunistic = tlsOptions.unverifiedClientOptions()
                 opts = self._opportunistic
-            tls = smtpclient.TLSSetting(allowTLS, policy.required, opts, host.name)
-            return await smtpclient.transact(
-                proto, ip, control.helohost, sender, recipients, messPath, tls,
-                self.ctx.runInThread,
-            )
+            # MTA-STS, DANE, the TLS log line and report line (docs/behaviour/tls-policy.md 19)
+            tls, tried = self.tlsPolicy.setting(
+                plan or Plan.fixed(host.name, TLSVERIFY if policy.required else OPPORTUNISTIC),
+                host, ip, allowTLS, opts)
+            try:
+                return tried.annotate(await smtpclient.transact(
+                    proto, ip, control.helohost, sender, recipients, messPath, tls,
+                    self.ctx.runInThread))
+            except NextAddress as e:  # a refused certificate: its report names the session too
+                e.reports = tried.annotate(e.reports)
+                raise
 
         def makeProto() -> ClientProtocol:
             return smtpclient.ReplyProtocol(self.reactor, control.timeoutremote)

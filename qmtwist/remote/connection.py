@@ -68,7 +68,12 @@ class ClientProtocol(Protocol, TimeoutMixin):
     @param clock: C{IReactorTime} for the deadlines.
     @param timeout: seconds to wait for each answer (C{timeoutremote}).
     @ivar lost: why the connection ended (or is being ended), once it has.
+    @ivar kind: the protocol's name for the session observers (C{smtp}, C{qmtp}).
+    @ivar tls: the dialogue went on inside TLS (set by the SMTP client after STARTTLS).
     """
+
+    kind = "remote"
+    tls = False
 
     def __init__(self, clock: IReactorTime, timeout: float) -> None:
         self.clock = clock
@@ -159,6 +164,7 @@ class Dialer:
 
     @param reactor: C{IReactorTCP} and C{IReactorTime} to connect with.
     @param tcpto: the timeout table, refreshed off the reactor thread once per group.
+    @ivar observers: L{qmtwist.interfaces.ISessionObserver}s told of each connection made.
     """
 
     log = Logger(namespace="qmail-remote")
@@ -169,6 +175,7 @@ class Dialer:
         self.stopping = False
         self._connecting: set[defer.Deferred[Any]] = set()
         self._connections: set[ClientProtocol] = set()
+        self.observers: list[Any] = []
 
     def stop(self) -> None:
         """Cancel pending connects and abort open connections; their recipients defer."""
@@ -219,6 +226,9 @@ class Dialer:
                     self._connecting.discard(connecting)
                 self.tcpto.ok(ip)
                 self._connections.add(proto)
+                for o in self.observers:
+                    o.sessionStarted("outbound", proto.kind)
+                proto.whenClosed().addCallback(self._ended, proto)
                 try:
                     result = list(await run(proto, ip, host, first))
                 except Reconnect as e:
@@ -241,6 +251,10 @@ class Dialer:
                 await proto.whenClosed()
                 return result
         return last if last is not None else [Report.deferral(NO_CONNECTION)] * n
+
+    def _ended(self, _: object, proto: ClientProtocol) -> None:
+        for o in self.observers:
+            o.sessionEnded("outbound", proto.kind, proto.tls)
 
     def _nextMX(self, ip: str, why: str, more: bool) -> None:
         """Log why an address did not take the message, and whether another one is tried."""

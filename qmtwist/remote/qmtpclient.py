@@ -31,6 +31,8 @@ class QMTPClientProtocol(ClientProtocol):
     with the reason the connection ended or timed out first.
     """
 
+    kind = "qmtp"
+
     def __init__(self, clock: IReactorTime, timeout: float) -> None:
         super().__init__(clock, timeout)
         self.received: list[bytes] = []

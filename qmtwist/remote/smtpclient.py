@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import functools
 from collections import deque
-from typing import Any, BinaryIO, Callable
+from typing import Any, Awaitable, BinaryIO, Callable
 
 from attrs import define
 from twisted.internet import defer
@@ -24,10 +24,10 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from qmtwist.delivery import Outcome, Report
-from qmtwist.received import quoteLocal
 from qmtwist.remote.connection import ClientProtocol, ConnectionDied, NextAddress, Reconnect, sendFile
 from qmtwist.remote.dataencoder import DataEncoder
 from qmtwist.remote.reports import MAX_TEXT, UNREADABLE, clean, connectionDied, printable, report, said
+from qmtwist.remote.smtputf8 import mailFrom, notOffered, offersSMTPUTF8, quoteAddress
 
 MAX_LINE = 65536
 QUIT_WAIT = 5.0  # how long to let the peer close after QUIT before closing ourselves
@@ -57,6 +57,8 @@ class ReplyProtocol(ClientProtocol):
     An SMTP client connection whose replies are awaited one at a time, each within
     C{timeout} seconds (C{timeoutremote}) on C{clock}.
     """
+
+    kind = "smtp"
 
     def __init__(self, clock: IReactorTime, timeout: float) -> None:
         super().__init__(clock, timeout)
@@ -184,12 +186,19 @@ class TLSSetting:
     @ivar required: a verified certificate is mandatory (C{control/tlsverify}).
     @ivar options: the C{IOpenSSLClientConnectionCreator} or context factory to use.
     @ivar name: the reference name (relay or MX host) for messages.
+    @ivar failureText: C{(name, ip, reason)} -> the deferral text when required TLS did not
+        happen (L{tlsFailureText}; the TLS policy's own texts, docs/behaviour/tls-policy.md).
+    @ivar afterHandshake: called with the transport once the EHLO inside TLS got its 250;
+        returns L{None} to go on, or a deferral text: then the next address is tried
+        (L{qmtwist.remote.tlspolicy}: certificate checks, the TLS log line).
     """
 
     allowed: bool = True
     required: bool = False
     options: Any = None
     name: bytes = b""
+    failureText: Callable[[bytes, str, str], str] = lambda n, i, r: tlsFailureText(n, i, r)
+    afterHandshake: Callable[[Any], Awaitable[str | None]] | None = None
 
 
 def tlsFailureText(name: bytes, ip: str, reason: str) -> str:
@@ -260,13 +269,13 @@ async def transact(
         )
         if tls.required and not (offered and tls.allowed):
             return quit(Outcome.DEFERRAL,
-                        tlsFailureText(tls.name, ip, "STARTTLS not offered").encode() + b"\n", None)
+                        tls.failureText(tls.name, ip, "STARTTLS not offered").encode() + b"\n", None)
         if offered and tls.allowed:
             proto.send(b"STARTTLS")
             r = await proto.reply()
             if r.code != 220:
                 if tls.required:
-                    rejected = tlsFailureText(tls.name, ip, "STARTTLS rejected").encode() + b"\n"
+                    rejected = tls.failureText(tls.name, ip, "STARTTLS rejected").encode() + b"\n"
                     return quit(Outcome.DEFERRAL, rejected, r)
             else:
                 injected = proto.discardPending()
@@ -279,19 +288,32 @@ async def transact(
                     r = await proto.reply()
                 except ConnectionDied as e:
                     if tls.required:
-                        text = tlsFailureText(tls.name, ip, str(e) or "handshake failed")
+                        text = tls.failureText(tls.name, ip, str(e) or "handshake failed")
                         return rest(Report.deferral(text))
                     raise Reconnect(f"TLS to {ip} failed ({e}); retrying without STARTTLS") from e
+                proto.tls = True  # an answer came through TLS: the handshake is done
                 if r.code != 250:
                     return quit(Outcome.DEFERRAL,
                                 b"Connected to %s but my name was rejected.\n" % host, r)
-        proto.send(b"MAIL FROM:<" + (quoteLocal(sender) if sender else b"") + b">")
+                ehlo = r
+                if tls.afterHandshake is not None:
+                    refusal = await tls.afterHandshake(transport)
+                    if refusal is not None:
+                        raise NextAddress(refusal, quit(Outcome.DEFERRAL, refusal.encode(), None))
+        # SMTPUTF8 (docs/behaviour/smtp-extensions.md 20.6): a UTF-8 address needs the peer's
+        utf8 = offersSMTPUTF8(ehlo.lines if ehlo is not None else None)
+        if not (utf8 or sender.isascii()):
+            return quit(Outcome.FAILURE, notOffered(host), None)
+        proto.send(mailFrom(sender, recipients, utf8))
         r = await proto.reply()
         if r.code >= 400:
             return quit(byCode(r.code), b"Connected to %s but sender was rejected.\n" % host, r)
         accepted = []
         for i, rcpt in enumerate(recipients):
-            proto.send(b"RCPT TO:<" + quoteLocal(rcpt) + b">")
+            if not (utf8 or rcpt.isascii()):
+                results[i] = Report.failure(notOffered(host))
+                continue
+            proto.send(b"RCPT TO:<" + quoteAddress(rcpt, utf8) + b">")
             r = await proto.reply()
             if r.code >= 400:
                 results[i] = report(byCode(r.code),

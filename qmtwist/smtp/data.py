@@ -32,6 +32,9 @@ class DataSection:
     @ivar writeError: the queue's write failure, if one happened (later bytes are dropped).
     """
 
+    #: a line's leading dot is transparency (DATA), not data (BDAT: L{qmtwist.smtp.bdat})
+    dotStuffed = True
+
     def __init__(self, writer: Any, databytes: int) -> None:
         self.writer = writer
         self.databytes = databytes
@@ -121,7 +124,7 @@ class DataSection:
             out.clear()
 
     def _lineStart(self, seg: bytes) -> bytes:
-        if seg.startswith(b"."):
+        if self.dotStuffed and seg.startswith(b"."):
             seg = seg[1:]
         if self._inHeader:
             if not seg:

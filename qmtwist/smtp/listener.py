@@ -8,29 +8,55 @@ virtual domains} (docs/behaviour/smtp.md 7.5) when the service is built and on e
 
 from __future__ import annotations
 
-from typing import Any
+import os
+from typing import TYPE_CHECKING, Any
 
 from twisted.application.service import IService
+from twisted.internet.protocol import ServerFactory
 from twisted.logger import Logger
 
-from qmtwist.rcpthosts import MISSING_WARNING
-from qmtwist.smtp.server import SMTPFactory
+from qmtwist.local.exists import MailboxCheck
 from qmtwist.ptr import LookupHost
+from qmtwist.rcpthosts import MISSING_WARNING
+from qmtwist.smtp.server import SMTPServer
 from qmtwist.tcpserver import makeListener
+from qmtwist.tls import ServerCertificate
 
 #: What a client over the per-address limit gets before the close (docs/behaviour/smtp.md 7.10).
+if TYPE_CHECKING:
+    from qmtwist.context import Context
+
 R_OVERLIMIT = b"421 too many connections from your address (#4.7.0)\r\n"
 
 log = Logger(namespace="qmtwist.smtp")
 
 
-def warnIfNoRcpthosts(ctx: Any) -> None:
+class SMTPFactory(ServerFactory):
+    """Builds L{SMTPServer} sessions from the daemon's context C{ctx} (a L{qmtwist.context.Context});
+    controls are read (mtime-checked) for every connection, as qmail-smtpd reads them at start."""
+
+    def __init__(self, ctx: Context) -> None:
+        self.ctx = ctx
+        self.certificate = ServerCertificate(os.path.join(ctx.home.control, "servercert.pem"),
+                                             ctx.controls)
+        # the recipient check at RCPT (docs/behaviour/smtp-extensions.md 20.5)
+        self.mailboxes = MailboxCheck(ctx.home, ctx.controls, ctx.runInThread)
+
+    def buildProtocol(self, addr: Any) -> SMTPServer:
+        p = SMTPServer(self.ctx.injector, self.ctx.controls.current(), self.ctx.reactor,
+                       self.certificate)
+        p.factory = self
+        p.mailboxes = self.mailboxes
+        return p
+
+
+def warnIfNoRcpthosts(ctx: Context) -> None:
     """Log docs/behaviour/smtp.md 7.5's warning when C{control/rcpthosts} is missing."""
     if ctx.controls.current().rcpthosts is None:
         log.warn("{line}", line=MISSING_WARNING)
 
 
-def makeSMTPService(ctx: Any, endpoint: str, rulesPath: str | None, concurrency: int,
+def makeSMTPService(ctx: Context, endpoint: str, rulesPath: str | None, concurrency: int,
                     lookupHost: LookupHost | None = None, perIP: int = 10,
                     inbound: Any = None) -> IService:
     """

@@ -64,17 +64,6 @@ def parseAddress(arg: bytes, localIPs: frozenset[bytes] = frozenset(),
     return addr
 
 
-def sizeParameter(arg: bytes) -> int | None:
-    """The C{SIZE=n} ESMTP parameter after the closing C{>}, or L{None}."""
-    gt = arg.find(b">")
-    if gt < 0:
-        return None
-    for word in arg[gt + 1:].split():
-        if word[:5].upper() == b"SIZE=" and word[5:].isdigit():
-            return int(word[5:])
-    return None
-
-
 #: The longest command line served (docs/behaviour/smtp.md 7.1 Long lines) [qmtwist].
 MAX_LINE = 4096
 #: L{CommandLines.take}'s answer for a line over L{MAX_LINE}.

@@ -31,25 +31,31 @@ import os
 from typing import Any
 
 from twisted.internet.interfaces import ISSLTransport, ITLSTransport
-from twisted.internet.protocol import Protocol, ServerFactory
+from twisted.internet.protocol import Protocol
 from twisted.logger import Logger
 from twisted.protocols.policies import TimeoutMixin
 
 from qmtwist.control import Control
-from qmtwist.errors import MailError, QueueError
-from qmtwist.policy import SMTP, Refusal, SessionPolicy
+from qmtwist.errors import QueueError
+from qmtwist.policy import SMTP, SessionPolicy
 from qmtwist.smtp import replies as R
+from qmtwist.smtp.bdat import Chunking
+from qmtwist.smtp.commit import endMessage
 from qmtwist.smtp.data import BARE_LF, MORE, DataSection
-from qmtwist.smtp.parse import CommandLines, parseAddress, sizeParameter, splitCommand
-from qmtwist.smtp.received import smtpReceived
-from qmtwist.smtp.state import ALLOWED, READING, State, idle
+from qmtwist.smtp.extensions import ehloLines, mailParameters, screen
+from qmtwist.smtp.hooks import SessionHooks
+from qmtwist.smtp.parse import CommandLines, parseAddress, splitCommand
+from qmtwist.smtp.rcptcheck import checkRecipient, wantsCheck
+from qmtwist.smtp.received import sessionReceived
+from qmtwist.smtp.sessionlog import logRefusal
+from qmtwist.smtp.state import ALLOWED, READING, WAITING, State, idle
 from qmtwist.tls import ServerCertificate
 
 # QMTWIST_TRACE_SMTP logs every state change; not by default (twistd does not filter by level)
 TRACE = bool(os.environ.get("QMTWIST_TRACE_SMTP"))
 
 
-class SMTPServer(TimeoutMixin, Protocol):
+class SMTPServer(SessionHooks, TimeoutMixin, Protocol):
     """
     One qmail-smtpd session.
 
@@ -62,6 +68,9 @@ class SMTPServer(TimeoutMixin, Protocol):
     @ivar state: the session's phase (L{qmtwist.smtp.state}).
     @ivar tls: the channel is encrypted (STARTTLS done, or an C{ssl:} endpoint).
     @ivar policy: what the session accepts (L{qmtwist.policy}), set when it starts.
+    @ivar command: the command line being answered (for the refusal log line).
+    @ivar mailboxes: the recipient check at RCPT (L{qmtwist.smtp.rcptcheck}), or L{None}.
+    @ivar utf8: the transaction's MAIL said SMTPUTF8 (L{qmtwist.smtp.extensions}).
     """
 
     log = Logger(namespace="qmtwist.smtp")
@@ -91,9 +100,14 @@ class SMTPServer(TimeoutMixin, Protocol):
         self.sender: bytes | None = None
         self.recipients: list[bytes] = []
         self.barred = False
+        self.utf8 = False
+        self.mailboxes: Any = None
+        self._chunking = Chunking(self)
         self._writer: Any = None
         self._data: DataSection | None = None
         self.pendingCommit: Any = None
+        self.command: bytes | None = None
+        self._pending: Any = None
 
     def _enter(self, new: State) -> None:
         """Change phase along L{ALLOWED} (logged under L{TRACE}); a change off the table is logged."""
@@ -109,7 +123,7 @@ class SMTPServer(TimeoutMixin, Protocol):
 
     # the phase as the flags L{qmtwist.smtp.stdio} and the tests read
     _inData = property(lambda self: self.state is State.DATA)
-    _waiting = property(lambda self: self.state is State.COMMIT)
+    _waiting = property(lambda self: self.state in WAITING)
     _closed = property(lambda self: self.state is State.CLOSED)
 
     # -- connection ----------------------------------------------------------------------------
@@ -144,9 +158,10 @@ class SMTPServer(TimeoutMixin, Protocol):
         while the queue commits a message the timer is re-armed instead."""
         if self.state is State.CLOSED:
             return
-        if self.state is State.COMMIT:
+        if self.state in WAITING or self._pending is not None:
             self.setTimeout(self.timeOut)
             return
+        self.command = b"(timeout)"
         self._reply(R.R_TIMEOUT)
         self._drop(256)
 
@@ -161,6 +176,8 @@ class SMTPServer(TimeoutMixin, Protocol):
         self.transport.loseConnection()
 
     def _reply(self, line: bytes) -> None:
+        if line[:1] in (b"4", b"5"):
+            logRefusal(self.log, self.name, self.env, self.command, line)
         self._out.append(line + b"\r\n")
 
     def _flush(self) -> None:
@@ -178,8 +195,9 @@ class SMTPServer(TimeoutMixin, Protocol):
         self._process()
 
     def _process(self) -> None:
-        while self.state in READING and (
-                self._dataStep() if self.state is State.DATA else self._commandStep()):
+        steps = {State.DATA: self._dataStep, State.CHUNK: self._chunking.step}
+        while self._pending is None and self.state in READING and (
+                steps.get(self.state, self._commandStep)()):
             pass
         if self._pos:
             del self._buf[: self._pos]
@@ -198,6 +216,7 @@ class SMTPServer(TimeoutMixin, Protocol):
 
     def _command(self, line: bytes) -> None:
         verb, arg = splitCommand(line)
+        self.command = line
         fixed = R.FIXED.get(verb)
         if fixed is not None:
             self._reply(fixed)
@@ -206,9 +225,11 @@ class SMTPServer(TimeoutMixin, Protocol):
         if handler is None or not verb.isalpha():
             self._reply(R.R_UNIMPL)
         else:
-            handler(arg)
+            self._await(handler(arg))
 
     def _resetTransaction(self) -> None:
+        self._dropMessage()  # a message arriving in BDAT chunks ends with its transaction
+        self.utf8 = False
         self.sender = None
         self.recipients = []
         self.barred = False
@@ -234,26 +255,25 @@ class SMTPServer(TimeoutMixin, Protocol):
     def smtp_EHLO(self, arg: bytes) -> None:
         self.helo = arg
         self._endTransaction()
-        lines = [self.greeting, b"PIPELINING", b"8BITMIME"]
-        if self.policy.databytes > 0:
-            lines.append(b"SIZE %d" % self.policy.databytes)
-        if self._offerTLS():
-            lines.append(b"STARTTLS")
+        lines = ehloLines(self.greeting, self.policy.databytes, self._offerTLS())
+        lines += self.extensions()
         for line in lines[:-1]:
             self._reply(b"250-" + line)
         self._reply(b"250 " + lines[-1])
 
     def smtp_MAIL(self, arg: bytes) -> None:
         addr = parseAddress(arg, self._localIPs, self.control.localiphost)
-        verdict = self.policy.sender(addr, sizeParameter(arg))
-        if isinstance(verdict, Refusal):
-            self._reply(R.REFUSALS[verdict])  # the transaction is left as it was
+        params = mailParameters(arg)
+        verdict = screen(self.policy.sender(addr, params.size), addr, params.smtputf8)
+        if isinstance(verdict, bytes):
+            self._reply(verdict)  # the transaction is left as it was
             return
         self._resetTransaction()
         self.sender = verdict.address
         self.barred = verdict.barred
+        self.utf8 = params.smtputf8
         self._enter(State.MAIL)
-        self._reply(R.R_OK)
+        self._reply(R.R_MAILOK)
 
     def smtp_RCPT(self, arg: bytes) -> None:
         if self.state is not State.MAIL:
@@ -261,19 +281,23 @@ class SMTPServer(TimeoutMixin, Protocol):
             return
         addr = parseAddress(arg, self._localIPs, self.control.localiphost)
         # past maxrcpt: 452 bounds the session's memory; the accepted ones still get the message
-        verdict = self.policy.recipient(addr, barred=self.barred, held=len(self.recipients))
-        if isinstance(verdict, Refusal):
-            self._reply(R.REFUSALS[verdict])
+        verdict = screen(self.policy.recipient(addr, barred=self.barred,
+                                               held=len(self.recipients)), addr, self.utf8)
+        if isinstance(verdict, bytes):
+            self._reply(verdict)
+            return
+        if wantsCheck(self):
+            checkRecipient(self, verdict.address)
             return
         self.recipients.append(verdict.address)
-        self._reply(R.R_OK)
+        self._reply(R.R_RCPTOK)
 
     def smtp_RSET(self, arg: bytes) -> None:
         self._endTransaction()
         self._reply(R.R_FLUSHED)
 
     def smtp_QUIT(self, arg: bytes) -> None:
-        self._reply(b"221 " + self.greeting)
+        self._reply(R.quit(self.greeting))
         self._drop(0)
 
     def smtp_STARTTLS(self, arg: bytes) -> None:
@@ -296,23 +320,31 @@ class SMTPServer(TimeoutMixin, Protocol):
         if self.state is not State.MAIL:
             self._reply(R.R_WANTMAIL)
             return
+        if self._data is not None:  # BDAT chunks came first (RFC 3030)
+            self._endTransaction()
+            self._reply(R.R_MIXED)
+            return
         if not self.recipients:
             self._reply(R.R_WANTRCPT)
-            return
+        elif not self._openMessage(DataSection):
+            self._reply(R.R_QQT)
+        else:
+            self._enter(State.DATA)
+            self._reply(R.R_GOAHEAD)
+
+    def smtp_BDAT(self, arg: bytes) -> None:
+        self._chunking.command(arg)
+
+    def _openMessage(self, section: type[DataSection]) -> bool:
+        """Start the message of the transaction (DATA, or the first BDAT) with the Received
+        line; whether the queue could start one."""
         try:
             self._writer = self.injector.newMessage(b"from network")
         except QueueError:
-            self._reply(R.R_QQT)
-            return
-        self._enter(State.DATA)
-        self._data = DataSection(self._writer, self.policy.databytes)
-        self._reply(R.R_GOAHEAD)
-        env = self.env
-        received = smtpReceived(
-            env.get("TCPREMOTEHOST"), self.helo, env.get("TCPREMOTEIP", b"unknown"),
-            env.get("TCPLOCALHOST") or env.get("TCPLOCALIP") or b"unknown",
-            self.clock.seconds(), self.tls, env.get("TCPREMOTEINFO"))
-        self._data.store([received], count=False)
+            return False
+        self._data = section(self._writer, self.policy.databytes)
+        self._data.store([sessionReceived(self)], count=False)
+        return True
 
     # -- DATA ----------------------------------------------------------------------------------
 
@@ -322,14 +354,17 @@ class SMTPServer(TimeoutMixin, Protocol):
         self._pos, outcome = self._data.consume(self._buf, self._pos)
         if outcome == MORE:
             return False
-        if outcome == BARE_LF:  # refused and closed; nothing is queued (docs/behaviour/smtp.md 7.7)
-            self._dropMessage()
-            self._resetTransaction()
-            self._reply(R.R_BADLF)
-            self._drop(256)
+        if outcome == BARE_LF:
+            self._bareLF()
             return False
         self._endData()
         return True
+
+    def _bareLF(self) -> None:
+        """Refused and closed; nothing is queued (docs/behaviour/smtp.md 7.7)."""
+        self._resetTransaction()
+        self._reply(R.R_BADLF)
+        self._drop(256)
 
     def _dropMessage(self) -> None:
         """Abort the message being received, if any: nothing of it is queued."""
@@ -338,40 +373,8 @@ class SMTPServer(TimeoutMixin, Protocol):
         self._writer = self._data = None
 
     def _endData(self) -> None:
-        """The final dot: refuse the message (hops, size, queue error) or hand it to the queue;
-        either way the transaction is over (docs/behaviour/smtp.md 7.2)."""
-        writer, self._writer = self._writer, None
-        sender, recipients = self.sender, self.recipients
-        data, self._data = self._data, None
-        assert data is not None and sender is not None
-        reply = data.refusal()
-        if reply is None:
-            try:
-                d = writer.commit(sender, recipients)
-            except MailError as e:
-                reply = R.queueErrorReply(e)
-            else:
-                self._resetTransaction()
-                self._enter(State.COMMIT)
-                self.transport.pauseProducing()
-                self.pendingCommit = d
-                d.addCallbacks(self._committed, self._commitFailed)
-                return
-        writer.abort()
-        self._endTransaction()
-        self._reply(reply)
-
-    def _committed(self, queued: Any) -> None:
-        self._reply(R.queuedReply(queued.time, queued.qp))
-        self._resume()
-
-    def _commitFailed(self, failure: Any) -> None:
-        if failure.check(MailError):
-            self._reply(R.queueErrorReply(failure.value))
-        else:
-            self.log.failure("commit failed", failure)
-            self._reply(R.R_QQBUG)
-        self._resume()
+        """The final dot or BDAT LAST: L{qmtwist.smtp.commit.endMessage}."""
+        endMessage(self)
 
     def _resume(self) -> None:
         self.pendingCommit = None
@@ -382,18 +385,3 @@ class SMTPServer(TimeoutMixin, Protocol):
         self.transport.resumeProducing()
         self._process()
 
-
-class SMTPFactory(ServerFactory):
-    """Builds L{SMTPServer} sessions from the daemon's context C{ctx} (a L{qmtwist.context.Context});
-    controls are read (mtime-checked) for every connection, as qmail-smtpd reads them at start."""
-
-    def __init__(self, ctx: Any) -> None:
-        self.ctx = ctx
-        self.certificate = ServerCertificate(os.path.join(ctx.home.control, "servercert.pem"),
-                                             ctx.controls)
-
-    def buildProtocol(self, addr: Any) -> SMTPServer:
-        p = SMTPServer(self.ctx.injector, self.ctx.controls.current(), self.ctx.reactor,
-                       self.certificate)
-        p.factory = self
-        return p

@@ -11,6 +11,7 @@ one), nothing is added, so the message never carries two Dates.
 from __future__ import annotations
 
 import time
+from typing import BinaryIO, cast
 
 from attrs import evolve
 
@@ -49,4 +50,5 @@ def main(argv: list[str], env: ProgramEnv) -> int:
             hasDate = True
     dateLine = b"" if hasDate else b"Date: " + localDate(time.time()) + b"\n"
     stdin = Prepended(dateLine + header, env.stdin)
-    return sendmail.main(["sendmail", *argv[1:]], evolve(env, stdin=stdin))
+    # Prepended reads (read, readline) as the standard input it stands in for
+    return sendmail.main(["sendmail", *argv[1:]], evolve(env, stdin=cast(BinaryIO, stdin)))

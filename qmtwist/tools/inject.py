@@ -283,16 +283,20 @@ class _Chain:
         return self._tailRead(n)
 
 
-def main(argv: list[str], env: ProgramEnv) -> int:
+def main(argv: list[str], env: ProgramEnv, requireRecipients: bool = False) -> int:
+    """
+    qmail-inject. C{requireRecipients} (sendmail's call): a message with no recipient is refused
+    with C{no recipients}, exit 100, instead of being queued and dropped [qmtwist].
+    """
     try:
-        return _run(argv, env)
+        return _run(argv, env, requireRecipients)
     except Fatal as e:
         env.stderr.write(e.text)
         env.stderr.flush()
         return e.code
 
 
-def _run(argv: list[str], env: ProgramEnv) -> int:
+def _run(argv: list[str], env: ProgramEnv, requireRecipients: bool = False) -> int:
     if argv[1:] == ["--help"]:
         env.stdout.write(_enc(USAGE) + b"\n")
         return 0
@@ -339,6 +343,9 @@ def _run(argv: list[str], env: ProgramEnv) -> int:
     recipients = list(job.argRecipients)
     if strategy != "args":
         recipients += job.resentRecipients if job.resent else job.headerRecipients
+    if requireRecipients and flagQueue and not recipients:
+        # sendmail's callers (MUAs) get an error, not a message the queue drops [qmtwist]
+        raise _fatal(100, "no recipients")
     if not flagQueue:
         body = _Chain(head, env.stdin)
         while True:

@@ -29,14 +29,15 @@ import os
 import socket
 import subprocess
 import threading
-from typing import BinaryIO
 
 from attrs import frozen
 
+from qmtwist.durable import writeAll
 from qmtwist.errors import QQ_QUEUE_DIR, QQ_READ_ERROR, QueueError
 from qmtwist.home import Home
 from qmtwist.netstring import encode
 from qmtwist.queue import store
+from qmtwist.queue.store import Readable
 from qmtwist.queue.envelope import checkAddress
 
 
@@ -53,7 +54,7 @@ def envelopeBytes(sender: bytes, recipients: list[bytes]) -> bytes:
     return b"F" + sender + b"\0" + b"".join(b"T" + r + b"\0" for r in recipients) + b"\0"
 
 
-def _readAll(message: bytes | BinaryIO) -> bytes:
+def _readAll(message: bytes | Readable) -> bytes:
     if isinstance(message, bytes):
         return message
     try:
@@ -74,7 +75,7 @@ def queueMessage(
     environ: dict[str, str],
     sender: bytes,
     recipients: list[bytes],
-    message: bytes | BinaryIO,
+    message: bytes | Readable,
 ) -> Accepted:
     """
     Queue one message by the first way that applies (see the module docstring).
@@ -108,7 +109,7 @@ class _Temporary(QueueError):
 
 def _runProgram(
     program: str, environ: dict[str, str], sender: bytes, recipients: list[bytes],
-    message: bytes | BinaryIO,
+    message: bytes | Readable,
 ) -> Accepted:
     data = _readAll(message)
     envelope = envelopeBytes(sender, recipients)
@@ -124,9 +125,7 @@ def _runProgram(
 
     def writeEnvelope() -> None:
         try:
-            view = memoryview(envelope)
-            while view:
-                view = view[os.write(envWrite, view):]
+            writeAll(envWrite, envelope)
         except OSError:
             pass
         finally:
@@ -165,7 +164,7 @@ def _recvLine(sock: socket.socket) -> bytes:
 
 
 def _viaSocket(
-    home: Home, sender: bytes, recipients: list[bytes], message: bytes | BinaryIO
+    home: Home, sender: bytes, recipients: list[bytes], message: bytes | Readable
 ) -> Accepted:
     data = _readAll(message)
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)

@@ -13,7 +13,6 @@ C{<>@defaulthost}).
 
 from __future__ import annotations
 
-import importlib
 import os
 import signal
 import sys
@@ -66,15 +65,6 @@ def _parse(args: list[str]) -> tuple[list[tuple[str, str]], list[str]]:
                 raise _Usage()
         i += 1
     return opts, args[i:]
-
-
-def _runModule(spec: str, argv: list[str], env: ProgramEnv) -> int | None:
-    modname, func = spec.split(":")
-    try:
-        module = importlib.import_module(modname)
-    except ImportError:
-        return None
-    return int(getattr(module, func)(argv, env) or 0)
 
 
 def _alarm(env: ProgramEnv) -> int:
@@ -135,15 +125,13 @@ def main(argv: list[str], env: ProgramEnv) -> int:
     if sender is not None:
         injectArgv += ["-f", sender]
     injectArgv += ["--", *args]
-    return inject.main(injectArgv, evolve(env, environ=environ))
+    return inject.main(injectArgv, evolve(env, environ=environ), requireRecipients=True)
 
 
 def _mailq(env: ProgramEnv) -> int:
-    code = _runModule("qmtwist.tools.qread:main", ["qmail-qread"], env)
-    if code is None:
-        env.stderr.write(b"sendmail: fatal: unable to run qmail-qread\n")
-        return 111
-    return code
+    from qmtwist.tools import qread
+
+    return int(qread.main(["qmail-qread"], env) or 0)
 
 
 def _smtpd(env: ProgramEnv) -> int:
@@ -153,8 +141,6 @@ def _smtpd(env: ProgramEnv) -> int:
             RELAYCLIENT="", DATABYTES="0", PROTO="TCP", TCPLOCALIP="127.0.0.1",
             TCPLOCALHOST="localhost", TCPREMOTEIP="127.0.0.1", TCPREMOTEHOST="localhost",
             TCPREMOTEINFO="sendmail-bs")
-    code = _runModule("qmtwist.smtp.stdio:main", ["qmail-smtpd"], evolve(env, environ=environ))
-    if code is None:
-        env.stderr.write(b"sendmail: fatal: unable to run qmail-smtpd\n")
-        return 111
-    return code
+    from qmtwist.smtp import stdio
+
+    return int(stdio.main(["qmail-smtpd"], evolve(env, environ=environ)) or 0)

@@ -70,6 +70,9 @@ def userCommand(home: Home, argv: list[str], stdin: Any = None, stdout: Any = No
         stderr.write(f"qmtwist user: {text}\n")
         return code
 
+    if any(a in ("-h", "--help") for a in argv):
+        stdout.write(USER_USAGE)
+        return 0
     if not argv or argv[0] not in ("add", "del", "list"):
         stderr.write(USER_USAGE)
         return 100

@@ -95,7 +95,7 @@ def test_inject_to_local_user_ends_in_maildir(tmp_path):
         n = [line for line in lines if line.startswith("new msg ")][0].split()[-1]
         wanted = [f"new msg {n}", f"info msg {n}: bytes ",
                   f"starting delivery 1: msg {n} to local alice@{me.decode()}",
-                  "delivery 1: success: did_1+0+0/", f"end msg {n}"]
+                  f"delivery 1: msg {n}: success: did_1+0+0/", f"end msg {n}"]
         positions = [next(i for i, line in enumerate(lines) if line.startswith(w))
                      for w in wanted]
         assert positions == sorted(positions)

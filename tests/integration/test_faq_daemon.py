@@ -153,7 +153,7 @@ async def test_faq21_localThenRemoteAfterHup(qm) -> None:
         inject(home, "joe@example.org", "boss@af.mil", b"Subject: 1\n\none\n")
         line = await logged(d, "to local boss@af.mil")
         assert line.startswith("starting delivery 1: msg ")
-        await logged(d, "delivery 1: success: did_1+0+0/")
+        await logged(d, f"delivery 1: msg {msgNumber(line)}: success: did_1+0+0/")
         [first] = await d.until(lambda: mail(os.path.join(boss, "Maildir")), "boss's mail")
         assert first.startswith(b"Return-Path: <joe@example.org>\nDelivered-To: boss@af.mil\n")
         assert first.endswith(b"\n\none\n")
@@ -164,7 +164,7 @@ async def test_faq21_localThenRemoteAfterHup(qm) -> None:
         inject(home, "joe@example.org", "boss@af.mil", b"Subject: 2\n\ntwo\n")
         line = await logged(d, "to remote boss@af.mil")
         assert line.startswith("starting delivery 2: msg ")
-        await logged(d, "delivery 2: success: 127.0.0.1" + SINK_OK)
+        await logged(d, f"delivery 2: msg {msgNumber(line)}: success: 127.0.0.1" + SINK_OK)
         [got] = sink.messages
         assert (got.sender, got.recipients) == (b"joe@example.org", [b"boss@af.mil"])
         assert got.raw.endswith(b"Subject: 2\r\n\r\ntwo\r\n")
@@ -184,7 +184,7 @@ async def test_faq22_nullClient(qm) -> None:
         inject(home, "joe@" + ME, "user@" + ME, b"Subject: null\n\nclient\n")
         line = await logged(d, f"to remote user@{ME}")
         assert line.startswith("starting delivery 1: msg ")
-        await logged(d, "delivery 1: success: 127.0.0.1" + SINK_OK)
+        await logged(d, f"delivery 1: msg {msgNumber(line)}: success: 127.0.0.1" + SINK_OK)
         [got] = sink.messages
         assert (got.sender, got.recipients) == (f"joe@{ME}".encode(), [f"user@{ME}".encode()])
         assert got.raw.endswith(b"Subject: null\r\n\r\nclient\r\n")
@@ -218,7 +218,7 @@ async def test_faq25_cnameTimeoutDefersThenAlrmDelivers(qm, loopbackDNS) -> None
         report = await d.until(
             lambda: next((x for x in d.lines() if x.startswith("delivery 1: ")), None),
             "delivery 1's report (the DNS timeouts add up to 1 s)", deadline=10)
-        assert report == "delivery 1: deferral: CNAME_lookup_failed_temporarily._(#4.4.3)/"
+        assert report == f"delivery 1: msg {n}: deferral: CNAME_lookup_failed_temporarily._(#4.4.3)/"
         assert os.path.exists(home.queue.info(n))
         assert os.listdir(home.queue.sub("bounce")) == []
         assert [x for x in d.lines() if x.startswith("new msg ")] == [f"new msg {n}"]
@@ -229,7 +229,7 @@ async def test_faq25_cnameTimeoutDefersThenAlrmDelivers(qm, loopbackDNS) -> None
         dns.a(b"mx.slow.example", "127.0.0.5")
         assert cli(home, "ctl", "alrm").returncode == 0
         await logged(d, f"starting delivery 2: msg {n} to remote friend@slow.example")
-        await logged(d, "delivery 2: success: 127.0.0.5" + SINK_OK)
+        await logged(d, f"delivery 2: msg {n}: success: 127.0.0.5" + SINK_OK)
         await logged(d, f"end msg {n}")
         [got] = mx.messages
         assert (got.sender, got.recipients) == (f"joe@{ME}".encode(), [b"friend@slow.example"])
@@ -255,10 +255,10 @@ async def test_faq41_unknownUsersForwardedRealUsersNot(qm) -> None:
         inject(home, "joe@example.org", "nosuchuser@" + ME, b"Subject: lost\n\nwho?\n")
         first = await logged(d, f"to local nosuchuser@{ME}")
         n = msgNumber(first)
-        await logged(d, "delivery 1: success: ")
+        await logged(d, f"delivery 1: msg {n}: success: ")
         again = await logged(d, "to remote nosuchuser@bigbang.af.mil")
         assert msgNumber(again) != n
-        await logged(d, "delivery 2: success: 127.0.0.1" + SINK_OK)
+        await logged(d, f"delivery 2: msg {msgNumber(again)}: success: 127.0.0.1" + SINK_OK)
         [got] = sink.messages
         assert (got.sender, got.recipients) == (b"joe@example.org", [b"nosuchuser@bigbang.af.mil"])
         received, rest = got.raw.split(b"\r\n", 1)
@@ -330,17 +330,17 @@ async def test_faq54_relayClientGoesRemote(qm) -> None:
             assert s.mail("joe@example.org")[0] == 250
             code, text = s.rcpt("x@anywhere.example")
             assert (code, text) == (
-                553, b"sorry, that domain isn't in my list of allowed rcpthosts (#5.7.1)")
+                553, b"5.7.1 sorry, that domain isn't in my list of allowed rcpthosts (#5.7.1)")
         write(rules, b'1.2.3.6:allow,RELAYCLIENT=""\n127.:allow,RELAYCLIENT=""\n')
         with smtplib.SMTP("127.0.0.1", port, timeout=10) as s:
             assert s.ehlo()[0] == 250
             assert s.mail("joe@example.org")[0] == 250
-            assert s.rcpt("x@anywhere.example") == (250, b"ok")
+            assert s.rcpt("x@anywhere.example") == (250, b"2.1.5 ok")
             code, _ = s.data(b"Subject: relay\r\n\r\nout\r\n")
             assert code == 250
         line = await logged(d, "to remote x@anywhere.example")
         assert line.startswith("starting delivery 1: msg ")
-        await logged(d, "delivery 1: success: 127.0.0.1" + SINK_OK)
+        await logged(d, f"delivery 1: msg {msgNumber(line)}: success: 127.0.0.1" + SINK_OK)
         [got] = sink.messages
         assert (got.sender, got.recipients) == (b"joe@example.org", [b"x@anywhere.example"])
         assert got.raw.endswith(b"Subject: relay\r\n\r\nout\r\n")
@@ -357,8 +357,8 @@ async def test_faq74_defaultDeliveryMailbox(qm) -> None:
     await start(d)
     try:
         inject(home, "joe@example.org", "bob@" + ME, b"Subject: mbox\n\nFrom me\nbye\n")
-        await logged(d, f"to local bob@{ME}")
-        await logged(d, "delivery 1: success: did_1+0+0/")
+        line = await logged(d, f"to local bob@{ME}")
+        await logged(d, f"delivery 1: msg {msgNumber(line)}: success: did_1+0+0/")
         text = readFile(os.path.join(bob, "Mailbox"))
         head, rest = text.split(b"\n", 1)
         assert head.startswith(b"From joe@example.org ")

@@ -140,7 +140,9 @@ def test_second_term_abandons_hung_delivery_and_restart_delivers_once(tmp_path):
         # a restart against a working peer delivers it, once
         route(home, working.port)
         d.start()
-        d.waitLine("delivery 1: success:")
+        report = d.waitFor(lambda: next(
+            (x for x in d.lines() if x.startswith("delivery 1: msg ")), None), "delivery 1")
+        assert report.split(": ")[2] == "success"
         d.waitLine("end msg")
         assert qmtwist(home, "ctl", "term").returncode == 0
         assert d.proc.wait(30) == 0

@@ -567,6 +567,39 @@ def test_cacheRefreshThatCrashesKeepsValues(home: Home, logEvents):
     assert "control files check failed" in logLines(logEvents)
 
 
+def test_cacheReloadOffThreadReadsOnlyInTheRunner(home: Home, logEvents):
+    """SIGHUP's reload: the files are read by the callable given to the runner (a thread in
+    the daemon); nothing changes until it has run, then the values and warnings apply."""
+    from tests.conftest import logLines
+
+    cache = ControlCache(home)
+    write(home.control, "concurrencyremote", b"4\n")
+    unreadable(home.control, "rcpthosts")
+    held: list[Callable[[], Any]] = []
+    cache.reloadOffThread(lambda f: (held.append(f), Deferred())[1])
+    assert cache.snapshot.concurrencyremote == 20  # nothing read on this thread
+    assert len(held) == 1
+    results: list[list[str]] = []
+    cache.reloadOffThread(lambda f: maybeDeferred(f)).addCallback(results.append)
+    assert results == [["alert: unable to reread control/rcpthosts"]]
+    assert cache.snapshot.concurrencyremote == 4 and cache.current().concurrencyremote == 4
+    assert cache.snapshot.rcpthosts == (b"test.example", b"localhost")
+    assert "alert: unable to reread control/rcpthosts" in logLines(logEvents)
+
+
+def test_cacheReloadOffThreadCrashKeepsValues(home: Home, logEvents):
+    from twisted.internet.defer import fail
+
+    from tests.conftest import logLines
+
+    cache = ControlCache(home)
+    before = cache.snapshot
+    results = []
+    cache.reloadOffThread(lambda f: fail(RuntimeError("boom"))).addCallback(results.append)
+    assert results == [[]] and cache.snapshot is before
+    assert "control files reload failed" in logLines(logEvents)
+
+
 def test_cacheReloadWithoutMeAndLocalsKeepsPrevious(home: Home):
     cache = ControlCache(home)
     os.unlink(os.path.join(home.control, "me"))

@@ -15,6 +15,12 @@ def built(monkeypatch, home, argv: list[str]) -> dict[str, dict]:
     calls: dict[str, dict] = {}
 
     class _Service:
+        def __init__(self) -> None:
+            self.factory = type("Factory", (), {"observers": []})()  # the metrics observe it
+
+        def reload(self) -> None:  # plugin.py wires it to SIGHUP
+            pass
+
         def setServiceParent(self, parent) -> None:
             pass
 

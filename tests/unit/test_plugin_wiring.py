@@ -62,3 +62,5 @@ def test_smtp_sighup_hook_is_wired_by_the_plugin(home, logEvents):
     for reload in built.context.reloaders:
         reload()
     assert logLines(logEvents).count(warning) == 2  # and again on SIGHUP
+    smtp = built.top.getServiceNamed("smtp")
+    assert smtp.reload in built.context.reloaders  # its rules reread on SIGHUP, wired here

@@ -71,12 +71,12 @@ def smtpRecipient(control, env, rcpt):
     t.clear()
     proto.dataReceived(b"MAIL FROM:<s@x.example>\r\nRCPT TO:<" + rcpt + b">\r\n")
     reply = t.value().split(b"\r\n")[1]
-    if reply == b"250 ok":
+    if reply == b"250 2.1.5 ok":
         proto.dataReceived(b"DATA\r\n.\r\n")
         [(_, queued)] = [w.committed for w in inj.committed]
         return queued[0]
-    return {b"553 sorry, that domain isn't in my list of allowed rcpthosts (#5.7.1)": NOT_ALLOWED,
-            b"555 syntax error (#5.5.4)": UNSTORABLE}[reply]
+    return {b"553 5.7.1 sorry, that domain isn't in my list of allowed rcpthosts (#5.7.1)":
+            NOT_ALLOWED, b"555 5.5.4 syntax error (#5.5.4)": UNSTORABLE}[reply]
 
 
 def qmtpSession(control, env):
@@ -133,7 +133,7 @@ def test_sender_both_protocols(case, sender, ok):
     proto, t, inj, _ = makeSession(control=C)
     t.clear()
     proto.dataReceived(b"MAIL FROM:<" + sender + b">\r\n")
-    assert t.value() == (b"250 ok\r\n" if ok else b"555 syntax error (#5.5.4)\r\n")
+    assert t.value() == (b"250 2.1.0 ok\r\n" if ok else b"555 5.5.4 syntax error (#5.5.4)\r\n")
     proto, t, inj = qmtpSession(C, {})
     proto.dataReceived(encode(b"\nx\n") + encode(sender) + encodeList([b"a@heaven.af.mil"]))
     assert (b"Kok" in t.value()) is ok
@@ -190,8 +190,10 @@ def test_non_numeric_databytes_means_no_limit_in_both_protocols():
     t.clear()
     proto.dataReceived(b"EHLO x\r\nMAIL FROM:<a@b> SIZE=5000\r\nRCPT TO:<u@me.example>\r\nDATA\r\n" +
                        b"y" * 500 + b"\r\n.\r\n")
-    assert t.value() == (b"250-me.example\r\n250-PIPELINING\r\n250 8BITMIME\r\n250 ok\r\n"
-                         b"250 ok\r\n354 go ahead\r\n250 ok 1700000000 qp 100\r\n")
+    assert t.value() == (b"250-me.example\r\n250-PIPELINING\r\n250-8BITMIME\r\n250-SIZE 0\r\n"
+                         b"250-ENHANCEDSTATUSCODES\r\n250-SMTPUTF8\r\n250 CHUNKING\r\n"
+                         b"250 2.1.0 ok\r\n250 2.1.5 ok\r\n354 go ahead\r\n"
+                         b"250 2.0.0 ok 1700000000 qp 100\r\n")
     proto, t, inj = qmtpSession(c, env)
     proto.dataReceived(encode(b"\n" + b"y" * 500) + encode(b"") + encodeList([b"u@me.example"]))
     assert b"Kok" in t.value() and len(inj.committed) == 1

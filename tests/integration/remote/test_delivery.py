@@ -408,7 +408,11 @@ async def test_startTLSOpportunistic(home, tmp_path, loopbackDNS, ports) -> None
     [r] = await deliverAll(
         agent(home, loopbackDNS, mxPort=port), [request(message(tmp_path), b"a@tls.example")]
     )
-    assert r == Report.success(b"127.0.0.2 accepted message.\n" + OK)
+    # the report names the TLS session (docs/behaviour/tls-policy.md 19.5)
+    assert r.outcome is Outcome.SUCCESS
+    assert re.fullmatch(rb"127\.0\.0\.2 accepted message\.\n" + re.escape(OK)
+                        + rb"TLS: TLSv1\.[23] \S+, certificate not verified \(opportunistic\)\.\n",
+                        r.text), r.text
     assert sink.messages[0].tls is True
     assert sink.commands[:3] == [b"EHLO test.example", b"STARTTLS", b"EHLO test.example"]
 
@@ -420,7 +424,10 @@ async def test_tlsverifyVerified(home, tmp_path, loopbackDNS, ports) -> None:
     [r] = await deliverAll(
         agent(home, loopbackDNS, mxPort=port), [request(message(tmp_path), b"a@tls.example")]
     )
-    assert r == Report.success(b"127.0.0.2 accepted message.\n" + OK)
+    assert r.outcome is Outcome.SUCCESS
+    assert re.fullmatch(rb"127\.0\.0\.2 accepted message\.\n" + re.escape(OK)
+                        + rb"TLS: TLSv1\.[23] \S+, certificate verified for mx\.tls\.example "
+                        rb"\(control/tlsverify\)\.\n", r.text), r.text
     assert sink.messages[0].tls is True
 
 
@@ -469,8 +476,8 @@ async def test_startTLSResponseInjectionDiscarded(home, tmp_path, loopbackDNS, p
         agent(home, loopbackDNS, mxPort=port), [request(message(tmp_path), b"a@tls.example")]
     )
     assert r.outcome is Outcome.FAILURE
-    assert r.text == (b"127.0.0.2 failed after I sent the message.\n"
-                      b"Remote host said: 550 no thanks\n")
+    assert r.text.startswith(b"127.0.0.2 failed after I sent the message.\n"
+                             b"Remote host said: 550 no thanks\nTLS: TLSv1.")
     assert sink.commands[:3] == [b"EHLO test.example", b"STARTTLS", b"EHLO test.example"]
     assert any(re.search(r"TLS to 127.0.0.2: discarded \d+ bytes received in plaintext", line)
                for line in logLines(logEvents))

@@ -131,9 +131,9 @@ def test_faq74_bigNetwork(tmp_path, env, dnsChild, daemons) -> None:
     assert b"Delivered-To: alias-movie-bob@movie.edu\n" in text
     assert text.endswith(b"\n\nsee you at noon\n")
     clientLog, mailhostLog = daemons[2].lines(), daemons[0].lines()
-    assert any("success: 127.0.0.2_accepted_message./Remote_host_said:_250_ok" in line
+    assert any("success: 127.0.0.2_accepted_message./Remote_host_said:_250_2.0.0_ok" in line
                for line in clientLog), clientLog[-10:]
-    assert any("success: 127.0.0.3_accepted_message./Remote_host_said:_250_ok" in line
+    assert any("success: 127.0.0.3_accepted_message./Remote_host_said:_250_2.0.0_ok" in line
                for line in mailhostLog), mailhostLog[-10:]
 
 

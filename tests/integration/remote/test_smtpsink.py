@@ -105,18 +105,25 @@ def _daemon(tmp_path, monkeypatch, sinkPort: int) -> tuple[Daemon, Home]:
     return d, home
 
 
+def newMsg(d) -> str:
+    """The number of the first message the daemon logged as new."""
+    d.waitLine("new msg ")
+    return next(x for x in d.lines() if x.startswith("new msg ")).split()[-1]
+
+
 def test_daemonDeferralThenRetry(tmp_path, monkeypatch) -> None:
     sink = PostfixSmtpSink(["-r", "rcpt"])
     port = sink.start()
     d, _home = _daemon(tmp_path, monkeypatch, port)
     try:
-        d.waitLine("delivery 1: deferral: 127.0.0.1_does_not_like_recipient./"
+        n = newMsg(d)
+        d.waitLine(f"delivery 1: msg {n}: deferral: 127.0.0.1_does_not_like_recipient./"
                    "Remote_host_said:_450_4.3.0_Error:_command_failed/Giving_up_on_127.0.0.1./")
         sink.stop()
         sink = PostfixSmtpSink()
         sink.start(port)
         d.send(signal.SIGALRM)  # retry the deferred deliveries now
-        d.waitLine("delivery 2: success: 127.0.0.1_accepted_message./"
+        d.waitLine(f"delivery 2: msg {n}: success: 127.0.0.1_accepted_message./"
                    "Remote_host_said:_250_2.0.0_Ok/")
         d.waitLine("end msg")
     finally:
@@ -129,7 +136,7 @@ def test_daemonBounceCarriesPeerText(tmp_path, monkeypatch) -> None:
     port = sink.start()
     d, home = _daemon(tmp_path, monkeypatch, port)
     try:
-        d.waitLine("delivery 1: failure: 127.0.0.1_does_not_like_recipient./"
+        d.waitLine(f"delivery 1: msg {newMsg(d)}: failure: 127.0.0.1_does_not_like_recipient./"
                    "Remote_host_said:_500_5.3.0_Error:_command_failed/Giving_up_on_127.0.0.1./")
         maildir = os.path.join(home.homes, "joe", "Maildir", "new")
         [name] = waitFor(lambda: os.listdir(maildir), "the bounce in joe's Maildir")

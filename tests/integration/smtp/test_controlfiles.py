@@ -32,7 +32,7 @@ def talk(port: int) -> bytes:
 @pytest_twisted.inlineCallbacks
 def test_crInQueueextraLineIsIgnoredAndMailStillQueued(startSMTP, logEvents):
     """
-    A CR inside a queueextra line made every commit fail with 451 qq internal bug and the log
+    A CR inside a queueextra line made every commit fail with 451 4.3.0 qq internal bug and the log
     never named the file: now that line is left out with a warning naming control/queueextra,
     and the message is accepted and queued with the good lines' recipients.
     """
@@ -40,7 +40,7 @@ def test_crInQueueextraLineIsIgnoredAndMailStillQueued(startSMTP, logEvents):
     with open(os.path.join(srv.home.control, "queueextra"), "wb") as f:
         f.write(b"log\r@test.example\ncopy@test.example\n")
     out = yield deferToThread(talk, srv.port)
-    assert re.search(rb"\r\n250 ok \d+ qp \d+\r\n221 test.example\r\n$", out), out
+    assert re.search(rb"\r\n250 2.0.0 ok \d+ qp \d+\r\n221 2.0.0 test.example\r\n$", out), out
     [(env, mess)] = queuedMessages(srv.home)
     assert list(env.recipients) == [b"copy@test.example", b"bob@test.example"]
     assert checkMessage(mess) == b"Subject: t\n\nbody\n"
@@ -107,7 +107,7 @@ def test_fifoInControlDoesNotBlockTheReactor(startSMTP, logEvents, monkeypatch):
         os.unlink(fifo)
     assert not released.is_set(), "the reactor was blocked on the FIFO"
     assert re.match(rb"220 test.example ESMTP\r\n", out), out
-    assert re.search(rb"\r\n250 ok \d+ qp \d+\r\n221 test.example\r\n$", out), out
+    assert re.search(rb"\r\n250 2.0.0 ok \d+ qp \d+\r\n221 2.0.0 test.example\r\n$", out), out
     assert len(queuedMessages(srv.home)) == 1
     assert "warning: control/rcpthosts is not a regular file; ignored" in logLines(logEvents)
     assert ("rcpthosts", False) in readers

@@ -119,13 +119,13 @@ def test_faq51_smtp_concurrency_option(home, daemon):
     fourth = Client(daemon.port)
     for c in clients:
         c.send(b"NOOP\r\n")
-        assert c.readUntil(b"\r\n") == b"250 ok\r\n"
+        assert c.readUntil(b"\r\n") == b"250 2.0.0 ok\r\n"
     fourth.sock.setblocking(False)
     with pytest.raises(BlockingIOError):
         fourth.sock.recv(100)
     fourth.sock.setblocking(True)
     clients[0].send(b"QUIT\r\n")
-    assert clients[0].readAll() == b"221 test.example\r\n"
+    assert clients[0].readAll() == b"221 2.0.0 test.example\r\n"
     assert fourth.readUntil(b"\r\n") == b"220 test.example ESMTP\r\n"
     for c in clients[1:] + [fourth]:
         c.close()
@@ -150,7 +150,7 @@ def test_swaks_delivers_to_maildir(home, daemon):
          "--header", "Subject: via swaks", "--body", "swaks body"],
         capture_output=True, timeout=60)
     assert r.returncode == 0, r.stdout + r.stderr
-    assert re.search(rb"<-  250 ok \d+ qp \d+", r.stdout), r.stdout
+    assert re.search(rb"<-  250 2.0.0 ok \d+ qp \d+", r.stdout), r.stdout
     [mess] = waitFor(lambda: newFiles(os.path.join(home.alias, "Maildir")),
                      "the swaks message in alias/Maildir/new")
     header, _, body = mess.partition(b"\n\n")
@@ -180,7 +180,7 @@ def test_faq31_receiving_for_another_host_name(home, daemon):
         code, _ = s.docmd("MAIL FROM:<a@example.org>")
         assert code == 250
         code, text = s.docmd("RCPT TO:<x@af.mil>")
-        assert (code, text) == (553, b"sorry, that domain isn't in my list of allowed rcpthosts "
+        assert (code, text) == (553, b"5.7.1 sorry, that domain isn't in my list of allowed rcpthosts "
                                      b"(#5.7.1)")
     with open(os.path.join(home.control, "locals"), "a") as f:
         f.write("af.mil\n")

@@ -36,7 +36,8 @@ def test_smtplib_queues_message(startSMTP):
     def talk():
         with smtplib.SMTP("127.0.0.1", srv.port, local_hostname="client.example") as s:
             code, text = s.ehlo()
-            assert (code, text) == (250, b"test.example\nPIPELINING\n8BITMIME\nSIZE 52428800")
+            assert (code, text) == (250, b"test.example\nPIPELINING\n8BITMIME\nSIZE 52428800\n"
+                                    b"ENHANCEDSTATUSCODES\nSMTPUTF8\nCHUNKING")
             s.mail("alice@example.org")
             s.rcpt("bob@test.example")
             return s.data(MSG)
@@ -45,7 +46,7 @@ def test_smtplib_queues_message(startSMTP):
     [(env, mess)] = queuedMessages(srv.home)
     assert env.sender == b"alice@example.org" and list(env.recipients) == [b"bob@test.example"]
     qp = QRECEIVED.match(mess).group(1)
-    assert code == 250 and re.fullmatch(rb"ok \d+ qp " + qp, text)
+    assert code == 250 and re.fullmatch(rb"2.0.0 ok \d+ qp " + qp, text)
     assert checkMessage(mess) == b"Subject: t\n\nbody\n"
 
 
@@ -65,10 +66,11 @@ def test_pipelined_dialogue_in_order(startSMTP):
     out = yield deferToThread(talk)
     assert re.fullmatch(
         rb"220 test.example ESMTP\r\n250-test.example\r\n250-PIPELINING\r\n250-8BITMIME\r\n"
-        rb"250 SIZE 52428800\r\n"
-        rb"250 ok\r\n250 ok\r\n354 go ahead\r\n250 ok \d+ qp \d+\r\n"
-        rb"250 ok\r\n553 sorry, that domain isn't in my list of allowed rcpthosts \(#5.7.1\)\r\n"
-        rb"250 ok\r\n354 go ahead\r\n250 ok \d+ qp \d+\r\n250 ok\r\n221 test.example\r\n", out)
+        rb"250-SIZE 52428800\r\n250-ENHANCEDSTATUSCODES\r\n250-SMTPUTF8\r\n250 CHUNKING\r\n"
+        rb"250 2.1.0 ok\r\n250 2.1.5 ok\r\n354 go ahead\r\n250 2.0.0 ok \d+ qp \d+\r\n"
+        rb"250 2.1.0 ok\r\n553 5.7.1 sorry, that domain isn't in my list of allowed rcpthosts \(#5.7.1\)\r\n"
+        rb"250 2.1.5 ok\r\n354 go ahead\r\n250 2.0.0 ok \d+ qp \d+\r\n250 2.0.0 ok\r\n"
+        rb"221 2.0.0 test.example\r\n", out)
     [(e1, m1), (e2, m2)] = queuedMessages(srv.home)
     assert (e1.sender, list(e1.recipients)) == (b"a@x.example", [b"bob@test.example"])
     assert (e2.sender, list(e2.recipients)) == (b"b@x.example", [b"carol@test.example"])
@@ -91,19 +93,19 @@ def relayDialogue(port: int) -> bytes:
 def test_fresh_home_refuses_relay_from_loopback(startSMTP):
     srv = startSMTP()
     out = yield deferToThread(relayDialogue, srv.port)
-    nogw = b"553 sorry, that domain isn't in my list of allowed rcpthosts (#5.7.1)\r\n"
-    assert out == (b"220 test.example ESMTP\r\n250 test.example\r\n250 ok\r\n" +
-                   nogw * len(RELAY_TRICKS) + b"250 ok\r\n" * len(LOCAL_TRICKS) +
-                   b"221 test.example\r\n")
+    nogw = b"553 5.7.1 sorry, that domain isn't in my list of allowed rcpthosts (#5.7.1)\r\n"
+    assert out == (b"220 test.example ESMTP\r\n250 test.example\r\n250 2.1.0 ok\r\n" +
+                   nogw * len(RELAY_TRICKS) + b"250 2.1.5 ok\r\n" * len(LOCAL_TRICKS) +
+                   b"221 2.0.0 test.example\r\n")
 
 
 @pytest_twisted.inlineCallbacks
 def test_faq54_relayclient_rule(startSMTP):
     srv = startSMTP(rules=b'127.:allow,RELAYCLIENT=""\n')
     out = yield deferToThread(relayDialogue, srv.port)
-    assert out == (b"220 test.example ESMTP\r\n250 test.example\r\n250 ok\r\n" +
-                   b"250 ok\r\n" * (len(RELAY_TRICKS) + len(LOCAL_TRICKS)) +
-                   b"221 test.example\r\n")
+    assert out == (b"220 test.example ESMTP\r\n250 test.example\r\n250 2.1.0 ok\r\n" +
+                   b"250 2.1.5 ok\r\n" * (len(RELAY_TRICKS) + len(LOCAL_TRICKS)) +
+                   b"221 2.0.0 test.example\r\n")
 
 
 @pytest_twisted.inlineCallbacks
@@ -150,7 +152,7 @@ def test_faq51_concurrency_limit(startSMTP, logEvents):
         fourth = Client(srv.port)
         for c in clients:  # a round trip on each: the server has had time to see the fourth
             c.send(b"NOOP\r\n")
-            assert c.readUntil(b"\r\n") == b"250 ok\r\n"
+            assert c.readUntil(b"\r\n") == b"250 2.0.0 ok\r\n"
         fourth.sock.setblocking(False)
         try:
             early = fourth.sock.recv(100)
@@ -158,7 +160,7 @@ def test_faq51_concurrency_limit(startSMTP, logEvents):
             early = None
         fourth.sock.setblocking(True)
         clients[0].send(b"QUIT\r\n")
-        assert clients[0].readAll() == b"221 test.example\r\n"
+        assert clients[0].readAll() == b"221 2.0.0 test.example\r\n"
         late = fourth.readUntil(b"\r\n")
         for c in clients[1:] + [fourth]:
             c.send(b"QUIT\r\n")
@@ -191,7 +193,7 @@ def test_disconnect_in_data_queues_nothing(startSMTP):
         return d.readAll()
 
     out = yield deferToThread(talk)
-    assert out.endswith(b"354 go ahead\r\n451 See http://pobox.com/~djb/docs/smtplf.html.\r\n")
+    assert out.endswith(b"354 go ahead\r\n451 4.5.2 See http://pobox.com/~djb/docs/smtplf.html.\r\n")
     assert queueFiles(srv.home) == []
 
 
@@ -206,9 +208,10 @@ def test_databytes_rule_and_ten_megabyte_line(startSMTP):
         return c.readAll()
 
     out = yield deferToThread(talk)
-    assert out == (b"220 test.example ESMTP\r\n500 line too long (#5.5.2)\r\n250 ok\r\n250 ok\r\n"
-                   b"354 go ahead\r\n552 sorry, that message size exceeds my databytes limit "
-                   b"(#5.3.4)\r\n221 test.example\r\n")
+    assert out == (b"220 test.example ESMTP\r\n500 5.5.2 line too long (#5.5.2)\r\n"
+                   b"250 2.1.0 ok\r\n250 2.1.5 ok\r\n"
+                   b"354 go ahead\r\n552 5.3.4 sorry, that message size exceeds my databytes limit "
+                   b"(#5.3.4)\r\n221 2.0.0 test.example\r\n")
     assert queueFiles(srv.home) == []
 
 
@@ -228,7 +231,7 @@ def test_silent_client_times_out(startSMTP, logEvents):
         return c.readAll()
 
     out = yield deferToThread(talk)
-    assert out == b"220 test.example ESMTP\r\n451 timeout (#4.4.2)\r\n"
+    assert out == b"220 test.example ESMTP\r\n451 4.4.2 timeout (#4.4.2)\r\n"
     assert "tcpserver: end 1 status 256" in logLines(logEvents)
 
 
@@ -262,8 +265,9 @@ def test_missing_rcpthosts_accepts_only_locals(home, startSMTP, logEvents):
         return c.readAll()
 
     out = yield deferToThread(talk)
-    assert out == (b"220 test.example ESMTP\r\n250 ok\r\n250 ok\r\n250 ok\r\n553 sorry, that "
-                   b"domain isn't in my list of allowed rcpthosts (#5.7.1)\r\n221 test.example\r\n")
+    assert out == (b"220 test.example ESMTP\r\n250 2.1.0 ok\r\n250 2.1.5 ok\r\n250 2.1.5 ok\r\n"
+                   b"553 5.7.1 sorry, that "
+                   b"domain isn't in my list of allowed rcpthosts (#5.7.1)\r\n221 2.0.0 test.example\r\n")
 
 
 def test_bad_endpoint_logs_alert(startSMTP, logEvents):

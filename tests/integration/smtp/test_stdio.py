@@ -39,8 +39,9 @@ def test_stdio_pipes(home):
                        env=childEnv(TCPREMOTEIP="127.0.0.1", TCPLOCALHOST="test.example",
                                     RELAYCLIENT="@fixme"))
     assert r.returncode == 0, r.stderr
-    assert re.fullmatch(rb"220 test.example ESMTP\r\n250 test.example\r\n250 ok\r\n250 ok\r\n"
-                        rb"250 ok\r\n354 go ahead\r\n250 ok \d+ qp \d+\r\n221 test.example\r\n",
+    assert re.fullmatch(rb"220 test.example ESMTP\r\n250 test.example\r\n250 2.1.0 ok\r\n250 2.1.5 ok\r\n"
+                        rb"250 2.1.5 ok\r\n354 go ahead\r\n250 2.0.0 ok \d+ qp \d+\r\n"
+                        rb"221 2.0.0 test.example\r\n",
                         r.stdout), r.stdout
     [(env, mess)] = queuedMessages(home)
     assert list(env.recipients) == [b"bob@test.example@fixme", b"joe@x.com@fixme"]
@@ -51,7 +52,7 @@ def test_stdio_refuses_relay_without_relayclient(home):
     prog = os.path.join(home.bin, "qmail-smtpd")
     r = subprocess.run([prog], input=DIALOGUE, capture_output=True, timeout=60,
                        env=childEnv(TCPREMOTEIP="127.0.0.1", TCPLOCALHOST="test.example"))
-    assert b"553 sorry, that domain isn't in my list of allowed rcpthosts (#5.7.1)\r\n" in r.stdout
+    assert b"553 5.7.1 sorry, that domain isn't in my list of allowed rcpthosts (#5.7.1)\r\n" in r.stdout
     [(env, mess)] = queuedMessages(home)
     assert list(env.recipients) == [b"bob@test.example"]
 
@@ -96,7 +97,7 @@ def test_faq51_under_debian_tcpserver(home):
             greetings = [a.readUntil(b"\r\n"), b.readUntil(b"\r\n")]
             c = Client(port)
             a.send(b"NOOP\r\n"), b.send(b"NOOP\r\n")
-            assert a.readUntil(b"\r\n") == b.readUntil(b"\r\n") == b"250 ok\r\n"
+            assert a.readUntil(b"\r\n") == b.readUntil(b"\r\n") == b"250 2.0.0 ok\r\n"
             c.sock.setblocking(False)
             try:
                 early = c.sock.recv(100)
@@ -120,7 +121,7 @@ def test_faq51_under_debian_tcpserver(home):
     assert first == b"tcpserver: status: 0/2\n"
     assert greetings == [b"220 test.example ESMTP\r\n"] * 2 and early is None
     assert late == b"220 test.example ESMTP\r\n"
-    assert replies.endswith(b"221 test.example\r\n") and b"\r\n250 ok " in replies
+    assert replies.endswith(b"221 2.0.0 test.example\r\n") and b"\r\n250 2.0.0 ok " in replies
     assert b"tcpserver: status: 2/2\n" in log
     [(env, mess)] = queuedMessages(home)
     assert list(env.recipients) == [b"bob@test.example"]

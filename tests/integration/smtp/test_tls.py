@@ -78,9 +78,10 @@ def test_smtplib_starttls(certHome, startSMTP):
         with smtplib.SMTP("127.0.0.1", srv.port, local_hostname="client.example") as s:
             code, text = s.ehlo()
             assert text.split(b"\n")[-1] == b"STARTTLS"
-            assert s.starttls(context=noVerify()) == (220, b"ready for tls")
+            assert s.starttls(context=noVerify()) == (220, b"2.0.0 ready for tls")
             code, text = s.ehlo()
-            assert text == b"test.example\nPIPELINING\n8BITMIME\nSIZE 52428800"
+            assert text == (b"test.example\nPIPELINING\n8BITMIME\nSIZE 52428800\n"
+                            b"ENHANCEDSTATUSCODES\nSMTPUTF8\nCHUNKING")
             return s.sendmail("alice@example.org", ["bob@test.example"], MSG)
 
     assert (yield deferToThread(talk)) == {}
@@ -95,7 +96,7 @@ def test_pipelined_after_starttls_discarded(certHome, startSMTP):
     def talk():
         c = Client(srv.port)
         c.send(b"EHLO client.example\r\nSTARTTLS\r\nRSET\r\nMAIL FROM:<evil@x>\r\n")
-        before = c.readUntil(b"220 ready for tls\r\n")
+        before = c.readUntil(b"220 2.0.0 ready for tls\r\n")
         tls = noVerify().wrap_socket(c.sock, server_hostname="test.example")
         tls.sendall(b"NOOP\r\nRCPT TO:<bob@test.example>\r\nQUIT\r\n")
         out = b""
@@ -108,8 +109,9 @@ def test_pipelined_after_starttls_discarded(certHome, startSMTP):
 
     before, after = yield deferToThread(talk)
     assert before == (b"220 test.example ESMTP\r\n250-test.example\r\n250-PIPELINING\r\n"
-                      b"250-8BITMIME\r\n250-SIZE 52428800\r\n250 STARTTLS\r\n220 ready for tls\r\n")
-    assert after == b"250 ok\r\n503 MAIL first (#5.5.1)\r\n221 test.example\r\n"
+                      b"250-8BITMIME\r\n250-SIZE 52428800\r\n250-ENHANCEDSTATUSCODES\r\n"
+                      b"250-SMTPUTF8\r\n250-CHUNKING\r\n250 STARTTLS\r\n220 2.0.0 ready for tls\r\n")
+    assert after == b"250 2.0.0 ok\r\n503 5.5.1 MAIL first (#5.5.1)\r\n221 2.0.0 test.example\r\n"
 
 
 @pytest_twisted.inlineCallbacks
@@ -121,7 +123,8 @@ def test_smtps_endpoint(certHome, startSMTP):
         with smtplib.SMTP_SSL("127.0.0.1", srv.port, local_hostname="client.example",
                               context=noVerify()) as s:
             code, text = s.ehlo()
-            assert text == b"test.example\nPIPELINING\n8BITMIME\nSIZE 52428800"
+            assert text == (b"test.example\nPIPELINING\n8BITMIME\nSIZE 52428800\n"
+                            b"ENHANCEDSTATUSCODES\nSMTPUTF8\nCHUNKING")
             return s.sendmail("alice@example.org", ["bob@test.example"], MSG)
 
     assert (yield deferToThread(talk)) == {}
@@ -146,7 +149,7 @@ def test_swaks_plain(startSMTP):
     srv = startSMTP()
     out, err, code = yield swaks(srv.port)
     assert code == 0, out + err
-    assert b"<-  250 ok " in out
+    assert b"<-  250 2.0.0 ok " in out
     [(env, mess)] = queuedMessages(srv.home)
     assert (env.sender, list(env.recipients)) == (b"alice@example.org", [b"bob@test.example"])
     body = checkMessage(mess)
@@ -160,7 +163,7 @@ def test_swaks_tls(certHome, startSMTP):
     srv = startSMTP()
     out, err, code = yield swaks(srv.port, "--tls")
     assert code == 0, out + err
-    assert b"<-  220 ready for tls" in out and b"TLS started" in out
+    assert b"<-  220 2.0.0 ready for tls" in out and b"TLS started" in out
     [(env, mess)] = queuedMessages(srv.home)
     checkMessage(mess, b"ESMTPS")
 
@@ -173,7 +176,7 @@ def test_smtps_endpoint_defaults_to_servercert(certHome, startSMTP):
         with smtplib.SMTP_SSL("127.0.0.1", srv.port, context=noVerify()) as s:
             return s.noop()
 
-    assert (yield deferToThread(talk)) == (250, b"ok")
+    assert (yield deferToThread(talk)) == (250, b"2.0.0 ok")
 
 
 @pytest_twisted.inlineCallbacks
@@ -193,9 +196,9 @@ def test_mismatched_key_no_starttls(home, startSMTP, logEvents):
         return c.readAll()
 
     out = yield deferToThread(talk)
-    ehlo = out.split(b"\r\n")[1:5]
+    ehlo = out.split(b"\r\n")[1:8]
     assert ehlo[-1].startswith(b"250 ") and b"STARTTLS" not in out.split(b"502")[0], out
-    assert b"\r\n502 unimplemented (#5.5.1)\r\n250 ok\r\n" in out
+    assert b"\r\n502 5.5.1 unimplemented (#5.5.1)\r\n250 2.1.0 ok\r\n" in out
     assert len(queuedMessages(srv.home)) == 1
     lines = logLines(logEvents)
     assert lines.count(MISMATCH) == 1

@@ -173,6 +173,8 @@ def test_removeMessageRemovesEveryFileInfoLast(layout, monkeypatch):
     put(layout.bounce(4000), b"<x@far.org>:\nno\n\n")
     put(layout.intd(4000), b"u0\0p1\0Fs\0Tr\0")
     os.link(layout.intd(4000), layout.todo(4000))
+    put(layout.sub("hold", 4000), b"1.P4000\n")  # queue-control.md: hold marker, note
+    put(layout.sub("why", 4000), b"{}")
     removed: list[str] = []
     unlink = os.unlink
 
@@ -186,7 +188,10 @@ def test_removeMessageRemovesEveryFileInfoLast(layout, monkeypatch):
     assert removed[-1] == f"info/{4000 % 23}/4000"  # while info exists the message is live
     assert sorted(removed) == sorted([
         f"local/{4000 % 23}/4000", f"remote/{4000 % 23}/4000", "bounce/4000", "todo/4000",
-        "intd/4000", f"mess/{4000 % 23}/4000", f"info/{4000 % 23}/4000"])
+        "intd/4000", f"mess/{4000 % 23}/4000", f"info/{4000 % 23}/4000", "hold/4000",
+        "why/4000"])
+    # the marks go before the mess file, whose removal frees the number for another message
+    assert removed.index("why/4000") < removed.index(f"mess/{4000 % 23}/4000")
 
 
 def test_removeMessageOfAPartlyRemovedMessage(layout):

@@ -125,7 +125,7 @@ def test_local_success_removes_everything_and_logs_qmail_send_lines(home, logEve
     assert lines[1].endswith(f" from <joe@test.example> qp {q.qp} uid 0")
     assert lines[2:5] == [
         f"starting delivery 1: msg {q.id} to local fred@test.example",
-        "delivery 1: success: did_1+0+0/",
+        f"delivery 1: msg {q.id}: success: did_1+0+0/",
         f"end msg {q.id}",
     ]
 
@@ -143,12 +143,12 @@ def test_info_line_reports_mess_size(home, logEvents):
 
 def test_local_and_remote_channels_and_status_lines(home, logEvents):
     h = makeHarness(home, local=ok, remote=later)
-    h.inject(b"joe@test.example", [b"a@test.example", b"b@elsewhere.example"])
+    q = h.inject(b"joe@test.example", [b"a@test.example", b"b@elsewhere.example"])
     assert [r.recipient for r in h.remote.requests] == [b"b@elsewhere.example"]
     lines = logLines(logEvents)
     assert "status: local 0/10 remote 0/20" in lines
     assert "status: local 1/10 remote 0/20" in lines
-    assert any(line.startswith("delivery 2: deferral: Try_again_later._(#4.3.0)/")
+    assert any(line.startswith(f"delivery 2: msg {q.id}: deferral: Try_again_later._(#4.3.0)/")
                for line in lines)
 
 

@@ -11,6 +11,7 @@ import threading
 
 import pytest
 
+from qmtwist import durable
 from qmtwist.errors import QueueError
 from qmtwist.home import Home
 from qmtwist.queue import store
@@ -152,6 +153,7 @@ def test_messageBodyWriteErrorIs53AndLeavesNothing(layout, monkeypatch):
         return realWrite(fd, data)
 
     monkeypatch.setattr(store, "os", _FakeOs(write=write))
+    monkeypatch.setattr(durable, "os", _FakeOs(write=write))  # store writes through durable
     with pytest.raises(QueueError) as e:
         inject(layout, b"s", [b"r"], b"message\n", b"by uid 0", uid=0, qp=1)
     monkeypatch.undo()
@@ -178,6 +180,7 @@ def test_envelopeWriteErrorIs53AndLeavesNothing(layout, monkeypatch):
         return realWrite(fd, data)
 
     monkeypatch.setattr(store, "os", _FakeOs(write=write))
+    monkeypatch.setattr(durable, "os", _FakeOs(write=write))  # store writes through durable
     with pytest.raises(QueueError) as e:
         inject(layout, b"s", [b"r"], b"message\n", b"by uid 0", uid=0, qp=1)
     monkeypatch.undo()

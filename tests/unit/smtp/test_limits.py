@@ -9,8 +9,8 @@ from twisted.python.failure import Failure
 from qmtwist.control import Control
 from tests.unit.smtp.helpers import FakeInjector, makeControl, makeSession
 
-TOOMANY = b"452 too many recipients (#4.5.3)\r\n"
-NOGW = b"553 sorry, that domain isn't in my list of allowed rcpthosts (#5.7.1)\r\n"
+TOOMANY = b"452 4.5.3 too many recipients (#4.5.3)\r\n"
+NOGW = b"553 5.7.1 sorry, that domain isn't in my list of allowed rcpthosts (#5.7.1)\r\n"
 
 
 def rcpts(n: int, start: int = 0) -> bytes:
@@ -22,8 +22,8 @@ def test_maxrcpt_refuses_the_rest_and_the_message_goes_to_the_accepted():
     t.clear()
     proto.dataReceived(b"MAIL FROM:<a@x.example>\r\n" + rcpts(5) +
                        b"RCPT TO:<v@relay.example>\r\nDATA\r\nSubject: t\r\n\r\nbody\r\n.\r\n")
-    assert t.value() == (b"250 ok\r\n" + b"250 ok\r\n" * 3 + TOOMANY * 2 + NOGW +
-                         b"354 go ahead\r\n250 ok 1700000000 qp 100\r\n")
+    assert t.value() == (b"250 2.1.0 ok\r\n" + b"250 2.1.5 ok\r\n" * 3 + TOOMANY * 2 + NOGW +
+                         b"354 go ahead\r\n250 2.0.0 ok 1700000000 qp 100\r\n")
     assert inj.writers[0].committed == (
         b"a@x.example", [b"u0@test.example", b"u1@test.example", b"u2@test.example"])
 
@@ -34,10 +34,11 @@ def test_maxrcpt_counts_per_message():
     proto.dataReceived(b"MAIL FROM:<a@x.example>\r\n" + rcpts(3) + b"RSET\r\n" +
                        b"MAIL FROM:<b@x.example>\r\n" + rcpts(3, 10) + b"DATA\r\n.\r\n" +
                        b"MAIL FROM:<c@x.example>\r\n" + rcpts(2, 20))
-    assert t.value() == (b"250 ok\r\n250 ok\r\n250 ok\r\n" + TOOMANY + b"250 flushed\r\n" +
-                         b"250 ok\r\n250 ok\r\n250 ok\r\n" + TOOMANY +
-                         b"354 go ahead\r\n250 ok 1700000000 qp 100\r\n" +
-                         b"250 ok\r\n250 ok\r\n250 ok\r\n")
+    assert t.value() == (b"250 2.1.0 ok\r\n250 2.1.5 ok\r\n250 2.1.5 ok\r\n" + TOOMANY +
+                         b"250 2.0.0 flushed\r\n" +
+                         b"250 2.1.0 ok\r\n250 2.1.5 ok\r\n250 2.1.5 ok\r\n" + TOOMANY +
+                         b"354 go ahead\r\n250 2.0.0 ok 1700000000 qp 100\r\n" +
+                         b"250 2.1.0 ok\r\n250 2.1.5 ok\r\n250 2.1.5 ok\r\n")
     assert inj.writers[0].committed == (b"b@x.example", [b"u10@test.example", b"u11@test.example"])
 
 
@@ -46,7 +47,7 @@ def test_default_maxrcpt_is_1000():
     proto, t, inj, _ = makeSession()
     t.clear()
     proto.dataReceived(b"MAIL FROM:<a@x.example>\r\n" + rcpts(1002))
-    assert t.value() == b"250 ok\r\n" * 1001 + TOOMANY * 2
+    assert t.value() == b"250 2.1.0 ok\r\n" + b"250 2.1.5 ok\r\n" * 1000 + TOOMANY * 2
     assert len(proto.recipients) == 1000
 
 
@@ -54,7 +55,7 @@ def test_maxrcpt_zero_means_no_limit():
     proto, t, inj, _ = makeSession(control=makeControl(maxrcpt=0))
     t.clear()
     proto.dataReceived(b"MAIL FROM:<a@x.example>\r\n" + rcpts(1500))
-    assert t.value() == b"250 ok\r\n" * 1501
+    assert t.value() == b"250 2.1.0 ok\r\n" + b"250 2.1.5 ok\r\n" * 1500
 
 
 def test_session_releases_what_it_holds_when_it_ends():

@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 
 from qmtwist.policy import badMailFrom
-from qmtwist.smtp.parse import parseAddress, sizeParameter, splitCommand
+from qmtwist.smtp.extensions import mailParameters
+from qmtwist.smtp.parse import parseAddress, splitCommand
 from qmtwist.smtp.received import safe, smtpReceived
 
 
@@ -29,9 +30,9 @@ def test_parse_address(arg, addr):
 
 
 def test_size_parameter():
-    assert sizeParameter(b"FROM:<a@b> BODY=8BITMIME size=123") == 123
-    assert sizeParameter(b"FROM:<a@b> SIZE=x") is None
-    assert sizeParameter(b"FROM:a@b SIZE=5") is None
+    assert mailParameters(b"FROM:<a@b> BODY=8BITMIME size=123").size == 123
+    assert mailParameters(b"FROM:<a@b> SIZE=x").size is None
+    assert mailParameters(b"FROM:a@b SIZE=5").size is None
 
 
 def test_badmailfrom():

@@ -5,7 +5,7 @@ from __future__ import annotations
 from tests.unit.smtp.helpers import makeControl, makeSession
 
 ENVELOPE = b"MAIL FROM:<a@b>\r\nRCPT TO:<bob@test.example>\r\nDATA\r\n"
-OK3 = b"250 ok\r\n250 ok\r\n354 go ahead\r\n"
+OK3 = b"250 2.1.0 ok\r\n250 2.1.5 ok\r\n354 go ahead\r\n"
 
 
 def body(writer) -> bytes:
@@ -48,7 +48,8 @@ def test_local_ip_rewrite():
                                                        rcpthosts=(b"lip.example",)))
     t.clear()
     proto.dataReceived(b"MAIL FROM:<a@b>\r\nRCPT TO:<bob@[127.0.0.1]>\r\nRCPT TO:<bob@[10.0.0.1]>\r\n")
-    assert t.value() == (b"250 ok\r\n250 ok\r\n553 sorry, that domain isn't in my list of allowed "
+    assert t.value() == (b"250 2.1.0 ok\r\n250 2.1.5 ok\r\n"
+                         b"553 5.7.1 sorry, that domain isn't in my list of allowed "
                          b"rcpthosts (#5.7.1)\r\n")
     assert proto.recipients == [b"bob@lip.example"]
 
@@ -58,11 +59,11 @@ def test_hop_count():
     proto, t, inj, _ = makeSession()
     t.clear()
     proto.dataReceived(ENVELOPE + hops + b"\r\nReceived: not a header\r\n.\r\n")
-    assert t.value() == OK3 + b"250 ok 1700000000 qp 100\r\n"
+    assert t.value() == OK3 + b"250 2.0.0 ok 1700000000 qp 100\r\n"
     proto, t, inj, _ = makeSession()
     t.clear()
     proto.dataReceived(ENVELOPE + hops + b"received: one more\r\n\r\n.\r\n")
-    assert t.value() == OK3 + b"554 too many hops, this message is looping (#5.4.6)\r\n"
+    assert t.value() == OK3 + b"554 5.4.6 too many hops, this message is looping (#5.4.6)\r\n"
     assert inj.writers[0].aborted and inj.committed == []
 
 
@@ -70,8 +71,8 @@ def test_databytes_exact_limit():
     proto, t, inj, _ = makeSession(control=makeControl(databytes=6))
     t.clear()
     proto.dataReceived(ENVELOPE + b"12345\r\n.\r\n" + ENVELOPE + b"123456\r\n.\r\n")
-    assert t.value() == (OK3 + b"250 ok 1700000000 qp 100\r\n" + OK3 +
-                         b"552 sorry, that message size exceeds my databytes limit (#5.3.4)\r\n")
+    assert t.value() == (OK3 + b"250 2.0.0 ok 1700000000 qp 100\r\n" + OK3 +
+                         b"552 5.3.4 sorry, that message size exceeds my databytes limit (#5.3.4)\r\n")
     assert inj.writers[1].aborted and len(inj.committed) == 1
 
 
@@ -85,7 +86,7 @@ def test_pipelined_answers_wait_for_commit():
     assert t.producerState == "paused"
     from tests.unit.smtp.helpers import FakeQueued
     inj.pending[0].callback(FakeQueued(7, 42, 1700000001.5))
-    assert t.value() == OK3 + b"250 ok 1700000001 qp 42\r\n250 ok\r\n250 ok\r\n"
+    assert t.value() == OK3 + b"250 2.0.0 ok 1700000001 qp 42\r\n250 2.1.0 ok\r\n250 2.0.0 ok\r\n"
     assert t.producerState == "producing"
 
 
@@ -94,12 +95,12 @@ def test_commit_failure_texts():
     inj.commitError = 53
     t.clear()
     proto.dataReceived(ENVELOPE + b".\r\n")
-    assert t.value() == OK3 + b"451 qq write error or disk full (#4.3.0)\r\n"
+    assert t.value() == OK3 + b"451 4.3.0 qq write error or disk full (#4.3.0)\r\n"
     proto, t, inj, _ = makeSession()
     inj.commitError = 11
     t.clear()
     proto.dataReceived(ENVELOPE + b".\r\n")
-    assert t.value() == OK3 + b"554 envelope address too long for qq (#5.1.3)\r\n"
+    assert t.value() == OK3 + b"554 5.1.3 envelope address too long for qq (#5.1.3)\r\n"
 
 
 def test_write_error_and_qqt_failure():
@@ -107,13 +108,13 @@ def test_write_error_and_qqt_failure():
     inj.newError = 62
     t.clear()
     proto.dataReceived(ENVELOPE)
-    assert t.value() == b"250 ok\r\n250 ok\r\n451 qqt failure (#4.3.0)\r\n"
+    assert t.value() == b"250 2.1.0 ok\r\n250 2.1.5 ok\r\n451 4.3.0 qqt failure (#4.3.0)\r\n"
     proto, t, inj, _ = makeSession()
     t.clear()
     proto.dataReceived(ENVELOPE)
     inj.writeError = 53
     proto.dataReceived(b"x\r\n.\r\n")
-    assert t.value() == OK3 + b"451 qq write error or disk full (#4.3.0)\r\n"
+    assert t.value() == OK3 + b"451 4.3.0 qq write error or disk full (#4.3.0)\r\n"
     assert inj.writers[0].aborted
 
 
@@ -141,7 +142,7 @@ def test_long_data_line_streams():
         proto.dataReceived(chunk)
         assert len(proto._buf) < 200000
     proto.dataReceived(b"\r\n.\r\n")
-    assert t.value() == OK3 + b"250 ok 1700000000 qp 100\r\n"
+    assert t.value() == OK3 + b"250 2.0.0 ok 1700000000 qp 100\r\n"
     assert body(inj.writers[0]) == b"y" * 10000000 + b"\n"
 
 
@@ -160,7 +161,7 @@ def test_huge_command_line():
         proto.dataReceived(b"x" * 100000)
     assert len(proto._buf) == 0
     proto.dataReceived(b"\r\nNOOP\r\n")
-    assert t.value() == b"500 line too long (#5.5.2)\r\n250 ok\r\n"
+    assert t.value() == b"500 5.5.2 line too long (#5.5.2)\r\n250 2.0.0 ok\r\n"
 
 
 def test_timeout():
@@ -171,7 +172,7 @@ def test_timeout():
     clock.advance(29)
     assert not t.disconnecting
     clock.advance(1)
-    assert t.value() == b"250 ok\r\n451 timeout (#4.4.2)\r\n"
+    assert t.value() == b"250 2.0.0 ok\r\n451 4.4.2 timeout (#4.4.2)\r\n"
     assert t.disconnecting and proto.exitStatus == 256
 
 
@@ -186,7 +187,7 @@ def test_timeout_in_data_queues_nothing():
 def test_quit_status():
     proto, t, inj, _ = makeSession()
     proto.dataReceived(b"QUIT\r\nNOOP\r\n")
-    assert t.value().endswith(b"221 test.example\r\n")
+    assert t.value().endswith(b"221 2.0.0 test.example\r\n")
     assert t.disconnecting and proto.exitStatus == 0
 
 
@@ -194,19 +195,21 @@ def test_starttls_offered_and_discards_pipelined():
     proto, t, inj, _ = makeSession(cert=True)
     t.clear()
     proto.dataReceived(b"EHLO x\r\n")
-    assert t.value() == (b"250-test.example\r\n250-PIPELINING\r\n250-8BITMIME\r\n"
+    assert t.value() == (b"250-test.example\r\n250-PIPELINING\r\n250-8BITMIME\r\n250-SIZE 0\r\n"
+                         b"250-ENHANCEDSTATUSCODES\r\n250-SMTPUTF8\r\n250-CHUNKING\r\n"
                          b"250 STARTTLS\r\n")
     t.clear()
     proto.dataReceived(b"MAIL FROM:<a@b>\r\nSTARTTLS\r\nRSET\r\nMAIL FROM:<evil@x>\r\n")
-    assert t.value() == b"250 ok\r\n220 ready for tls\r\n"
+    assert t.value() == b"250 2.1.0 ok\r\n220 2.0.0 ready for tls\r\n"
     assert t.tlsStarted is not None
     assert proto.sender is None and proto.helo is None
     t.clear()
     proto.dataReceived(b"EHLO x\r\nRCPT TO:<bob@test.example>\r\n")
-    assert t.value() == (b"250-test.example\r\n250-PIPELINING\r\n250 8BITMIME\r\n"
-                         b"503 MAIL first (#5.5.1)\r\n")
+    assert t.value() == (b"250-test.example\r\n250-PIPELINING\r\n250-8BITMIME\r\n250-SIZE 0\r\n"
+                         b"250-ENHANCEDSTATUSCODES\r\n250-SMTPUTF8\r\n250 CHUNKING\r\n"
+                         b"503 5.5.1 MAIL first (#5.5.1)\r\n")
     proto.dataReceived(b"STARTTLS\r\n")
-    assert t.value().endswith(b"502 unimplemented (#5.5.1)\r\n")
+    assert t.value().endswith(b"502 5.5.1 unimplemented (#5.5.1)\r\n")
     proto.dataReceived(b"MAIL FROM:<a@b>\r\nRCPT TO:<bob@test.example>\r\nDATA\r\n.\r\n")
     assert inj.writers[0].data.split(b"\n")[1].endswith(b"with ESMTPS; 14 Nov 2023 22:13:20 -0000")
 
@@ -217,8 +220,9 @@ def test_starttls_not_offered_without_certificate_file():
     proto.certificate = FakeCertificate(present=False)
     t.clear()
     proto.dataReceived(b"EHLO x\r\nSTARTTLS\r\n")
-    assert t.value() == (b"250-test.example\r\n250-PIPELINING\r\n250 8BITMIME\r\n"
-                         b"502 unimplemented (#5.5.1)\r\n")
+    assert t.value() == (b"250-test.example\r\n250-PIPELINING\r\n250-8BITMIME\r\n250-SIZE 0\r\n"
+                         b"250-ENHANCEDSTATUSCODES\r\n250-SMTPUTF8\r\n250 CHUNKING\r\n"
+                         b"502 5.5.1 unimplemented (#5.5.1)\r\n")
 
 
 def test_random_garbage_keeps_serving():
@@ -233,7 +237,7 @@ def test_random_garbage_keeps_serving():
         proto.dataReceived(line.replace(b"\n", b"") + b"\r\n")
     t.clear()
     proto.dataReceived(b"RSET\r\nNOOP\r\n")
-    assert t.value() == b"250 flushed\r\n250 ok\r\n"
+    assert t.value() == b"250 2.0.0 flushed\r\n250 2.0.0 ok\r\n"
     assert not t.disconnecting and inj.committed == []
 
 
@@ -241,7 +245,7 @@ def test_cr_dot_cr_does_not_end_data():
     proto, t, inj, _ = makeSession()
     t.clear()
     proto.dataReceived(ENVELOPE + b"a\r.\rb\r\n\r.\r\r\n.\r\n")
-    assert t.value() == OK3 + b"250 ok 1700000000 qp 100\r\n"
+    assert t.value() == OK3 + b"250 2.0.0 ok 1700000000 qp 100\r\n"
     assert body(inj.writers[0]) == b"a\r.\rb\n\r.\r\n"
 
 
@@ -250,6 +254,6 @@ def test_pipelined_data_after_sync_commit_in_order():
     proto, t, inj, _ = makeSession()
     t.clear()
     proto.dataReceived(ENVELOPE + b"one\r\n.\r\n" + ENVELOPE + b"two\r\n.\r\nQUIT\r\n")
-    assert t.value() == (OK3 + b"250 ok 1700000000 qp 100\r\n" + OK3 +
-                         b"250 ok 1700000000 qp 101\r\n221 test.example\r\n")
+    assert t.value() == (OK3 + b"250 2.0.0 ok 1700000000 qp 100\r\n" + OK3 +
+                         b"250 2.0.0 ok 1700000000 qp 101\r\n221 2.0.0 test.example\r\n")
     assert [body(w) for w in inj.committed] == [b"one\n", b"two\n"]

@@ -80,4 +80,4 @@ def test_timer_waits_for_a_pending_commit():
     inj.pending[0].callback(FakeQueued(1, 100, 1700000000.0))
     assert proto.state is State.GREETED
     clock.advance(30)
-    assert t.value().endswith(b"250 ok 1700000000 qp 100\r\n451 timeout (#4.4.2)\r\n")
+    assert t.value().endswith(b"250 2.0.0 ok 1700000000 qp 100\r\n451 4.4.2 timeout (#4.4.2)\r\n")

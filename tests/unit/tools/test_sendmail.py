@@ -120,13 +120,10 @@ def test_mailqAndBp(home, monkeypatch):
 
 
 def test_bsEnvironment(home, monkeypatch):
-    import sys
-    import types
+    from qmtwist.smtp import stdio
 
     seen = {}
-    fake = types.ModuleType("qmtwist.smtp.stdio")
-    fake.main = lambda argv, env: seen.update(env.environ) or 0
-    monkeypatch.setitem(sys.modules, "qmtwist.smtp.stdio", fake)
+    monkeypatch.setattr(stdio, "main", lambda argv, env: seen.update(env.environ) or 0)
     assert run(home, ["-bs"], USER="u").code == 0
     assert {k: seen[k] for k in ("RELAYCLIENT", "DATABYTES", "PROTO", "TCPREMOTEINFO",
                                   "TCPLOCALIP", "TCPREMOTEIP")} == {
@@ -178,3 +175,22 @@ def test_datemailKeepsAnExistingDate(home):
         b"Message-ID: <20251105070309.4242.qmail@test.example>\nFrom: u@test.example\n"
         b"Cc: recipient list not shown: ;\n"
         b"date : Tue, 4 Nov 2025 10:00:00 +0200\nSubject: s\n\nb\n")
+
+
+@pytest.mark.parametrize("args, stdin", [
+    (["-t"], b"Subject: nobody\n\nhello\n"),
+    ([], b"Subject: no argument\n\nhello\n"),
+])
+def test_no_recipients_is_refused(home, args, stdin):
+    """docs/behaviour/operations.md 21.5: an MUA learns at once, and nothing is queued."""
+    r = run(home, args, stdin, USER="u")
+    assert (r.code, r.err) == (100, b"qmail-inject: fatal: no recipients\n")
+    assert queuedMessages(home) == []
+
+
+def test_qmail_inject_itself_still_queues_a_message_without_recipients(home):
+    """qmail-inject called by name keeps qmail's behaviour (docs/behaviour/tools.md)."""
+    r = runMain(inject.main, home, ["qmail-inject"], b"Subject: nobody\n\nhello\n", USER="u")
+    assert (r.code, r.err) == (0, b"")
+    [(env, _)] = queuedMessages(home)
+    assert env == envelope(b"u@test.example")

@@ -1,0 +1,147 @@
+"""
+The daemon's log observer (docs/behaviour/queue-control.md 17.9, docs/commands.md "Logs"): twistd's
+own text log, or JSON lines with C{--log-format json}; Twisted's per-port noise left out unless
+C{--log-noise}; and C{HOME/run/logfile}, which tells C{qmtwist ctl why} where the log is.
+
+twistd builds its observer after the plugin's C{makeService} returned, and takes an
+L{ILogObserver} set on the application when there is one (unless C{--logger} was given). So
+L{ObserverTop}, the service C{makeService} returns, sets the observer on the application when
+twistd attaches it. The text observer is twistd's own (L{UnixAppLogger}: C{--logfile} with its
+rotation and SIGUSR1, C{--syslog}, standard output under C{-n}), wrapped in the noise filter.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import sys
+from typing import Any, TextIO
+
+from twisted.application import service
+from twisted.logger import (
+    FilteringLogObserver,
+    ILogFilterPredicate,
+    ILogObserver,
+    LegacyLogObserverWrapper,
+    PredicateResult,
+    formatEvent,
+    jsonFileLogObserver,
+)
+from twisted.python.components import Componentized
+from twisted.python.logfile import LogFile
+from zope.interface import provider
+
+_PORT_NOISE = re.compile(r"\S+ starting on \S+|\((TCP|UDP|UNIX) Port .* Closed\)")
+_FACTORY_NOISE = ("Starting factory ", "Stopping factory ", "Starting protocol ",
+                  "Stopping protocol ")
+
+
+def isNoise(event: dict[str, Any]) -> bool:
+    """Twisted's per-factory and per-port lines: "X starting on N", "Starting factory <...>"."""
+    namespace = event.get("log_namespace") or ""
+    if namespace == "log_legacy":
+        return bool(_PORT_NOISE.fullmatch(formatEvent(event)))
+    if namespace.startswith("twisted."):
+        return formatEvent(event).startswith(_FACTORY_NOISE)
+    return False
+
+
+@provider(ILogFilterPredicate)
+def _dropNoise(event: dict[str, Any]) -> PredicateResult:
+    return PredicateResult.no if isNoise(event) else PredicateResult.maybe
+
+
+def jsonLines(outFile: TextIO) -> ILogObserver:
+    """
+    One JSON object per line (twisted.logger's C{eventAsJSON}, readable back with
+    C{eventsFromJSONLogFile}), plus C{"text"}: the line as the text log shows it (qmail's text).
+    """
+    inner = jsonFileLogObserver(outFile, recordSeparator="")
+
+    @provider(ILogObserver)
+    def observe(event: dict[str, Any]) -> None:
+        inner(dict(event, text=formatEvent(event)))
+
+    return observe
+
+
+def _reactor() -> Any:
+    from twisted.internet import reactor
+
+    return reactor
+
+
+def logFileName(config: Any) -> str | None:
+    """The file twistd logs to for its options C{config}, or None for stdout or syslog."""
+    name = config.get("logfile") or ""
+    if config.get("syslog") or name == "-" or (not name and config.get("nodaemon")):
+        return None
+    return os.path.abspath(name or "twistd.log")
+
+
+def daemonObserver(config: Any, fmt: str = "text", noise: bool = False) -> ILogObserver:
+    """The observer for twistd's options C{config}: text or JSON, noise filtered unless asked."""
+    observer: Any
+    if fmt == "json":
+        name = logFileName(config)
+        if name is None:
+            observer = jsonLines(sys.stdout)
+        else:
+            logFile = LogFile.fromFullPath(name)  # twistd's rotation: at 1 MB, and on SIGUSR1
+            signal.signal(signal.SIGUSR1, lambda *a: _reactor().callFromThread(logFile.rotate))
+            observer = jsonLines(logFile)
+    else:
+        from twisted.scripts._twistd_unix import UnixAppLogger
+
+        observer = UnixAppLogger(config)._getLogObserver()
+        if not ILogObserver.providedBy(observer):
+            observer = LegacyLogObserverWrapper(observer)  # --syslog's observer
+    if noise:
+        return observer
+    return FilteringLogObserver(observer, [_dropNoise])  # type: ignore[list-item]
+
+
+def writeLogPointer(path: str, logFile: str | None) -> None:
+    """Write C{HOME/run/logfile} (the log's absolute path), or remove it when there is no file."""
+    if logFile is None:
+        try:
+            os.unlink(path)
+        except FileNotFoundError:
+            pass
+        return
+    tmp = path + ".new"
+    with open(tmp, "w") as f:
+        f.write(logFile + "\n")
+    os.replace(tmp, path)
+
+
+def forTwistd(top: service.MultiService, options: Any, pointer: str) -> service.MultiService:
+    """
+    What C{makeService} returns: C{top} under an L{ObserverTop} with the observer of the plugin
+    options (C{--log-format}, C{--log-noise}) and twistd's (C{options.parent}), and the log
+    pointer C{pointer} (C{HOME/run/logfile}) written. Without twistd (a .tac file, a test)
+    C{top} itself. twistd's C{--logger} takes precedence over both options.
+    """
+    config = getattr(options, "parent", None)
+    if config is None:
+        return top
+    custom = bool(config.get("logger"))
+    writeLogPointer(pointer, None if custom else logFileName(config))
+    outer = ObserverTop(None if custom else daemonObserver(
+        config, options.get("log-format") or "text", bool(options.get("log-noise"))))
+    top.setServiceParent(outer)
+    return outer
+
+
+class ObserverTop(service.MultiService):
+    """The service twistd runs: sets C{observer} on the application it is attached to."""
+
+    def __init__(self, observer: ILogObserver | None) -> None:
+        super().__init__()
+        self.observer = observer
+
+    def setServiceParent(self, parent: Any) -> None:
+        super().setServiceParent(parent)
+        if self.observer is not None and isinstance(parent, Componentized):
+            parent.setComponent(ILogObserver, self.observer)
