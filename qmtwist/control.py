@@ -44,6 +44,7 @@ class Control:
     defaultdelivery: bytes = b"./Maildir/\n"
     defaultdomain: bytes = b""
     defaulthost: bytes = b""
+    dmarcreject: int = 0  # [qmtwist] 1: refuse DMARC p=reject failures (authentication.md 4)
     doublebouncehost: bytes = b""
     doublebounceto: bytes = b"postmaster"
     envnoathost: bytes = b""
@@ -92,6 +93,7 @@ _FILES: dict[str, tuple[str, bool, bytes | None]] = {
     "defaultdelivery": (TEXT, False, None),
     "defaultdomain": (LINE, True, b"defaultdomain"),
     "defaulthost": (LINE, True, b"defaulthost"),
+    "dmarcreject": (INT, False, None),
     "doublebouncehost": (LINE, True, b"doublebouncehost"),
     "doublebounceto": (LINE, False, None),
     "envnoathost": (LINE, True, b"envnoathost"),

@@ -25,6 +25,7 @@ from twisted.python import usage
 from qmtwist.context import ControlCache, Context
 from qmtwist.errors import ControlError
 from qmtwist.home import Home, chooseHome, setup
+from qmtwist.inbound.writer import InboundVerifier
 from qmtwist.interfaces import IDeliveryAgent
 from qmtwist.listeners import SUBMISSION, ListenerOptions, endpoints, settings
 from qmtwist.local.agent import LocalAgent, interpreterReachable
@@ -267,8 +268,10 @@ def buildServices(options: dict[str, Any], reactor: Any = None) -> Built:
         SignalService(reactor, home, hupListeners, lambda: None).setServiceParent(top)
 
     served: list[Any] = []  # every listener, for the metrics
+    # the MX listener verifies mail of non-relay clients (docs/behaviour/authentication.md)
     makers: tuple[tuple[str, Callable[..., Any]], ...] = (
-        ("smtp", makeSMTPService), ("qmtp", makeQMTPService), ("pop3", makePOP3Service),
+        ("smtp", partial(makeSMTPService, inbound=InboundVerifier(ctx, resolver))),
+        ("qmtp", makeQMTPService), ("pop3", makePOP3Service),
         ("submission", makeSubmissionService), ("submissions", makeSubmissionService))
     authority = cache(lambda: Authority.forContext(ctx))  # shared by the submission listeners
     for name, make in makers:

@@ -193,6 +193,15 @@ class SessionPolicy:
             return recipient
         return None
 
+    @property
+    def verifyInbound(self) -> bool:
+        """
+        Whether the session's mail gets the inbound SPF, DKIM and DMARC checks
+        (docs/behaviour/authentication.md 1.1): not for a relay client (RELAYCLIENT set) nor for
+        an authenticated one (L{user} set by SMTP AUTH).
+        """
+        return self.relayclient is None and self.user is None
+
     def authenticated(self, user: bytes) -> SessionPolicy:
         """This policy for a session whose client proved it is C{user}: it relays."""
         return evolve(self, user=user)

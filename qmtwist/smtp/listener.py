@@ -57,7 +57,8 @@ def warnIfNoRcpthosts(ctx: Context) -> None:
 
 
 def makeSMTPService(ctx: Context, endpoint: str, rulesPath: str | None, concurrency: int,
-                    lookupHost: LookupHost | None = None, perIP: int = 10) -> IService:
+                    lookupHost: LookupHost | None = None, perIP: int = 10,
+                    inbound: Any = None) -> IService:
     """
     The SMTP listening service.
 
@@ -68,8 +69,11 @@ def makeSMTPService(ctx: Context, endpoint: str, rulesPath: str | None, concurre
     @param lookupHost: PTR lookup for C{=host} rules (default: twisted.names).
     @param perIP: C{--smtp-per-ip}: sessions one client address may hold (0 = no limit); one
         more is answered L{R_OVERLIMIT} and closed.
+    @param inbound: a L{qmtwist.inbound.writer.InboundVerifier}: SPF, DKIM and DMARC checks for
+        clients that are neither relay clients nor authenticated (docs/behaviour/authentication.md).
     """
-    service = makeListener(ctx, "smtp", endpoint, rulesPath, concurrency, SMTPFactory(ctx),
+    factory = SMTPFactory(ctx) if inbound is None else inbound.factory(ctx)
+    service = makeListener(ctx, "smtp", endpoint, rulesPath, concurrency, factory,
                            lookupHost, perIP, R_OVERLIMIT)
     warnIfNoRcpthosts(ctx)
     return service

@@ -87,7 +87,11 @@ def enhancedCode(text: bytes, permanent: bool) -> bytes:
 
 def queueErrorReply(err: MailError) -> bytes:
     """C{451 X.Y.Z TEXT} or C{554 X.Y.Z TEXT} for a queue failure: the reason of
-    docs/behaviour/queue.md 5.3 without its D/Z letter (docs/behaviour/smtp.md 7.2)."""
+    docs/behaviour/queue.md 5.3 without its D/Z letter (docs/behaviour/smtp.md 7.2); an error
+    that carries its own C{reply} (L{qmtwist.inbound.writer.DMARCRejected}) gives that."""
+    reply = getattr(err, "reply", None)
+    if isinstance(reply, bytes):
+        return reply
     text = err.text.encode("ascii", "replace")
     return (b"554 " if err.permanent else b"451 ") + enhancedCode(text, err.permanent) + b" " + text
 

@@ -52,6 +52,8 @@ def test_smtplib_to_maildir(home, daemon):
         rb"Return-Path: <alice@example\.org>\n"
         rb"Delivered-To: [^\n]*postmaster@test\.example\n"
         rb"Received: \(qmail \d+ invoked from network\); \d+ \w\w\w \d{4} \d\d:\d\d:\d\d -0000\n"
+        # a client without RELAYCLIENT: the inbound checks' field (docs/behaviour/authentication.md)
+        rb"Authentication-Results: test\.example;\n(\t[^\n]+\n)+"
         rb"Received: from unknown \(HELO client\.example\) \(127\.0\.0\.1\)\n"
         rb"  by test\.example with SMTP; \d+ \w\w\w \d{4} \d\d:\d\d:\d\d -0000\n"
         rb"Subject: t\n\nbody\n", mess), mess
@@ -157,10 +159,15 @@ def test_swaks_delivers_to_maildir(home, daemon):
     assert lines[1] == b"Delivered-To: postmaster@test.example"
     assert re.match(rb"Received: \(qmail \d+ invoked from network\); \d+ \w+ \d{4} "
                     rb"\d\d:\d\d:\d\d -0000$", lines[2])
+    # a client without RELAYCLIENT: the inbound checks' field (docs/behaviour/authentication.md)
+    assert lines[3] == b"Authentication-Results: test.example;"
+    i = 4
+    while lines[i].startswith(b"\t"):
+        i += 1
     assert re.match(rb"Received: from unknown \(HELO client\.example\) \(127\.0\.0\.1\)$",
-                    lines[3])
+                    lines[i])
     assert re.match(rb"  by test\.example with SMTP; \d+ \w+ \d{4} \d\d:\d\d:\d\d -0000$",
-                    lines[4])
+                    lines[i + 1])
     assert b"Subject: via swaks" in lines
     assert body.rstrip(b"\n").endswith(b"swaks body")
 
