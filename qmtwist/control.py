@@ -44,7 +44,7 @@ class Control:
     defaultdelivery: bytes = b"./Maildir/\n"
     defaultdomain: bytes = b""
     defaulthost: bytes = b""
-    dmarcreject: int = 0  # [qmtwist] 1: refuse DMARC p=reject failures (authentication.md 4)
+    dmarcreject: int = 0  # [qmtwist] 1: refuse DMARC p=reject failures (authentication.md 22.6)
     doublebouncehost: bytes = b""
     doublebounceto: bytes = b"postmaster"
     envnoathost: bytes = b""

@@ -197,7 +197,7 @@ class SessionPolicy:
     def verifyInbound(self) -> bool:
         """
         Whether the session's mail gets the inbound SPF, DKIM and DMARC checks
-        (docs/behaviour/authentication.md 1.1): not for a relay client (RELAYCLIENT set) nor for
+        (docs/behaviour/authentication.md 22.1): not for a relay client (RELAYCLIENT set) nor for
         an authenticated one (L{user} set by SMTP AUTH).
         """
         return self.relayclient is None and self.user is None

@@ -1,6 +1,6 @@
 """
 SPF (pyspf), DKIM (dkimpy) and DMARC (dmarc with publicsuffixlist) for one message, on a worker
-thread, every lookup through a L{ThreadDNS} (docs/behaviour/authentication.md 1).
+thread, every lookup through a L{ThreadDNS} (docs/behaviour/authentication.md 22.3).
 
 Nothing here raises for what the network sends: a DNS failure is C{temperror}, a broken record
 or signature its RFC 8601 result, and anything unexpected inside a library C{temperror} (with

@@ -30,7 +30,7 @@ from twisted.internet import defer
 from twisted.names import dns, error
 from twisted.python.failure import Failure
 
-#: the resolver's retry timeouts for one lookup (docs/behaviour/authentication.md 1.4)
+#: the resolver's retry timeouts for one lookup (docs/behaviour/authentication.md 22.4)
 TIMEOUTS: tuple[float, ...] = (1.0, 3.0)
 #: seconds for every lookup of one message's verification together
 BUDGET = 30.0

@@ -1,6 +1,6 @@
 """
 The queued message read back for verification, and the chunks of its final copy
-(docs/behaviour/authentication.md 1.2, 3); blocking file reads, for a worker thread.
+(docs/behaviour/authentication.md 22.2); blocking file reads, for a worker thread.
 
 The file the SMTP session wrote starts with the queue's Received line, then the session's own
 Received field, then the client's message. L{open} finds where the client's message starts.

@@ -1,6 +1,6 @@
 """
 The results of one message's checks and the C{Authentication-Results} header that reports them
-(RFC 8601, built with authres; docs/behaviour/authentication.md 2); pure.
+(RFC 8601, built with authres; docs/behaviour/authentication.md 22.5); pure.
 
 Every value in the header comes from the network (an envelope sender, a HELO name, a From
 domain, a signature's d= and s=): L{value} keeps only the characters of an RFC 5322 atom, dot

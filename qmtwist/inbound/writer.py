@@ -1,5 +1,5 @@
 """
-The hook into the SMTP session (docs/behaviour/authentication.md 1, 3): a session injector whose
+The hook into the SMTP session (docs/behaviour/authentication.md 22.2): a session injector whose
 messages, for a session that L{qmtwist.policy.SessionPolicy.verifyInbound}, are verified at the
 end of DATA, before their commit.
 
@@ -37,7 +37,7 @@ from qmtwist.queue.store import PendingMessage, Queued, writeMessage
 from qmtwist.smtp.listener import SMTPFactory
 from qmtwist.smtp.server import SMTPServer
 
-#: verification jobs at once (docs/behaviour/authentication.md 3)
+#: verification jobs at once (docs/behaviour/authentication.md 22.2)
 CONCURRENCY = 4
 
 log = Logger(namespace="qmtwist.inbound")

@@ -1,7 +1,7 @@
 """
 Reading a queued message back and writing its final copy (qmtwist/inbound/message.py): where
 the client's message starts, the bounded header scan, and the removal of Authentication-Results
-fields that claim our authserv-id (RFC 8601 5; docs/behaviour/authentication.md 2.3), on real
+fields that claim our authserv-id (RFC 8601 5; docs/behaviour/authentication.md 22.5), on real
 files laid out as the SMTP session writes them.
 """
 

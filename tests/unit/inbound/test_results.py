@@ -1,6 +1,6 @@
 """
 The result -> Authentication-Results mapping (qmtwist/inbound/results.py), the From domain DMARC
-uses, the DMARC refusal's reply and the policy hook (docs/behaviour/authentication.md 2, 4).
+uses, the DMARC refusal's reply and the policy hook (docs/behaviour/authentication.md 22.5, 22.6).
 """
 
 from __future__ import annotations
