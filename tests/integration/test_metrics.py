@@ -6,9 +6,12 @@ exactly that (docs/behaviour/operations.md 21.2).
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import smtplib
+import subprocess
+import sys
 import urllib.request
 
 from prometheus_client.parser import text_string_to_metric_families
@@ -116,6 +119,16 @@ def test_scrape_after_known_traffic_shows_exact_counts(tmp_path):
         assert m[("qmtwist_queue_recipients", (("channel", "local"),))] == 0
         assert m[("qmtwist_queue_oldest_message_age_seconds", ())] > 0
         assert m[("qmtwist_deliveries_in_flight", (("channel", "remote"),))] == 0
+        # qmtwist ctl stats --json (through the control socket) shows the same figures
+        r = subprocess.run([sys.executable, "-m", "qmtwist.cli", "--home", home.path, "ctl",
+                            "stats", "--json"], capture_output=True, timeout=60)
+        assert r.returncode == 0, r.stderr
+        stats = json.loads(r.stdout)
+        assert stats["qmtwist_messages_queued_total"] == 5
+        assert stats["qmtwist_smtp_sessions_total"] == 5
+        assert stats["qmtwist_queue_messages"] == 1
+        assert stats["qmtwist_deliveries_total"]['channel="local",result="success"'] == 3
+        assert stats["qmtwist_deliveries_total"]['channel="remote",result="deferral"'] == 1
         # every other path is not found, and a scrape writes no log line
         try:
             urllib.request.urlopen(f"http://127.0.0.1:{metricsPort}/", timeout=10)
