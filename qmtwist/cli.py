@@ -22,6 +22,7 @@ subcommands:
   setup [--me NAME]            create or complete the home directory
   user add|del|list            manage virtual users
   ctl hup|alrm|term            signal the running daemon
+  dkim keygen DOMAIN|list      make or list DKIM signing keys (control/dkim/)
   inject, queue, sendmail, qstat, qread, showctl and every qmail program name in HOME/bin
 """
 
@@ -125,7 +126,14 @@ def _user(home: Home, argv: list[str]) -> int:
     return userCommand(chooseHome(homeOpt) if homeOpt else home, argv)
 
 
-_COMMANDS = {"setup": _setup, "ctl": _ctl, "user": _user}
+def _dkim(home: Home, argv: list[str]) -> int:
+    from qmtwist.dkim.command import dkimCommand
+
+    homeOpt, argv = _popHome(argv)
+    return dkimCommand(chooseHome(homeOpt) if homeOpt else home, argv)
+
+
+_COMMANDS = {"setup": _setup, "ctl": _ctl, "user": _user, "dkim": _dkim}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -212,7 +212,7 @@ def keygen(controlDir: str, domain: str, selector: str = DEFAULT_SELECTOR,
             pass
         _own(d, st)
     path = os.path.join(sub, selector + ".key")
-    tmp = path + ".tmp"
+    tmp = f"{path}.tmp{os.getpid()}"
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     try:
         os.write(fd, pem)

@@ -34,6 +34,7 @@ from qmtwist.address import splitAddress
 from qmtwist.context import Context, freshControls
 from qmtwist.control import Control
 from qmtwist.delivery import DeliveryRequest, Report
+from qmtwist.dkim import delivery as dkimDelivery
 from qmtwist.errors import MailError, PermanentFailure
 from qmtwist.interfaces import IDeliveryAgent
 from qmtwist.remote import ipme, qmtpclient, routes, smtpclient
@@ -200,6 +201,7 @@ class RemoteAgent:
         if partial and route.protocol == routes.SMTP:
             return [Report.failure(smtpclient.PARTIAL)] * n
         try:
+            prefix = await dkimDelivery.prefixFor(self.ctx, control, messPath, sender, reqs[0].msgId)
             if route.relay is not None:
                 if route.isLiteral:
                     hosts = [MailHost(route.relay, 0, (route.relay.decode("ascii"),))]
@@ -219,9 +221,10 @@ class RemoteAgent:
                     hosts, port, control.timeoutconnect, n,
                     lambda: qmtpclient.QMTPClientProtocol(self.reactor, control.timeoutremote),
                     lambda proto, ip, host, first: qmtpclient.transact(
-                        proto, ip, sender, recipients, messPath, self.ctx.runInThread),
+                        proto, ip, sender, recipients, messPath, self.ctx.runInThread, prefix),
                 )
-            return await self._trySMTP(control, hosts, port, sender, recipients, messPath, policy)
+            return await self._trySMTP(control, hosts, port, sender, recipients, messPath, policy,
+                                       prefix)
         finally:
             self.limiter.release()
 
@@ -304,6 +307,7 @@ class RemoteAgent:
         recipients: list[bytes],
         messPath: str,
         policy: routes.TLSPolicy,
+        prefix: bytes = b"",
     ) -> list[Report]:
         n = len(recipients)
         options: dict[bytes, Any] = {}
@@ -327,7 +331,7 @@ class RemoteAgent:
             tls = smtpclient.TLSSetting(allowTLS, policy.required, opts, host.name)
             return await smtpclient.transact(
                 proto, ip, control.helohost, sender, recipients, messPath, tls,
-                self.ctx.runInThread,
+                self.ctx.runInThread, prefix,
             )
 
         def makeProto() -> ClientProtocol:
