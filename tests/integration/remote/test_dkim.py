@@ -150,3 +150,49 @@ async def test_qmtpRouteIsSignedWithTheRightLength(home, tmp_path, ports, loopba
     assert got.startswith(b"\nDKIM-Signature: v=1; a=ed25519-sha256;")  # QMTP's leading LF
     assert got.endswith(TEXT)
     assert await deferToThread(dkim.verify, got[1:], dnsfunc=dnsfuncFor(loopbackDNS))
+
+
+# -- through the whole daemon: our own bounce, as a report, signed for me --------------------
+
+def test_daemonBounceIsASignedReport(tmp_path, monkeypatch, dumpSink) -> None:
+    """
+    A local failure of a message from a remote sender: the bounce leaves by remote delivery
+    to smtp-sink, signed for me's domain (sender.example) and parsed as an RFC 3464 report.
+    """
+    from qmtwist.home import Home, setup
+    from tests.bounceparts import qsbmf, report
+    from tests.integration.daemon import Daemon
+
+    sink, dumps = dumpSink
+    monkeypatch.setenv("PYTHONPATH", REPO + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    home = Home(str(tmp_path / "home"))
+    setup(home, me="sender.example")
+    line = keygen(home, "sender.example", "--type", "ed25519")
+    control(home, "smtproutes", b":127.0.0.1:%d\n" % sink.port)
+    d = Daemon(str(tmp_path), ["--home", home.path, "--smtp", "none", "--qmtp", "none",
+                               "--pop3", "none"], str(tmp_path / "log"))
+    d.start()
+    try:
+        d.waitLine("status: local 0/10 remote 0/20")
+        inj = subprocess.run(
+            [sys.executable, "-m", "qmtwist.cli", "--home", home.path, "inject", "-f",
+             "bob@elsewhere.example", "nosuch@sender.example"],
+            input=b"From: bob@elsewhere.example\nSubject: lost\n\nhi there\n", capture_output=True,
+            cwd=REPO)
+        assert inj.returncode == 0, inj.stderr
+        d.waitLine("delivery 2: success: 127.0.0.1_accepted_message./")
+        [name] = waitFor(lambda: os.listdir(dumps), "the bounce in smtp-sink's dump")
+        waitFor(lambda: (dumps / name).read_bytes().endswith(b"--\n\n"), "the complete dump")
+        got = (dumps / name).read_bytes()
+    finally:
+        assert d.stop() == 0
+    assert b"\nX-Mail-Args: <>\n" in got  # a bounce: MAIL FROM:<>
+    words = shlex.split(line)
+    records = {words[0].encode(): "".join(words[3:]).encode()}
+    assert dkim.verify(got, dnsfunc=lambda name, timeout=5: records.get(name))
+    assert b" d=sender.example;" in got
+    text = qsbmf(got)
+    assert text.startswith(b"Hi. This is the qmail-send program at sender.example.\n")
+    assert b"<nosuch@sender.example>:\nSorry, no mailbox here by that name. (#5.1.1)\n\n" in text
+    [block] = report(got).get_payload()[1].get_payload()[1:]
+    assert (block["Final-Recipient"], block["Status"]) == ("rfc822; nosuch@sender.example", "5.1.1")
