@@ -27,6 +27,7 @@ subcommands:
                                hold, release, delete (no bounce) or deliver now messages
   ctl stats [--json]           the running daemon's figures
   ctl why ID [--log FILE|-]    the story of a message in the daemon's log
+  dkim keygen DOMAIN|list      make or list DKIM signing keys (control/dkim/)
   inject, queue, sendmail, qstat, qread, showctl and every qmail program name in HOME/bin
 """
 
@@ -144,7 +145,14 @@ def _check(home: Home, argv: list[str]) -> int:
     return checkCommand(home, argv)
 
 
-_COMMANDS = {"setup": _setup, "ctl": _ctl, "user": _user, "check": _check}
+def _dkim(home: Home, argv: list[str]) -> int:
+    from qmtwist.dkim.command import dkimCommand
+
+    homeOpt, argv = _popHome(argv)
+    return dkimCommand(chooseHome(homeOpt) if homeOpt else home, argv)
+
+
+_COMMANDS = {"setup": _setup, "ctl": _ctl, "user": _user, "check": _check, "dkim": _dkim}
 
 
 def main(argv: list[str] | None = None) -> int:

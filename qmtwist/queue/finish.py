@@ -10,7 +10,7 @@ any L{IInjector}'s C{commitPending}, in the same rounds as every other message.
 from __future__ import annotations
 
 import os
-from typing import Any, Callable, Iterator
+from typing import Any, Callable
 
 from twisted.internet.defer import Deferred
 from twisted.logger import Logger
@@ -18,7 +18,7 @@ from twisted.logger import Logger
 from qmtwist.control import Control
 from qmtwist.interfaces import IInjector
 from qmtwist.queue import bounce as qbounce
-from qmtwist.queue import clean
+from qmtwist.queue import clean, dsn
 from qmtwist.queue.layout import QueueLayout
 from qmtwist.queue.store import PendingMessage, writeMessage
 
@@ -71,7 +71,6 @@ class FileOps:
         self.runInThread(work).addCallbacks(done, crashed)
 
 
-COPY_CHUNK = 65536
 
 
 def _readParagraphs(layout: QueueLayout, n: int) -> bytes | None:
@@ -85,9 +84,10 @@ def _readParagraphs(layout: QueueLayout, n: int) -> bytes | None:
 def _prepareBounce(layout: QueueLayout, control: Control, now: float, n: int, sender: bytes,
                    qp: int) -> PendingMessage | str | None:
     """
-    Thread side: read bounce/N, build the bounce and write it into the queue, the copy of the
-    message streamed from its file in chunks (memory does not grow with the message), not yet
-    committed. L{None}: no bounce; C{"triple"}: a failed double bounce, dropped.
+    Thread side: read bounce/N, build the bounce (qmail's text inside an RFC 3464 report,
+    L{dsn.reportChunks}) and write it into the queue, the copies of the message streamed from
+    its file in chunks (memory does not grow with the message), not yet committed.
+    L{None}: no bounce; C{"triple"}: a failed double bounce, dropped.
     """
     paragraphs = _readParagraphs(layout, n)
     if paragraphs is None:
@@ -96,13 +96,8 @@ def _prepareBounce(layout: QueueLayout, control: Control, now: float, n: int, se
     if b is None:
         return "triple"
 
-    def chunks() -> Iterator[bytes]:
-        yield b.message
-        with open(layout.mess(n), "rb") as f:
-            while chunk := f.read(COPY_CHUNK):
-                yield chunk
-
-    return writeMessage(layout, chunks(), lambda: (b.sender, [b.recipient]), b"for bounce",
+    chunks = dsn.reportChunks(control, b, paragraphs, layout.mess(n), now, n, qp)
+    return writeMessage(layout, chunks, lambda: (b.sender, [b.recipient]), b"for bounce",
                         os.getuid(), qp, now)
 
 

@@ -34,6 +34,7 @@ from qmtwist.address import splitAddress
 from qmtwist.context import Context, freshControls
 from qmtwist.control import Control
 from qmtwist.delivery import DeliveryRequest, Report
+from qmtwist.dkim import delivery as dkimDelivery
 from qmtwist.errors import MailError, PermanentFailure
 from qmtwist.interfaces import IDeliveryAgent
 from qmtwist.remote import ipme, qmtpclient, routes, smtpclient
@@ -208,6 +209,7 @@ class RemoteAgent:
             return [Report.failure(smtpclient.PARTIAL)] * n
         plan: Plan | None = None
         try:
+            prefix = await dkimDelivery.prefixFor(self.ctx, control, messPath, sender, reqs[0].msgId)
             if route.relay is not None:
                 if route.isLiteral:
                     hosts = [MailHost(route.relay, 0, (route.relay.decode("ascii"),))]
@@ -233,10 +235,10 @@ class RemoteAgent:
                     hosts, port, control.timeoutconnect, n,
                     lambda: qmtpclient.QMTPClientProtocol(self.reactor, control.timeoutremote),
                     lambda proto, ip, host, first: qmtpclient.transact(
-                        proto, ip, sender, recipients, messPath, self.ctx.runInThread),
+                        proto, ip, sender, recipients, messPath, self.ctx.runInThread, prefix),
                 )
             return await self._trySMTP(control, hosts, port, sender, recipients, messPath, policy,
-                                       plan)
+                                       plan, prefix)
         finally:
             self.limiter.release()
 
@@ -320,6 +322,7 @@ class RemoteAgent:
         messPath: str,
         policy: routes.TLSPolicy,
         plan: Plan | None = None,
+        prefix: bytes = b"",
     ) -> list[Report]:
         n = len(recipients)
         options: dict[bytes, Any] = {}
@@ -347,7 +350,7 @@ class RemoteAgent:
             try:
                 return tried.annotate(await smtpclient.transact(
                     proto, ip, control.helohost, sender, recipients, messPath, tls,
-                    self.ctx.runInThread))
+                    self.ctx.runInThread, prefix))
             except NextAddress as e:  # a refused certificate: its report names the session too
                 e.reports = tried.annotate(e.reports)
                 raise

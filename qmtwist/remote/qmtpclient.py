@@ -101,11 +101,13 @@ async def transact(
     recipients: list[bytes],
     messPath: str,
     runInThread: Callable[[Callable[[], Any]], Any],
+    prefix: bytes = b"",
 ) -> list[Report]:
     """
     Send one package and map each response to a L{Report} (docs/behaviour/qmtp.md 9.3).
 
     @param runInThread: opens the message file off the reactor thread.
+    @param prefix: header lines sent before the message (the DKIM signatures, docs/behaviour/dkim.md).
     """
     host = ip.encode("ascii")
     transport: Any = proto.transport
@@ -118,7 +120,7 @@ async def transact(
             proto.close()
             return [Report.deferral(UNREADABLE) for _ in recipients]
         try:
-            transport.write(b"%d:\n" % (size + 1))
+            transport.write(b"%d:\n" % (size + 1 + len(prefix)) + prefix)
             await sendFile(f, transport, proto.clock, proto.timeout)
         finally:
             f.close()

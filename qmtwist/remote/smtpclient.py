@@ -216,11 +216,13 @@ async def transact(
     messPath: str,
     tls: TLSSetting,
     runInThread: Callable[[Callable[[], Any]], Any],
+    prefix: bytes = b"",
 ) -> list[Report]:
     """
     Run one SMTP transaction on a connected L{ReplyProtocol} (docs/behaviour/remote.md 11.4).
 
     @param runInThread: opens the message file off the reactor thread.
+    @param prefix: header lines sent before the message (the DKIM signatures, docs/behaviour/dkim.md).
     @return: one L{Report} per recipient, in order.
     @raise Reconnect: an opportunistic STARTTLS failed; the caller reconnects without it.
     @raise NextAddress: a 4xx greeting, or none within C{timeoutremote}; the caller tries
@@ -334,6 +336,7 @@ async def transact(
             proto.close()
             return rest(Report.deferral(UNREADABLE))
         encoder = DataEncoder()
+        transport.write(encoder(prefix))
         try:
             await sendFile(f, transport, proto.clock, proto.timeout, encoder)
         finally:

@@ -57,7 +57,7 @@ _FILES: list[tuple[str, str, str, str, str, bool]] = [
     ("tlsverify", LST, "No TLS requirements.", "TLS required for ", ".", False),
     ("virtualdomains", LST, "No virtual domains.", "Virtual domain: ", "", False),
 ]
-_OTHER_KNOWN = {"morercpthosts.cdb", "qmqpservers", "servercert.pem", "recipientmap"}
+_OTHER_KNOWN = {"morercpthosts.cdb", "qmqpservers", "servercert.pem", "recipientmap", "dkim"}
 
 
 def _safe(data: bytes) -> bytes:

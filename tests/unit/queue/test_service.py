@@ -21,6 +21,7 @@ from qmtwist.interfaces import IDeliveryAgent
 from qmtwist.queue.commit import Injector
 from qmtwist.queue.envelope import decodeChannel, decodeTodo
 from qmtwist.queue.service import QueueService
+from tests.bounceparts import qsbmf
 from tests.conftest import logLines
 
 
@@ -196,6 +197,7 @@ def test_bounce_text(home):
     assert b"invoked for bounce); " in header
     assert b"\nFrom: MAILER-DAEMON@test.example\nTo: joe@test.example\nSubject: failure notice" \
         in header
+    body = qsbmf(text)  # the first part of the report: qmail's text (queue.md 5.7.1)
     assert body.startswith(
         b"Hi. This is the qmail-send program at test.example.\n"
         b"I'm afraid I wasn't able to deliver your message to the following addresses.\n"
