@@ -170,11 +170,13 @@ def sessionOf(transport: Any) -> Session | None:
     return Session(str(conn.get_protocol_version_name()), str(conn.get_cipher_name()), ders)
 
 
-def verifyChain(store: crypto.X509Store, chain: tuple[bytes, ...], hostname: bytes) -> str | None:
+def verifyChain(store: crypto.X509Store, chain: tuple[bytes, ...], hostname: bytes,
+                notTrusted: str = "certificate not trusted") -> str | None:
     """
     Check that C{chain} (leaf first) leads to an anchor of C{store} and that the leaf names
     C{hostname} (blocking: OpenSSL may look in directories).
 
+    @param notTrusted: the reason given when the chain does not lead to an anchor.
     @return: L{None} when verified, else why not (for a report).
     """
     if not chain:
@@ -188,7 +190,7 @@ def verifyChain(store: crypto.X509Store, chain: tuple[bytes, ...], hostname: byt
     try:
         crypto.X509StoreContext(store, leaf, chain=rest).verify_certificate()
     except crypto.X509StoreContextError as e:
-        return f"certificate not trusted ({e})"
+        return f"{notTrusted} ({e})"
     try:
         verify_certificate_hostname(certs[0], hostname.decode("ascii", "replace"))
     except VerificationError:

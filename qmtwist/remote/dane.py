@@ -22,7 +22,8 @@ from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 from OpenSSL import crypto
 
-from qmtwist.remote.reports import printable
+from qmtwist.remote.certcheck import verifyChain
+
 
 DANE_TA = 2
 DANE_EE = 3
@@ -193,21 +194,8 @@ def check(records: Sequence[TLSA], chain: Sequence[bytes], host: bytes) -> tuple
 
 def _issuedBy(chain: Sequence[bytes], host: bytes) -> str | None:
     """The leaf chains to C{chain[-1]} (the trust anchor) and names C{host}; else why not."""
-    from service_identity import VerificationError
-    from service_identity.cryptography import verify_certificate_hostname
-
-    certs = [x509.load_der_x509_certificate(d) for d in chain]
     store = crypto.X509Store()
-    store.add_cert(crypto.X509.from_cryptography(certs[-1]))
+    store.add_cert(crypto.X509.from_cryptography(x509.load_der_x509_certificate(chain[-1])))
     store.set_flags(crypto.X509StoreFlags.PARTIAL_CHAIN)
-    ctx = crypto.X509StoreContext(store, crypto.X509.from_cryptography(certs[0]),
-                                  chain=[crypto.X509.from_cryptography(c) for c in certs[1:-1]])
-    try:
-        ctx.verify_certificate()
-    except crypto.X509StoreContextError as e:
-        return f"certificate does not chain to the DANE-TA certificate ({e})"
-    try:
-        verify_certificate_hostname(certs[0], host.decode("ascii", "replace"))
-    except VerificationError:
-        return f"certificate does not match {printable(host)}"
-    return None
+    return verifyChain(store, tuple(chain), host,
+                       notTrusted="certificate does not chain to the DANE-TA certificate")
