@@ -14,7 +14,7 @@ as submission (L{qmtwist.smtp.submission}), apart from the dialogue itself:
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Callable
 
 from twisted.internet.interfaces import IHandshakeListener
 from twisted.python.failure import Failure
@@ -36,9 +36,7 @@ class SessionHooks:
     env: dict[str, bytes]
     state: State
     transport: Any
-
-    def _process(self) -> None:
-        raise NotImplementedError
+    _process: Callable[[], None]  # answers what is buffered (the session's own method)
 
     def _await(self, d: Any) -> None:
         """Hold reading and answering until C{d} fires (nothing to do for L{None} or a
