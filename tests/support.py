@@ -85,3 +85,40 @@ async def until(predicate: Callable[[], T], what: str, deadline: float = 30.0,
         if clock.seconds() > end:
             raise _expired(what, context)
         await deferLater(clock, interval, lambda: None)
+
+
+class FakeListener:
+    """What L{qmtwist.plugin.buildServices} does with a listener service: parent and name it,
+    wire its C{reload} to SIGHUP, and let the metrics observe its factory."""
+
+    def __init__(self) -> None:
+        self.factory = type("Factory", (), {"observers": []})()
+        self.name = ""
+
+    def reload(self) -> None:
+        pass
+
+    def setServiceParent(self, parent: Any) -> None:
+        pass
+
+    def setName(self, name: str) -> None:
+        self.name = name
+
+
+def buildWithFakeListeners(monkeypatch: Any, home: Any, argv: list[str],
+                           record: Callable[[str, tuple[Any, ...], dict[str, Any]], None]) -> None:
+    """Run C{twistd qmtwist --no-queue ARGV}'s wiring with each listener maker replaced:
+    C{record(protocol, args, keywords)} sees every call (the context left out)."""
+    from qmtwist import plugin
+
+    def maker(name: str) -> Callable[..., FakeListener]:
+        def make(ctx: Any, *args: Any, **kw: Any) -> FakeListener:
+            record(name, args, kw)
+            return FakeListener()
+        return make
+
+    for name in ("SMTP", "QMTP", "POP3", "Submission"):
+        monkeypatch.setattr(plugin, f"make{name}Service", maker(name.lower()))
+    options = plugin.Options()
+    options.parseOptions(["--home", home.path, "--no-queue"] + argv)
+    plugin.buildServices(options, type("Reactor", (), {"getThreadPool": lambda self: None})())

@@ -4,44 +4,21 @@ from __future__ import annotations
 
 from qmtwist import plugin
 from qmtwist.listeners import endpoints, settings
-
-
-class _Reactor:
-    def getThreadPool(self) -> None:
-        return None
+from tests.support import buildWithFakeListeners
 
 
 def built(monkeypatch, home, argv: list[str]) -> list[tuple[str, str, str]]:
     """(protocol, endpoint, rules) of each listener buildServices makes for C{argv}."""
     calls: list[tuple[str, str, str]] = []
 
-    class _Service:
-        def __init__(self) -> None:
-            self.factory = type("Factory", (), {"observers": []})()  # the metrics observe it
+    def record(name: str, args: tuple, kw: dict) -> None:
+        if name == "submission":
+            args = args[1:]  # the listener's name comes first
+        calls.append((name, args[0], args[1]))
 
-        def reload(self) -> None:  # plugin.py wires it to SIGHUP
-            pass
-
-        def setServiceParent(self, parent) -> None:
-            pass
-
-        def setName(self, name: str) -> None:
-            self.name = name
-
-    def maker(name: str):
-        def make(ctx, *args, **kw):
-            if name == "submission":
-                args = args[1:]  # the listener's name comes first
-            calls.append((name, args[0], args[1]))
-            return _Service()
-        return make
-
-    for name in ("SMTP", "QMTP", "POP3", "Submission"):
-        monkeypatch.setattr(plugin, f"make{name}Service", maker(name.lower()))
-    options = plugin.Options()
-    options.parseOptions(["--home", home.path, "--no-queue"] + argv)
-    plugin.buildServices(options, _Reactor())
+    buildWithFakeListeners(monkeypatch, home, argv, record)
     return calls
+
 
 
 def test_defaults_unchanged(monkeypatch, home):

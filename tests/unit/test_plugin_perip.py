@@ -3,39 +3,17 @@
 
 from __future__ import annotations
 
-from qmtwist import plugin
-
-
-class _Reactor:
-    def getThreadPool(self) -> None:
-        return None
+from tests.support import buildWithFakeListeners
 
 
 def built(monkeypatch, home, argv: list[str]) -> dict[str, dict]:
     calls: dict[str, dict] = {}
 
-    class _Service:
-        def __init__(self) -> None:
-            self.factory = type("Factory", (), {"observers": []})()  # the metrics observe it
+    def record(name: str, args: tuple, kw: dict) -> None:
+        if name != "submission":
+            calls[name] = dict(kw, concurrency=args[2])
 
-        def reload(self) -> None:  # plugin.py wires it to SIGHUP
-            pass
-
-        def setServiceParent(self, parent) -> None:
-            pass
-
-    def maker(name: str):
-        def make(ctx, endpoint, rules, concurrency, *args, **kw):
-            calls[name] = dict(kw, concurrency=concurrency)
-            return _Service()
-
-        return make
-
-    for name in ("smtp", "qmtp", "pop3"):
-        monkeypatch.setattr(plugin, f"make{name.upper()}Service", maker(name))
-    options = plugin.Options()
-    options.parseOptions(["--home", home.path, "--no-queue"] + argv)
-    plugin.buildServices(options, _Reactor())
+    buildWithFakeListeners(monkeypatch, home, argv, record)
     return calls
 
 
