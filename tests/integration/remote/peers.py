@@ -5,12 +5,10 @@ self-signed certificates. Each listens on 127.0.0.x port 0 and records what it r
 
 from __future__ import annotations
 
-import datetime
-import ipaddress
 from typing import Any, Callable
 
 from attrs import define, field
-from twisted.internet import defer, protocol, reactor, ssl
+from twisted.internet import defer, protocol, reactor
 from twisted.protocols.basic import LineReceiver
 
 from qmtwist.netstring import NetstringError, NetstringParser, decodeList, encode
@@ -179,50 +177,10 @@ def makeCertificates(names: list[str]) -> tuple[bytes, Any]:
 
     @return: C{(caPEM, serverTLSOptions)}.
     """
-    from cryptography import x509
-    from cryptography.hazmat.primitives import hashes, serialization
-    from cryptography.hazmat.primitives.asymmetric import ec
-    from cryptography.x509.oid import NameOID
+    from tests.integration.remote.tlspeers import PrivateCA
 
-    now = datetime.datetime.now(datetime.timezone.utc)
-    caKey = ec.generate_private_key(ec.SECP256R1())
-    caName = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "qmtwist test CA")])
-    ca = (
-        x509.CertificateBuilder()
-        .subject_name(caName)
-        .issuer_name(caName)
-        .public_key(caKey.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(days=1))
-        .not_valid_after(now + datetime.timedelta(days=2))
-        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-        .add_extension(x509.KeyUsage(False, False, False, False, False, True, True, False, False),
-                       critical=True)
-        .sign(caKey, hashes.SHA256())
-    )
-    key = ec.generate_private_key(ec.SECP256R1())
-    sans: list[Any] = []
-    for n in names:
-        try:
-            sans.append(x509.IPAddress(ipaddress.ip_address(n)))
-        except ValueError:
-            sans.append(x509.DNSName(n))
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, names[0])]))
-        .issuer_name(caName)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(days=1))
-        .not_valid_after(now + datetime.timedelta(days=2))
-        .add_extension(x509.SubjectAlternativeName(sans), critical=False)
-        .sign(caKey, hashes.SHA256())
-    )
-    pem = serialization.Encoding.PEM
-    keyPEM = key.private_bytes(pem, serialization.PrivateFormat.PKCS8,
-                               serialization.NoEncryption())
-    server = ssl.PrivateCertificate.loadPEM(keyPEM + cert.public_bytes(pem))
-    return ca.public_bytes(pem), server.options()
+    ca = PrivateCA("qmtwist test CA")
+    return ca.pem, ca.issue(names).options()
 
 
 def stopAll(ports: list[Any]) -> defer.Deferred:
