@@ -119,16 +119,28 @@ def _keyFiles(controlDir: str, domain: str) -> list[tuple[str, str]]:
             if n.endswith(".key") and validName(n[:-4])]
 
 
+#: parsed keys by path, with the (inode, size, mtime) they were read at: loading a PEM RSA key
+#: checks it, which costs far more than a signature, so each file is parsed once per change
+_parsed: dict[str, tuple[tuple[int, int, int], Key]] = {}
+
+
 def _load(domain: str, selector: str, path: str) -> Key:
     try:
         with open(path, "rb") as f:
+            st = os.fstat(f.fileno())
+            stamp = (st.st_ino, st.st_size, st.st_mtime_ns)
+            cached = _parsed.get(path)
+            if cached is not None and cached[0] == stamp:
+                return cached[1]
             pem = f.read(65536)
     except OSError as e:
         raise DKIMKeyError(f"unable to read {path}: {e.strerror}") from e
     try:
-        return parseKey(domain, selector, pem)
+        key = parseKey(domain, selector, pem)
     except DKIMKeyError as e:
         raise DKIMKeyError(f"{path}: {e.text}") from e
+    _parsed[path] = (stamp, key)
+    return key
 
 
 def domains(controlDir: str) -> list[str]:

@@ -114,32 +114,31 @@ class RelaxedBodyHash:
         return self._hash.digest()
 
 
-def readMessage(path: str) -> tuple[bytes, bytes] | None:
+def readHeader(chunks: Iterator[bytes]) -> tuple[bytes, bytes] | None:
     """
-    The header section (CR LF text, blank line excluded) and the relaxed body hash of the
-    queued message at C{path}; L{None} when the header section exceeds L{MAX_HEADER}.
-
-    @raise OSError: the file cannot be read.
+    Take the header section (CR LF text, the blank line excluded) from the wire-form C{chunks};
+    return it and the start of the body read with it, or L{None} when the header section
+    exceeds L{MAX_HEADER}. The rest of the body is what C{chunks} still yields.
     """
     head = b""
-    body: RelaxedBodyHash | None = None
-    with open(path, "rb") as f:
-        for chunk in wireChunks(f):
-            if body is not None:
-                body.update(chunk)
-                continue
-            head += chunk
-            # the blank line ends the headers; one at the very start means there are none
-            cut = -2 if head.startswith(b"\r\n") else head.find(b"\r\n\r\n")
-            if cut != -1:
-                body = RelaxedBodyHash()
-                body.update(head[cut + 4:])
-                head = head[:cut + 2]
-            elif len(head) > MAX_HEADER:
-                return None
-    if body is None:
-        body = RelaxedBodyHash()
-    return head, body.digest()
+    for chunk in chunks:
+        head += chunk
+        # the blank line ends the headers; one at the very start means there are none
+        cut = -2 if head.startswith(b"\r\n") else head.find(b"\r\n\r\n")
+        if cut != -1:
+            return head[:cut + 2], head[cut + 4:]
+        if len(head) > MAX_HEADER:
+            return None
+    return (head, b"") if len(head) <= MAX_HEADER else None
+
+
+def bodyHash(start: bytes, chunks: Iterator[bytes]) -> bytes:
+    """The relaxed body hash of C{start} and the rest of C{chunks}."""
+    body = RelaxedBodyHash()
+    body.update(start)
+    for chunk in chunks:
+        body.update(chunk)
+    return body.digest()
 
 
 def fromDomain(headers: list[list[bytes]]) -> str:
@@ -154,7 +153,7 @@ def fromDomain(headers: list[list[bytes]]) -> str:
     return ""
 
 
-def signature(signer: dkim.DKIM, key: Key, include: tuple[bytes, ...], bodyHash: bytes,
+def signature(signer: dkim.DKIM, key: Key, include: tuple[bytes, ...], digest: bytes,
               now: int) -> bytes:
     """One C{DKIM-Signature} field (CR LF folded) by dkimpy's C{gen_header}, as C{sign} makes it."""
     signer.signature_algorithm = key.algorithm
@@ -171,7 +170,7 @@ def signature(signer: dkim.DKIM, key: Key, include: tuple[bytes, ...], bodyHash:
         (b"v", b"1"), (b"a", key.algorithm), (b"c", CANON), (b"d", domain),
         (b"i", b"@" + domain), (b"q", b"dns/txt"), (b"s", key.selector.encode("ascii")),
         (b"t", str(now).encode("ascii")), (b"h", b" : ".join(include)),
-        (b"bh", base64.b64encode(bodyHash)), (b"b", b"0" * 60),
+        (b"bh", base64.b64encode(digest)), (b"b", b"0" * 60),
     ]
     policy = CanonicalizationPolicy.from_c_value(CANON)
     value = signer.gen_header(fields, include, policy, b"DKIM-Signature", pk)
@@ -185,26 +184,34 @@ def signFile(controlDir: str, path: str, me: bytes, sender: bytes, now: float) -
     has none is signed for C{me}'s domain. Both an rsa-sha256 and an ed25519-sha256
     signature when the domain has both kinds of key. Blocking: run on a thread.
 
+    The body is read and hashed only when the domain has a key.
+
     @raise SigningError: a key of the domain cannot be read or used.
     @raise OSError: the message cannot be read.
     """
-    read = readMessage(path)
-    if read is None:
-        return _unsigned(controlDir, "header section over %d bytes" % MAX_HEADER)
-    head, bodyHash = read
-    try:
-        headers, _ = dkim.rfc822_parse(head + b"\r\n")
-    except dkim.MessageFormatError as e:
-        return _unsigned(controlDir, f"unparsable header section ({e})")
-    names = candidates(fromDomain(headers)) if fromDomain(headers) else []
-    if sender in BOUNCE_SENDERS and me:
-        names += candidates(me.decode("ascii", "replace"))
-    try:
-        keys = keysFor(controlDir, names)
-    except DKIMKeyError as e:
-        raise SigningError(f"Unable to use DKIM key: {e.text}. (#4.3.0)") from e
-    if not keys:
-        return Signed()
+    if not domains(controlDir):
+        return Signed()  # no keys at all: the message is not even read
+    with open(path, "rb") as f:
+        chunks = wireChunks(f)
+        read = readHeader(chunks)
+        if read is None:
+            return _unsigned(controlDir, "header section over %d bytes" % MAX_HEADER)
+        head, start = read
+        try:
+            headers, _ = dkim.rfc822_parse(head + b"\r\n")
+        except dkim.MessageFormatError as e:
+            return _unsigned(controlDir, f"unparsable header section ({e})")
+        author = fromDomain(headers)
+        names = candidates(author) if author else []
+        if sender in BOUNCE_SENDERS and me:
+            names += candidates(me.decode("ascii", "replace"))
+        try:
+            keys = keysFor(controlDir, names)
+        except DKIMKeyError as e:
+            raise SigningError(f"Unable to use DKIM key: {e.text}. (#4.3.0)") from e
+        if not keys:
+            return Signed()
+        digest = bodyHash(start, chunks)
     signer = dkim.DKIM(head + b"\r\n", linesep=b"\r\n")
     include = tuple(h.lower() for h in signer.default_sign_headers())
     if b"from" not in include:
@@ -212,7 +219,7 @@ def signFile(controlDir: str, path: str, me: bytes, sender: bytes, now: float) -
     lines = []
     for key in sorted(keys, key=lambda k: (k.type != "rsa", k.selector)):
         try:
-            lines.append(signature(signer, key, include, bodyHash, int(now)))
+            lines.append(signature(signer, key, include, digest, int(now)))
         except (dkim.DKIMException, ValueError) as e:
             raise SigningError(f"Unable to sign with DKIM key {key.selector}._domainkey."
                                f"{key.domain}: {e}. (#4.3.0)") from e

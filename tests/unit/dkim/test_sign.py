@@ -164,3 +164,11 @@ def test_keygenRecordAndModes(home) -> None:
         writeKey(home, "../etc", "s", "rsa")
     assert [(x.domain, x.selector, x.type) for x in keys.listKeys(home.control)] == [
         ("example.com", "qmtwist", "rsa")]
+
+
+def test_withoutAnyKeyTheMessageIsNotRead(home, tmp_path) -> None:
+    missing = str(tmp_path / "no-such-message")
+    assert sign.signFile(home.control, missing, b"", b"a@b", 1e9) == sign.Signed()
+    writeKey(home, "example.org", "s", "ed25519")
+    with pytest.raises(OSError):
+        sign.signFile(home.control, missing, b"", b"a@b", 1e9)
