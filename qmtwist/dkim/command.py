@@ -1,6 +1,6 @@
 """
 C{qmtwist dkim keygen DOMAIN [--selector S] [--type rsa|ed25519]} and C{qmtwist dkim list}
-(docs/commands.md, docs/behaviour/dkim.md 2).
+(docs/commands.md, docs/behaviour/dkim.md 18.4).
 """
 
 from __future__ import annotations

@@ -1,5 +1,5 @@
 """
-The remote agent's one call into DKIM (docs/behaviour/dkim.md 3): sign on a thread, log, and
+The remote agent's one call into DKIM (docs/behaviour/dkim.md 18.2): sign on a thread, log, and
 turn a key that cannot be used into a deferral.
 """
 

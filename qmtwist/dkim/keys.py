@@ -1,5 +1,5 @@
 """
-DKIM private keys under C{control/dkim/} (docs/behaviour/dkim.md 2).
+DKIM private keys under C{control/dkim/} (docs/behaviour/dkim.md 18.3).
 
 One file per key: C{control/dkim/⟨domain⟩/⟨selector⟩.key}, a PEM private key (RSA as PKCS#1,
 the form dkimpy reads; Ed25519 as PKCS#8), mode 0600 in directories of mode 0700, owned by the

@@ -1,5 +1,5 @@
 """
-The C{DKIM-Signature} lines for a queued message (docs/behaviour/dkim.md 3), with dkimpy.
+The C{DKIM-Signature} lines for a queued message (docs/behaviour/dkim.md 18.2), with dkimpy.
 
 Signing happens at delivery, in the remote agent, on a thread (L{signFile}): the queue file is
 never rewritten and the keys are read only by the process that delivers. Memory does not grow
