@@ -469,7 +469,10 @@ class Qmtwist(Server):
         self.home = Home(os.path.join(base, "qmtwist-home"))
         setup(self.home, me=DOMAIN)
         with open(os.path.join(self.home.path, "rules", "smtp"), "w") as f:
-            f.write("127.0.0.1:allow\n")
+            # Postfix's mynetworks = 127.0.0.0/8 trusts loopback clients: RELAYCLIENT is the
+            # same trust here, and like Postfix without milters it skips the inbound
+            # SPF/DKIM/DMARC checks (docs/behaviour/authentication.md 22.1)
+            f.write('127.0.0.1:allow,RELAYCLIENT=""\n')
         lines = [f"={pw.pw_name}:{pw.pw_name}:{pw.pw_uid}:{pw.pw_gid}:{pw.pw_dir}:::\n"
                  for pw in users.users]
         lines += [f"={local}:{pw.pw_name}:{pw.pw_uid}:{pw.pw_gid}:{pw.pw_dir}:::\n"
