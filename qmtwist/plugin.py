@@ -18,7 +18,6 @@ from typing import Any, Callable
 
 from attrs import define
 from twisted.application import service, strports
-from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
 from twisted.python import usage
 
@@ -49,6 +48,7 @@ from qmtwist.remote.concurrency import descriptorWarning
 from qmtwist.remote.mx import makeResolver
 from qmtwist.sdnotify import NotifyService
 from qmtwist.smtp.listener import makeSMTPService, warnIfNoRcpthosts
+from qmtwist.threadrunner import ThreadRunner
 from qmtwist.startup import StartGuard, checkEndpoints, fatal, oneLineUsage
 from qmtwist.smtp.submission import Authority, makeSubmissionService
 
@@ -209,8 +209,7 @@ def buildServices(options: dict[str, Any], reactor: Any = None) -> Built:
         controls = ControlCache(home)
     except ControlError as e:
         fatal(str(e) if "cannot start" in str(e) else f"alert: cannot start: {e}")
-    pool = reactor.getThreadPool()
-    runInThread = partial(deferToThreadPool, reactor, pool)
+    runInThread = ThreadRunner(reactor)  # every blocking file call of the daemon (threadrunner.py)
     top = StartGuard()  # a part that cannot start: one line, exit 1 (operations.md 21.5)
     queue: QueueService | None = None
     noQueue = bool(options.get("no-queue"))

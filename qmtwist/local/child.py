@@ -31,9 +31,9 @@ from typing import Any
 from twisted.internet.defer import ensureDeferred
 from twisted.internet.interfaces import IFileDescriptorReceiver, IHalfCloseableProtocol
 from twisted.internet.protocol import Factory
-from twisted.internet.threads import deferToThread
 from zope.interface import implementer
 
+from qmtwist.threadrunner import ThreadRunner
 from qmtwist.delivery import Outcome
 from qmtwist.local.deliver import Job, JobResult, runJob
 from qmtwist.local.helper import FrameReceiver
@@ -47,9 +47,10 @@ WHO = "qmtwist local helper"
 class HelperProtocol(FrameReceiver):
     """Reads a descriptor and a job netstring per job, runs it, writes one result netstring."""
 
-    def __init__(self, reactor: Any) -> None:
+    def __init__(self, reactor: Any, runInThread: Any) -> None:
         super().__init__()
         self.reactor = reactor
+        self.runInThread = runInThread  # a ThreadRunner: the Maildir writes and fsyncs
         self.fds: deque[int] = deque()
         self.pending = 0
         self.eof = False
@@ -80,7 +81,7 @@ class HelperProtocol(FrameReceiver):
             if message is None:
                 raise ValueError("no message descriptor came with the job")
             job = Job.fromJSON(dict(req["job"], messPath=""))
-            result = await runJob(job, self.reactor, deferToThread, self.baseEnv,
+            result = await runJob(job, self.reactor, self.runInThread, self.baseEnv,
                                   message=message)
         except Exception as e:  # anything unexpected: a deferral, never a lost answer
             result = JobResult(Outcome.DEFERRAL,
@@ -135,8 +136,7 @@ def main(argv: list[str] | None = None) -> int:
     if runningAsRoot():
         sys.stderr.write(f"{WHO}: refusing to run as root\n")
         return 111
-    reactor.suggestThreadPoolSize(10)
-    proto = HelperProtocol(reactor)
+    proto = HelperProtocol(reactor, ThreadRunner(reactor))
     factory = Factory.forProtocol(lambda: proto)
     reactor.adoptStreamConnection(0, socket.AF_UNIX, factory)
     # The socket is now the reactor's own duplicate: nothing may write to it behind the

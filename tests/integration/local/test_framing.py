@@ -21,7 +21,7 @@ class _Reactor:
 
 
 def _child() -> tuple[HelperProtocol, StringTransport]:
-    proto = HelperProtocol(_Reactor())
+    proto = HelperProtocol(_Reactor(), runInThread=None)  # these jobs never reach a thread
     transport = StringTransport()
     proto.makeConnection(transport)
     return proto, transport
