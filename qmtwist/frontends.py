@@ -153,6 +153,7 @@ class ListenerProcesses(service.Service):
         self.pendingRestarts: dict[int, Any] = {}
         self.ports: list[Any] = []
         self.handed: dict[str, list[str]] = {}
+        self.acceptingHere = True
 
     def startService(self) -> None:
         super().startService()
@@ -172,10 +173,19 @@ class ListenerProcesses(service.Service):
             self.handed.setdefault(svc.kind, []).append(
                 handedOver(svc.description, _family(port), index))
             self.ports.append(port)
-        for port in self.ports:
-            port.stopReading()  # the front ends accept; the daemon keeps the queue
         for slot in range(self.count):
             self._spawn(slot)
+
+    def _accept(self, here: bool) -> None:
+        """Accept in the daemon (no listener process runs) or leave it to them."""
+        if here == self.acceptingHere:
+            return
+        self.acceptingHere = here
+        for port in self.ports:
+            if here:
+                port.startReading()
+            else:
+                port.stopReading()  # the front ends accept; the daemon keeps the queue
 
     def _environment(self) -> dict[str, str]:
         env = {k: v for k, v in self.environ.items()
@@ -194,8 +204,15 @@ class ListenerProcesses(service.Service):
         for i, port in enumerate(self.ports):
             childFDs[3 + i] = port.fileno()
         args = [self.python, "-m", "qmtwist.listenerprocess", *self.argv(self.handed)]
-        transport = self.reactor.spawnProcess(proto, self.python, args, env=self._environment(),
-                                              path="/", childFDs=childFDs)
+        try:
+            transport = self.reactor.spawnProcess(proto, self.python, args,
+                                                  env=self._environment(), path="/",
+                                                  childFDs=childFDs)
+        except OSError as e:  # no process (EMFILE, EAGAIN): try again as after an exit
+            self.started[slot] = self.reactor.seconds()
+            self._ended(proto, Failure(e))
+            return
+        self._accept(False)
         proto.pid = transport.pid
         self.running_[slot] = (proto, transport)
         self.started[slot] = self.reactor.seconds()
@@ -206,7 +223,8 @@ class ListenerProcesses(service.Service):
         self.running_.pop(slot, None)
         status = getattr(reason.value, "exitCode", None)
         sig = getattr(reason.value, "signal", None)
-        how = f"signal {sig}" if sig else f"status {status}"
+        how = (f"signal {sig}" if sig else f"status {status}" if proto.pid is not None
+               else f"no start: {reason.getErrorMessage()}")
         if not self.running:
             log.info("frontend: listener process {pid} exited with {how}",
                      pid=proto.pid, how=how)
@@ -217,6 +235,8 @@ class ListenerProcesses(service.Service):
         self.delays[slot] = delay
         log.warn("warning: listener process {pid} exited with {how}; starting another in "
                  "{delay:g}s", pid=proto.pid, how=how, delay=delay)
+        if not self.running_:  # nobody accepts: the daemon does, until one runs again
+            self._accept(True)
         self.pendingRestarts[slot] = self.reactor.callLater(delay, self._spawn, slot)
 
     def hup(self) -> None:

@@ -70,6 +70,9 @@ class _Port:
     def stopReading(self) -> None:
         self.reading = False
 
+    def startReading(self) -> None:
+        self.reading = True
+
     @property
     def socket(self) -> Any:
         import socket
@@ -132,10 +135,13 @@ def test_restart_backs_off_while_it_dies_young():
         assert len(reactor.spawned) == before
         reactor.advance(0.02)
         assert len(reactor.spawned) == before + 1
-    # one that ran a minute or more starts again after 1 s
+    # one that ran a minute or more starts again after 1 s; while none runs the daemon accepts
+    assert not any(lst.port.reading for lst in lp.listeners)
     reactor.advance(61)
     reactor.spawned[-1][0].processEnded(died)
+    assert all(lst.port.reading for lst in lp.listeners)
     reactor.advance(1.01)
+    assert not any(lst.port.reading for lst in lp.listeners)
     assert len(reactor.spawned) == 5
 
 
