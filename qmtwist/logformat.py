@@ -13,7 +13,6 @@ rotation and SIGUSR1, C{--syslog}, standard output under C{-n}), wrapped in the 
 from __future__ import annotations
 
 import os
-import re
 import signal
 import sys
 from typing import Any, TextIO
@@ -32,19 +31,23 @@ from twisted.python.components import Componentized
 from twisted.python.logfile import LogFile
 from zope.interface import provider
 
-_PORT_NOISE = re.compile(r"\S+ starting on \S+|\((TCP|UDP|UNIX) Port .* Closed\)")
-_FACTORY_NOISE = ("Starting factory ", "Stopping factory ", "Starting protocol ",
-                  "Stopping protocol ")
+from qmtwist.logbuffer import (
+    BufferedObserver,
+    LineBuffer,
+    classicText,
+    isNoiseText,
+    jsonText,
+    onShutdown,
+)
 
 
 def isNoise(event: dict[str, Any]) -> bool:
-    """Twisted's per-factory and per-port lines: "X starting on N", "Starting factory <...>"."""
-    namespace = event.get("log_namespace") or ""
-    if namespace == "log_legacy":
-        return bool(_PORT_NOISE.fullmatch(formatEvent(event)))
-    if namespace.startswith("twisted."):
-        return formatEvent(event).startswith(_FACTORY_NOISE)
-    return False
+    """
+    Twisted's per-factory, per-port and per-DNS-query lines: "X starting on N", "Starting
+    factory <...>" (of any factory, qmtwist's too), "Starting protocol <...DNSDatagramProtocol
+    ...>" and their "Stopping"/"Closed" twins.
+    """
+    return isNoiseText(event, formatEvent(event))
 
 
 @provider(ILogFilterPredicate)
@@ -80,26 +83,43 @@ def logFileName(config: Any) -> str | None:
     return os.path.abspath(name or "twistd.log")
 
 
-def daemonObserver(config: Any, fmt: str = "text", noise: bool = False) -> ILogObserver:
-    """The observer for twistd's options C{config}: text or JSON, noise filtered unless asked."""
-    observer: Any
-    if fmt == "json":
-        name = logFileName(config)
-        if name is None:
-            observer = jsonLines(sys.stdout)
-        else:
-            logFile = LogFile.fromFullPath(name)  # twistd's rotation: at 1 MB, and on SIGUSR1
-            signal.signal(signal.SIGUSR1, lambda *a: _reactor().callFromThread(logFile.rotate))
-            observer = jsonLines(logFile)
-    else:
+def _debugWanted() -> bool:
+    """Debug events are observed (and so formatted) only when asked: QMTWIST_LOG_DEBUG, or the
+    SMTP state trace QMTWIST_TRACE_SMTP, which logs at debug level."""
+    return bool(os.environ.get("QMTWIST_LOG_DEBUG") or os.environ.get("QMTWIST_TRACE_SMTP"))
+
+
+def daemonObserver(config: Any, fmt: str = "text", noise: bool = False,
+                   reactor: Any = None) -> ILogObserver:
+    """
+    The observer for twistd's options C{config}: text or JSON, noise filtered unless asked,
+    buffered (docs/behaviour/operations.md 21.7) into twistd's log file (its rotation at 1 MB,
+    and on SIGUSR1 after the buffer was written) or standard output; C{--syslog} unbuffered.
+    """
+    if config.get("syslog"):
         from twisted.scripts._twistd_unix import UnixAppLogger
 
-        observer = UnixAppLogger(config)._getLogObserver()
+        observer: Any = UnixAppLogger(config)._getLogObserver()
         if not ILogObserver.providedBy(observer):
             observer = LegacyLogObserverWrapper(observer)  # --syslog's observer
-    if noise:
-        return observer
-    return FilteringLogObserver(observer, [_dropNoise])  # type: ignore[list-item]
+        if noise:
+            return observer  # type: ignore[no-any-return]
+        return FilteringLogObserver(observer, [_dropNoise])  # type: ignore[list-item]
+    if config.get("logfile") == "-" and not config.get("nodaemon"):
+        sys.exit("Daemons cannot log to stdout, exiting!")  # twistd's own refusal
+    reactor = reactor if reactor is not None else _reactor()
+    name = logFileName(config)
+    target: Any = sys.stdout if name is None else LogFile.fromFullPath(name)
+    buffer = LineBuffer(target, reactor)
+    if name is not None:
+        def rotate() -> None:
+            buffer.flush()
+            target.rotate()
+
+        signal.signal(signal.SIGUSR1, lambda *a: reactor.callFromThread(rotate))
+    onShutdown(buffer, reactor)
+    render = jsonText if fmt == "json" else classicText()
+    return BufferedObserver(buffer, render, noise=noise, debug=_debugWanted())
 
 
 def writeLogPointer(path: str, logFile: str | None) -> None:
