@@ -165,3 +165,42 @@ class ObserverTop(service.MultiService):
         super().setServiceParent(parent)
         if self.observer is not None and isinstance(parent, Componentized):
             parent.setComponent(ILogObserver, self.observer)
+
+
+def twistdConfig(argv: list[str] | None = None) -> Any:
+    """
+    twistd's options of this process (C{sys.argv}) for a .tac file, which twistd does not give
+    them: C{--logfile}, C{-n}, C{--syslog}, C{--logger}. None when they do not parse (not twistd).
+    """
+    from twisted.scripts.twistd import ServerOptions
+
+    class Again(ServerOptions):  # type: ignore[misc, valid-type]
+        def opt_reactor(self, name: str) -> None:
+            """twistd installed it already."""
+
+        opt_r = opt_reactor
+
+    config = Again()
+    try:
+        config.parseOptions(sys.argv[1:] if argv is None else argv)
+    except (SystemExit, Exception):
+        return None
+    return config
+
+
+def forTac(application: Any, top: service.Service, pointer: str,
+           env: dict[str, str] | None = None) -> None:
+    """
+    A .tac file's log as C{twistd -n qmtwist}'s: the observer of L{daemonObserver} on
+    C{application} (QMTWIST_LOG_FORMAT=json, QMTWIST_LOG_NOISE=1 as C{--log-format json},
+    C{--log-noise}), the log pointer C{pointer} written, and C{top} attached.
+    """
+    env = os.environ if env is None else env
+    config = twistdConfig()
+    top.setServiceParent(application)
+    if config is None or config.get("logger"):
+        writeLogPointer(pointer, None)
+        return
+    writeLogPointer(pointer, logFileName(config))
+    application.setComponent(ILogObserver, daemonObserver(
+        config, env.get("QMTWIST_LOG_FORMAT") or "text", bool(env.get("QMTWIST_LOG_NOISE"))))
