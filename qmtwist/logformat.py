@@ -15,7 +15,7 @@ from __future__ import annotations
 import os
 import signal
 import sys
-from typing import Any, TextIO
+from typing import Any, Mapping, TextIO
 
 from twisted.application import service
 from twisted.logger import (
@@ -189,7 +189,7 @@ def twistdConfig(argv: list[str] | None = None) -> Any:
 
 
 def forTac(application: Any, top: service.Service, pointer: str,
-           env: dict[str, str] | None = None) -> None:
+           env: Mapping[str, str] | None = None) -> None:
     """
     A .tac file's log as C{twistd -n qmtwist}'s: the observer of L{daemonObserver} on
     C{application} (QMTWIST_LOG_FORMAT=json, QMTWIST_LOG_NOISE=1 as C{--log-format json},
