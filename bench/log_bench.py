@@ -3,7 +3,7 @@ CPU cost of the daemon's log per message: the lines one SMTP-received, locally d
 produces (copied from a daemon log under bench/smtp_bench.py), logged through twisted.logger's
 Logger and a LogPublisher into a real file, by the old observer chain (twistd's
 textFileLogObserver under the noise FilteringLogObserver) and by the new one
-(qmtwist.logbuffer.BufferedObserver, docs/behaviour/operations.md 21.7), in the same invocation.
+(qmtwist.logbuffer.BufferedObserver, docs/behaviour/operations.md 21.4.1), in the same invocation.
 Prints CPU microseconds per message for both and the ratio. docs/bench.md holds figures.
 
     python bench/log_bench.py [--messages 20000] [--format text|json]

@@ -1,5 +1,5 @@
 """
-The cheap log path (docs/behaviour/operations.md 21.7): the daemon's log lines, byte for byte
+The cheap log path (docs/behaviour/operations.md 21.4.1): the daemon's log lines, byte for byte
 what twistd's C{textFileLogObserver} writes (or the JSON lines of L{qmtwist.logformat.jsonLines}),
 made with a cached format check and a timestamp prefix cached per second, collected in memory
 and written in one C{write}+C{flush} per L{INTERVAL} seconds, when L{LIMIT} characters are
@@ -27,7 +27,7 @@ LIMIT = 64 * 1024
 
 _NOISE_FORMATS = frozenset(("Starting factory {factory!r}", "Stopping factory {factory!r}"))
 _LEGACY_NOISE = ("Starting protocol ", "Stopping protocol ")
-PORT_NOISE = re.compile(r"\S+ starting on \S+|\((TCP|UDP|UNIX) Port .* Closed\)")
+PORT_NOISE = re.compile(r".+ starting on \S+|\((TCP|UDP|UNIX) Port .* Closed\)")
 
 
 class Target(Protocol):

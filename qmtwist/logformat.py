@@ -93,7 +93,7 @@ def daemonObserver(config: Any, fmt: str = "text", noise: bool = False,
                    reactor: Any = None) -> ILogObserver:
     """
     The observer for twistd's options C{config}: text or JSON, noise filtered unless asked,
-    buffered (docs/behaviour/operations.md 21.7) into twistd's log file (its rotation at 1 MB,
+    buffered (docs/behaviour/operations.md 21.4.1) into twistd's log file (its rotation at 1 MB,
     and on SIGUSR1 after the buffer was written) or standard output; C{--syslog} unbuffered.
     """
     if config.get("syslog"):
