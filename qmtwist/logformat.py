@@ -6,8 +6,10 @@ C{--log-noise}; and C{HOME/run/logfile}, which tells C{qmtwist ctl why} where th
 twistd builds its observer after the plugin's C{makeService} returned, and takes an
 L{ILogObserver} set on the application when there is one (unless C{--logger} was given). So
 L{ObserverTop}, the service C{makeService} returns, sets the observer on the application when
-twistd attaches it. The text observer is twistd's own (L{UnixAppLogger}: C{--logfile} with its
-rotation and SIGUSR1, C{--syslog}, standard output under C{-n}), wrapped in the noise filter.
+twistd attaches it; a .tac file calls L{forTac}. The observer writes twistd's own text lines (or
+JSON) into twistd's own file (C{--logfile}, with its rotation and SIGUSR1) or standard output,
+buffered (L{qmtwist.logbuffer}, docs/behaviour/operations.md 21.4.1); C{--syslog} is twistd's
+syslog observer under the noise filter.
 """
 
 from __future__ import annotations
