@@ -121,4 +121,7 @@ def buildWithFakeListeners(monkeypatch: Any, home: Any, argv: list[str],
         monkeypatch.setattr(plugin, f"make{name}Service", maker(name.lower()))
     options = plugin.Options()
     options.parseOptions(["--home", home.path, "--no-queue"] + argv)
-    plugin.buildServices(options, type("Reactor", (), {"getThreadPool": lambda self: None})())
+    # a reactor that is never run: enough for the wiring (the ThreadRunner's shutdown trigger)
+    plugin.buildServices(options, type("Reactor", (), {
+        "getThreadPool": lambda self: None,
+        "addSystemEventTrigger": lambda self, *args, **kw: None})())
