@@ -51,7 +51,7 @@ from qmtwist.sdnotify import NotifyService
 from qmtwist.smtp.listener import makeSMTPService, warnIfNoRcpthosts
 from qmtwist.threadrunner import ThreadRunner
 from qmtwist.startup import StartGuard, checkEndpoints, fatal, oneLineUsage
-from qmtwist.smtp.submission import Authority, makeSubmissionService
+from qmtwist.smtp.submission import Authority, makeSubmissionService, warnIfNoCertificate
 
 log = Logger(namespace="qmtwist")
 
@@ -294,6 +294,8 @@ def buildServices(options: dict[str, Any], reactor: Any = None) -> Built:
             if name == "smtp" and i == 0:
                 # docs/behaviour/smtp.md 7.5's warning, again on every SIGHUP
                 ctx.reloaders.append(partial(warnIfNoRcpthosts, ctx))
+            if name in SUBMISSION:  # submission.md 16.1's warning, again on every SIGHUP
+                ctx.reloaders.append(partial(warnIfNoCertificate, ctx, name, endpoint))
             ctx.reloaders.append(svc.reload)  # its rules file, on SIGHUP
             svc.setServiceParent(top)
             served.append(svc)
