@@ -9,7 +9,8 @@ commit and preprocessing are counted), and a thread runner that records every ho
 hops one at a time in order. Two load shapes:
 
 - burst: N commits are asked for at once, then the hops run until nothing is left;
-- steady: PER_HOP new commits arrive while each hop runs (the shape of many SMTP sessions);
+- steady: PER_HOP new commits arrive while each hop of the injector runs (the shape of many
+  SMTP sessions; the service's hops run beside the rounds in the daemon, so they take none);
 - single: one commit at a time, the next once every hop of the previous one has run.
 
 Prints, for each: messages held by the service (preprocessed and scheduled), syncs per message
@@ -73,21 +74,22 @@ class HopRecorder:
     def __call__(self, f: Callable[[], Any]) -> Deferred[Any]:
         self.hops[self.name] += 1
         d: Deferred[Any] = Deferred()
-        self.queue.append((f, d))
+        self.queue.append((self.name, f, d))
         return d
 
 
-def pumpOne(queue: list[Any]) -> bool:
+def pumpOne(queue: list[Any]) -> str | None:
+    """Run the oldest hop; return who asked for it (L{None}: nothing to run)."""
     if not queue:
-        return False
-    f, d = queue.pop(0)
+        return None
+    name, f, d = queue.pop(0)
     try:
         result = f()
     except Exception as e:  # a hop's failure goes to its Deferred, as a thread's would
         d.errback(e)
     else:
         d.callback(result)
-    return True
+    return name
 
 
 def run(n: int, perHop: int, useSyncfs: bool, shape: str) -> dict[str, Any]:
@@ -109,7 +111,7 @@ def run(n: int, perHop: int, useSyncfs: bool, shape: str) -> dict[str, Any]:
                            syncer=svcSyncer)
         injector.addObserver(svc.preprocess)  # as qmtwist/plugin.py hooks them up
         svc.startService()
-        while pumpOne(queue):  # recovery of the empty queue
+        while pumpOne(queue) is not None:  # recovery of the empty queue
             pass
         hops.clear()
         s0 = injSyncer.total + svcSyncer.total
@@ -125,13 +127,18 @@ def run(n: int, perHop: int, useSyncfs: bool, shape: str) -> dict[str, Any]:
             for _ in range(n):
                 one()
             sent = n
+        arrive = shape == "steady" or shape == "single"
         while True:
-            if shape == "steady" or (shape == "single" and not queue):
+            if arrive and (shape == "steady" or not queue):
                 for _ in range(min(perHop if shape == "steady" else 1, n - sent)):
                     one()
                     sent += 1
-            if not pumpOne(queue) and sent >= n:
+            who = pumpOne(queue)
+            if who is None and sent >= n:
                 break
+            # steady: commits arrive while the injector's rounds run; the service's own hops
+            # run beside them on other threads in the daemon and take no time of their own
+            arrive = who == "injector" or who is None
         syncs = injSyncer.total + svcSyncer.total - s0
         svc.intake.closed = True
         return {
@@ -149,7 +156,7 @@ def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("-n", type=int, default=100, help="messages (default 100)")
     p.add_argument("--per-hop", type=int, default=10,
-                   help="steady shape: commits arriving during each hop (default 10)")
+                   help="steady shape: commits arriving during each round (default 10)")
     p.add_argument("--no-syncfs", action="store_true",
                    help="fsync each file and directory instead of one syncfs per round")
     args = p.parse_args()

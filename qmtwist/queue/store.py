@@ -121,6 +121,14 @@ class Syncer:
 _SYNCFS = _loadSyncfs()
 
 
+def stampOf(st: os.stat_result, n: int) -> str:
+    """
+    A message's stamp from its mess file's status: unique for ever (mtime in microseconds and
+    inode), the key of its forward records and hold marker (docs/behaviour/queue.md 5.10).
+    """
+    return f"{st.st_mtime_ns // 1000}.P{n}"
+
+
 def _unlink(path: str) -> None:
     try:
         os.unlink(path)
@@ -142,6 +150,12 @@ class PendingMessage:
         self.time = now
         self.size = 0
         self.envelope: Envelope | None = None
+        # set by finishFiles: the envelope as committed (queueextra added), and the mess
+        # file's stamp and size from an fstat of its descriptor (the in-round preprocessing,
+        # docs/behaviour/queue.md 5.11, needs no stat of its own)
+        self.committed: Envelope | None = None
+        self.stamp = ""
+        self.messSize = 0
         self._linked = False
         # a forward's delivery key and, once written, its fwd/ record (docs/behaviour/queue.md 5.10)
         self.onceKey: str | None = None
@@ -197,10 +211,13 @@ class PendingMessage:
         if extra:
             env = Envelope(env.sender, tuple(extra) + env.recipients, env.uid, env.qp)
         data = encodeTodo(env)
+        self.committed = env
         group = syncer.canGroup
         try:
             if not group:
                 syncer.fsync(self._fd)
+            st = os.fstat(self._fd)
+            self.stamp, self.messSize = stampOf(st, self.id), st.st_size
             os.close(self._fd)
             self._fd = -1
         except OSError as e:
