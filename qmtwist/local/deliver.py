@@ -37,6 +37,8 @@ class Job:
 
     @ivar messPath: a regular file holding the message as queued, readable by the user.
     @ivar key: the stable delivery key (L{qmtwist.delivery.DeliveryRequest.uniqueKey}).
+    @ivar syncLater: leave the sync of each Maildir's directory to the caller, which batches
+        them (L{JobResult.unsynced}, docs/behaviour/local.md 4.8.1).
     """
 
     user: bytes
@@ -53,6 +55,7 @@ class Job:
     binDir: str
     now: float
     timeout: float = 86400.0  # control/timeoutlocal: longest a program delivery may run
+    syncLater: bool = False
 
     def toJSON(self) -> dict[str, Any]:
         return {k: (base64.b64encode(v).decode() if isinstance(v, bytes) else v)
@@ -79,6 +82,8 @@ class JobResult:
     @ivar text: program output and, on failure, the reason text (LF-terminated).
     @ivar files: mbox and Maildir lines done; C{programs}: programs run.
     @ivar forwards: addresses to forward to (only on success).
+    @ivar unsynced: with L{Job.syncLater}, on success: the Maildir directories whose new
+        names are not durable yet; the delivery is done only once they are synced.
     """
 
     outcome: Outcome
@@ -90,20 +95,23 @@ class JobResult:
     dtline: bytes = b""
     failedLine: int = field(default=0)
     failedFile: str = ""
+    unsynced: tuple[bytes, ...] = ()
 
     def toJSON(self) -> dict[str, Any]:
         return {
             "outcome": self.outcome.value, "text": _b64(self.text), "files": self.files,
             "programs": self.programs, "forwards": [_b64(f) for f in self.forwards],
             "newsender": _b64(self.newsender), "dtline": _b64(self.dtline),
-            "failedLine": self.failedLine, "failedFile": self.failedFile}
+            "failedLine": self.failedLine, "failedFile": self.failedFile,
+            "unsynced": [_b64(p) for p in self.unsynced]}
 
     @classmethod
     def fromJSON(cls, d: dict[str, Any]) -> JobResult:
         return cls(Outcome(d["outcome"]), base64.b64decode(d["text"]), int(d["files"]),
                    int(d["programs"]), tuple(base64.b64decode(f) for f in d["forwards"]),
                    base64.b64decode(d["newsender"]), base64.b64decode(d["dtline"]),
-                   int(d.get("failedLine", 0)), str(d.get("failedFile", "")))
+                   int(d.get("failedLine", 0)), str(d.get("failedFile", "")),
+                   tuple(base64.b64decode(p) for p in d.get("unsynced", ())))
 
 
 def _b64(b: bytes) -> str:
@@ -185,6 +193,7 @@ async def _runJob(job: Job, reactor: Any, runInThread: Callable[[Callable[[], An
     output = b""
     files = programs = 0
     forwards: list[bytes] = []
+    unsynced: list[bytes] = []
     env: dict[bytes, bytes] | None = None
     source = plan.dq.path or "control/defaultdelivery"
     for ins in plan.dq.instructions:
@@ -200,8 +209,11 @@ async def _runJob(job: Job, reactor: Any, runInThread: Callable[[Callable[[], An
             if ins.kind is Kind.MAILDIR:
                 path = _resolve(job.home, ins.value)
                 ln = ins.lineno if plan.dq.path is not None else 1000 + ins.lineno
-                await runInThread(lambda p=path, n=ln: maildir.deliver(
-                    p, itertools.chain((rp, dt), message.chunks()), job.key, n, job.mayBeRepeat))
+                name = await runInThread(lambda p=path, n=ln: maildir.deliver(
+                    p, itertools.chain((rp, dt), message.chunks()), job.key, n, job.mayBeRepeat,
+                    syncNew=not job.syncLater))
+                if job.syncLater:
+                    unsynced.append(os.path.abspath(os.path.join(path, os.path.dirname(name))))
                 files += 1
                 continue
         except MailError as e:
@@ -224,4 +236,4 @@ async def _runJob(job: Job, reactor: Any, runInThread: Callable[[Callable[[], An
         if r.stop:
             break
     return JobResult(Outcome.SUCCESS, output, files, programs, tuple(forwards),
-                     plan.newsender, dt)
+                     plan.newsender, dt, unsynced=tuple(unsynced))

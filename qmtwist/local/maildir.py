@@ -79,6 +79,7 @@ def deliver(
     now: Callable[[], float] = time.time,
     host: bytes | None = None,
     deadline: float = 86400.0,
+    syncNew: bool = True,
 ) -> bytes:
     """
     Write one message into a Maildir.
@@ -87,6 +88,10 @@ def deliver(
     @param data: the byte strings that make the file (RPLINE, DTLINE, message).
     @param key: the stable delivery key, or C{None}.
     @param mayBeRepeat: look for an earlier copy first (only with a key).
+    @param syncNew: fsync C{new/} after the link. With C{False} the file's data is durable
+        but its name is not yet: the caller must sync the directory of the returned name
+        before it reports the delivery done (L{qmtwist.local.dirsync}, docs/behaviour/local.md
+        4.8.1). The same holds for an earlier copy that is returned.
     @return: the name under C{new/} (or of the earlier copy, C{new/...} or C{cur/...}).
     @raise TemporaryFailure: with qmail's texts.
     """
@@ -140,7 +145,8 @@ def deliver(
         except OSError as e:
             if e.errno != errno.EEXIST:
                 raise
-        syncDir(newDir)
+        if syncNew:
+            syncDir(newDir)
     except TemporaryFailure:
         _unlink(tmp)
         raise
