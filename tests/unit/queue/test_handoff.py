@@ -6,6 +6,7 @@ recorded and run by the test, and every sync counted.
 
 from __future__ import annotations
 
+import builtins
 import os
 import time
 from typing import Any, Callable
@@ -294,3 +295,35 @@ def test_messages_settled_after_the_stop_are_left_for_the_next_start(home):
     [q] = answer
     scan = clean.recover(home.queue, time.time())  # info durable, todo gone: resumed
     assert [m.id for m in scan.messages] == [q.id] and scan.todo == ()
+
+
+def test_the_round_neither_reads_todo_nor_stats_the_message_file(home, monkeypatch):
+    d = makeDaemon(home)
+    touched: list[str] = []
+    realStat, realOpen = os.stat, os.open
+
+    def stat(path: Any, *a: Any, **kw: Any) -> Any:
+        touched.append(f"stat {path}")
+        return realStat(path, *a, **kw)
+
+    def osOpen(path: Any, flags: int, *a: Any, **kw: Any) -> Any:
+        if not flags & (os.O_WRONLY | os.O_RDWR):
+            touched.append(f"read {path}")
+        return realOpen(path, flags, *a, **kw)
+
+    def fileOpen(path: Any, mode: str = "r", *a: Any, **kw: Any) -> Any:
+        if "r" in mode:
+            touched.append(f"read {path}")
+        return realFileOpen(path, mode, *a, **kw)
+
+    realFileOpen = builtins.open
+    monkeypatch.setattr(os, "stat", stat)
+    monkeypatch.setattr(os, "open", osOpen)
+    monkeypatch.setattr(builtins, "open", fileOpen)
+    answer = d.commit([b"fred@test.example"])
+    d.hops.runAll()
+    monkeypatch.undo()
+    [q] = answer
+    assert len(d.local.requests) == 1
+    queue = home.queue
+    assert [t for t in touched if queue.todo(q.id) in t or queue.mess(q.id) in t] == []
