@@ -21,6 +21,7 @@ from __future__ import annotations
 import ctypes
 import errno
 import os
+import threading
 import time
 from typing import Callable, Iterable, Iterator, Protocol
 
@@ -72,10 +73,13 @@ class Syncer:
     dirSyncs: int = 0
     fsSyncs: int = 0
     _fds: dict[str, int] = field(factory=dict, repr=False, eq=False)
+    # the counts are exact although two rounds may sync at once (qmtwist.queue.commit)
+    _lock: threading.Lock = field(factory=threading.Lock, repr=False, eq=False)
 
     def fsync(self, fd: int) -> None:
         os.fsync(fd)
-        self.fileSyncs += 1
+        with self._lock:
+            self.fileSyncs += 1
 
     @property
     def canGroup(self) -> bool:
@@ -98,7 +102,8 @@ class Syncer:
         if _SYNCFS(self.watch(path)) != 0:  # type: ignore[misc]
             e = ctypes.get_errno()
             raise OSError(e, os.strerror(e))
-        self.fsSyncs += 1
+        with self._lock:
+            self.fsSyncs += 1
 
     def syncDirs(self, paths: Iterable[str]) -> None:
         paths = sorted(set(paths))
@@ -109,7 +114,8 @@ class Syncer:
             fd = os.open(p, os.O_RDONLY | os.O_DIRECTORY)
             try:
                 os.fsync(fd)
-                self.dirSyncs += 1
+                with self._lock:
+                    self.dirSyncs += 1
             finally:
                 os.close(fd)
 
