@@ -74,6 +74,9 @@ class QueueService(service.Service):
         self.shutdown = Shutdown(self._idle)
         self.intake = Intake(layout, controls, clock, runInThread, self.syncer,
                              self._adopt, self.shutdown.check)
+        handOff = getattr(injector, "handOff", None)  # (an IInjector need not offer it)
+        if handOff is not None:  # this process's commits come preprocessed (queue.md 5.11)
+            handOff(self.intake)
         self.dispatch = Dispatcher(layout, controls, agents, self.messages, self._result,
                                    self._status)
         self.passes = Passes(clock, layout, controls, self.ops, self.dispatch, self.messages,
