@@ -47,6 +47,22 @@ def newMessage(p: Preprocessed, now: float) -> Message:
     return Message(p.id, p.sender, p.birth, p.stamp, p.size, channels)
 
 
+def resumedMessage(m: clean.LoadedMessage, now: float) -> tuple[Message, list[str]]:
+    """
+    The schedule's view of a message found at start (docs/behaviour/queue.md 5.10), and the
+    names of its channels whose recipients are all done (their files are to be removed).
+    """
+    channels, finished = {}, []
+    for name, ch in m.channels.items():
+        done = {e.position for e in ch.entries if e.done}
+        if len(done) == len(ch.entries):
+            finished.append(name)
+            continue
+        channels[name] = Channel(
+            name, list(ch.entries), max(now, ch.scheduled), recovered=True, done=done)
+    return Message(m.id, m.sender, m.birth, m.stamp, m.size, channels), finished
+
+
 class Intake:
     """
     Preprocesses todo entries for the queue service.
