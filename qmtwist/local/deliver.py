@@ -179,48 +179,97 @@ async def runJob(
             await runInThread(message.close)
 
 
+def _fileLine(job: Job, plan: _Plan, ins: dotqmail.Instruction, message: QueuedMessage,
+              lines: tuple[bytes, bytes, bytes]) -> bytes | None:
+    """Blocking: one mbox or Maildir line; the new Maildir file's directory if left unsynced."""
+    uf, rp, dt = lines
+    path = _resolve(job.home, ins.value)
+    if ins.kind is Kind.MBOX:
+        mbox.deliver(path, (uf, rp, dt), message.chunks())
+        return None
+    ln = ins.lineno if plan.dq.path is not None else 1000 + ins.lineno
+    name = maildir.deliver(path, itertools.chain((rp, dt), message.chunks()), job.key, ln,
+                           job.mayBeRepeat, syncNew=not job.syncLater)
+    if job.syncLater:
+        return os.path.abspath(os.path.join(path, os.path.dirname(name)))
+    return None
+
+
+_Lead = tuple[_Plan, int, list[bytes | None], MailError | None]
+
+
+def _prepareAndLead(job: Job, dt: bytes, message: QueuedMessage,
+                    lines: tuple[bytes, bytes, bytes]) -> _Lead:
+    """
+    Blocking, one thread job: L{_prepare}, then the file lines before the first program line
+    (most deliveries are one Maildir line), in order, as the loop of L{_runJob} would run
+    them one hop each.
+
+    @return: the plan, the index of the first line not run, what each run file line gave
+        (L{None} for a forward), and the error of the line at that index if it failed.
+    """
+    plan = _prepare(job, dt, message)
+    done: list[bytes | None] = []
+    instructions = plan.dq.instructions
+    for i, ins in enumerate(instructions):
+        if ins.kind is Kind.PROGRAM:
+            return plan, i, done, None
+        if ins.kind is Kind.FORWARD:
+            done.append(None)
+            continue
+        try:
+            done.append(_fileLine(job, plan, ins, message, lines))
+        except MailError as e:
+            return plan, i, done, e
+    return plan, len(instructions), done, None
+
+
 async def _runJob(job: Job, reactor: Any, runInThread: Callable[[Callable[[], Any]], Any],
                   baseEnv: dict[bytes, bytes], running: set[Any] | None,
                   message: QueuedMessage) -> JobResult:
     dt = dtline(job.local, job.host)
+    rp = rpline(job.sender)
+    uf = ufline(job.sender, job.now)
+    lines = (uf, rp, dt)
     try:
-        plan: _Plan = await runInThread(lambda: _prepare(job, dt, message))
+        lead: _Lead = await runInThread(lambda: _prepareAndLead(job, dt, message, lines))
     except MailError as e:
         outcome = Outcome.FAILURE if e.permanent else Outcome.DEFERRAL
         return JobResult(outcome, _nl(e.text), dtline=dt)
-    rp = rpline(job.sender)
-    uf = ufline(job.sender, job.now)
+    plan, stop, done, error = lead
     output = b""
     files = programs = 0
     forwards: list[bytes] = []
     unsynced: list[bytes] = []
     env: dict[bytes, bytes] | None = None
     source = plan.dq.path or "control/defaultdelivery"
-    for ins in plan.dq.instructions:
+    instructions = plan.dq.instructions
+    for ins, got in zip(instructions, done):
         if ins.kind is Kind.FORWARD:
             forwards.append(ins.value)
             continue
-        try:
-            if ins.kind is Kind.MBOX:
-                path = _resolve(job.home, ins.value)
-                await runInThread(lambda p=path: mbox.deliver(p, (uf, rp, dt), message.chunks()))
-                files += 1
-                continue
-            if ins.kind is Kind.MAILDIR:
-                path = _resolve(job.home, ins.value)
-                ln = ins.lineno if plan.dq.path is not None else 1000 + ins.lineno
-                name = await runInThread(lambda p=path, n=ln: maildir.deliver(
-                    p, itertools.chain((rp, dt), message.chunks()), job.key, n, job.mayBeRepeat,
-                    syncNew=not job.syncLater))
-                if job.syncLater:
-                    unsynced.append(os.path.abspath(os.path.join(path, os.path.dirname(name))))
-                files += 1
-                continue
-        except MailError as e:
-            outcome = Outcome.FAILURE if e.permanent else Outcome.DEFERRAL
-            return JobResult(outcome, output + _nl(e.text), files, programs, (),
-                             plan.newsender, dt, ins.lineno, source)
-        # program
+        files += 1
+        if got is not None:
+            unsynced.append(got)
+    if error is not None:
+        outcome = Outcome.FAILURE if error.permanent else Outcome.DEFERRAL
+        return JobResult(outcome, _nl(error.text), files, programs, (), plan.newsender, dt,
+                         instructions[stop].lineno, source)
+    for ins in instructions[stop:]:
+        if ins.kind is Kind.FORWARD:
+            forwards.append(ins.value)
+            continue
+        if ins.kind is not Kind.PROGRAM:
+            try:
+                got = await runInThread(lambda i=ins: _fileLine(job, plan, i, message, lines))
+            except MailError as e:
+                outcome = Outcome.FAILURE if e.permanent else Outcome.DEFERRAL
+                return JobResult(outcome, output + _nl(e.text), files, programs, (),
+                                 plan.newsender, dt, ins.lineno, source)
+            if got is not None:
+                unsynced.append(got)
+            files += 1
+            continue
         if env is None:
             env = programEnv(
                 baseEnv, sender=job.sender, newsender=plan.newsender, local=job.local,
