@@ -15,6 +15,8 @@ import socket
 import time
 from typing import Any, Callable, TypeVar
 
+from twisted.internet.defer import Deferred
+
 T = TypeVar("T")
 
 
@@ -124,3 +126,32 @@ def buildWithFakeListeners(monkeypatch: Any, home: Any, argv: list[str],
     # the daemon's ThreadRunner registers its stop with the reactor; nothing here runs
     plugin.buildServices(options, type("Reactor", (), {
         "addSystemEventTrigger": lambda self, *a, **kw: None})())
+
+
+def runHeld(f: Callable[[], Any], d: Deferred[Any]) -> None:
+    """Run a held thread job C{f} now and fire its Deferred C{d} with the result or error."""
+    try:
+        result = f()
+    except Exception as e:
+        d.errback(e)
+    else:
+        d.callback(result)
+
+
+class HeldRunner:
+    """
+    A C{runInThread} for unit tests that holds every job until told (L{runOne}), so that what
+    one thread hop takes in (a batch) is visible and its order can be checked.
+    """
+
+    def __init__(self) -> None:
+        self.pending: list[tuple[Callable[[], Any], Deferred[Any]]] = []
+
+    def __call__(self, f: Callable[[], Any]) -> Deferred[Any]:
+        d: Deferred[Any] = Deferred()
+        self.pending.append((f, d))
+        return d
+
+    def runOne(self) -> None:
+        """Run the oldest held job."""
+        runHeld(*self.pending.pop(0))

@@ -18,7 +18,6 @@ after its files are durable, before its todo link.
 
 from __future__ import annotations
 
-import ctypes
 import errno
 import os
 import threading
@@ -27,7 +26,7 @@ from typing import Callable, Iterable, Iterator, Protocol
 
 from attrs import define, field, frozen
 
-from qmtwist.durable import writeAll
+from qmtwist.durable import canSyncFilesystem, syncFilesystem, writeAll
 from qmtwist.errors import (
     QQ_INTD, QQ_MESS, QQ_PID, QQ_QUEUE_DIR, QQ_READ_ERROR, QQ_TODO, QQ_WRITE_ERROR, QueueError)
 from qmtwist.queue import fwd
@@ -49,14 +48,6 @@ class Queued:
     id: int
     qp: int
     time: float
-
-
-def _loadSyncfs() -> Callable[[int], int] | None:
-    try:
-        libc = ctypes.CDLL(None, use_errno=True)
-        return libc.syncfs  # type: ignore[no-any-return]
-    except (OSError, AttributeError):
-        return None
 
 
 @define
@@ -84,7 +75,7 @@ class Syncer:
     @property
     def canGroup(self) -> bool:
         """Whether one L{syncFilesystem} can stand for the fsyncs of many files."""
-        return self.useSyncfs and _SYNCFS is not None
+        return self.useSyncfs and canSyncFilesystem()
 
     def watch(self, path: str) -> int:
         """
@@ -99,9 +90,7 @@ class Syncer:
 
     def syncFilesystem(self, path: str) -> None:
         """syncfs(2): file data and directory entries of the whole filesystem, in one call."""
-        if _SYNCFS(self.watch(path)) != 0:  # type: ignore[misc]
-            e = ctypes.get_errno()
-            raise OSError(e, os.strerror(e))
+        syncFilesystem(self.watch(path))
         with self._lock:
             self.fsSyncs += 1
 
@@ -124,7 +113,6 @@ class Syncer:
         return self.fileSyncs + self.dirSyncs + self.fsSyncs
 
 
-_SYNCFS = _loadSyncfs()
 
 
 def stampOf(st: os.stat_result, n: int) -> str:

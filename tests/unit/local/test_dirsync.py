@@ -8,9 +8,9 @@ from __future__ import annotations
 import os
 
 import pytest
-from twisted.internet.defer import Deferred
 
 from qmtwist.local import dirsync
+from tests.support import HeldRunner
 
 
 @pytest.fixture
@@ -82,29 +82,8 @@ def test_syncfsFailureFailsEveryDirectoryOfThatFilesystem(tmp_path, monkeypatch)
     assert failed[dirs[0]].errno == 5
 
 
-class _Hops:
-    """A runInThread that runs nothing until told: the batch boundaries become visible."""
-
-    def __init__(self):
-        self.pending: list[tuple[object, Deferred]] = []
-
-    def __call__(self, f):
-        d = Deferred()
-        self.pending.append((f, d))
-        return d
-
-    def runOne(self):
-        f, d = self.pending.pop(0)
-        try:
-            result = f()
-        except Exception as e:
-            d.errback(e)
-        else:
-            d.callback(result)
-
-
 def test_syncsAskedForDuringABatchGoTogetherInTheNext(tmp_path, counted):
-    hops = _Hops()
+    hops = HeldRunner()
     syncs = dirsync.DirectorySyncs(hops)
     a, b, c = _dirs(tmp_path, 3)
     fired: list[str] = []
@@ -122,7 +101,7 @@ def test_syncsAskedForDuringABatchGoTogetherInTheNext(tmp_path, counted):
 
 
 def test_aFailedDirectoryFailsOnlyItsWaiters(tmp_path, counted):
-    hops = _Hops()
+    hops = HeldRunner()
     syncs = dirsync.DirectorySyncs(hops)
     (good,) = _dirs(tmp_path, 1)
     bad = os.fsencode(tmp_path / "missing")
@@ -138,7 +117,7 @@ def test_aFailedDirectoryFailsOnlyItsWaiters(tmp_path, counted):
 def test_aWaiterThatAsksAgainStartsOneBatch(tmp_path, counted):
     """A callback that asks for another sync while its batch is answered starts exactly one
     next batch, which also takes what was already waiting."""
-    hops = _Hops()
+    hops = HeldRunner()
     syncs = dirsync.DirectorySyncs(hops)
     a, b = _dirs(tmp_path, 2)
     fired: list[str] = []

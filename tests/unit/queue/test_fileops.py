@@ -8,35 +8,14 @@ from __future__ import annotations
 
 import os
 
-from twisted.internet.defer import Deferred
 
 from qmtwist.queue import clean, fileops
 from qmtwist.queue.envelope import encodeChannel
 from qmtwist.queue.fileops import FileOps
 from qmtwist.queue.store import Syncer
 from tests.conftest import logLines
+from tests.support import HeldRunner
 from tests.unit.queue.test_service import makeHarness, ok
-
-
-class HeldRunner:
-    """runInThread that runs a batch only when told: batch boundaries become visible."""
-
-    def __init__(self):
-        self.pending: list[tuple[object, Deferred]] = []
-
-    def __call__(self, f):
-        d = Deferred()
-        self.pending.append((f, d))
-        return d
-
-    def runOne(self):
-        f, d = self.pending.pop(0)
-        try:
-            r = f()
-        except Exception as e:
-            d.errback(e)
-        else:
-            d.callback(r)
 
 
 class CountingSyncer(Syncer):

@@ -23,6 +23,7 @@ from qmtwist.queue.envelope import decodeChannel
 from qmtwist.queue.preprocess import messStamp
 from qmtwist.queue.service import QueueService
 from qmtwist.queue.store import Syncer, inject
+from tests.support import runHeld
 from tests.unit.queue.test_service import SpyAgent
 
 
@@ -43,12 +44,7 @@ class Hops:
 
     def runOne(self) -> str:
         name, f, d = self.queue.pop(0)
-        try:
-            result = f()
-        except Exception as e:
-            d.errback(e)
-        else:
-            d.callback(result)
+        runHeld(f, d)
         return name
 
     def runAll(self) -> list[str]:

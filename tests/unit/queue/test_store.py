@@ -12,6 +12,7 @@ import threading
 import pytest
 
 from qmtwist import durable
+from qmtwist.durable import canSyncFilesystem
 from qmtwist.errors import QueueError
 from qmtwist.home import Home
 from qmtwist.queue import store
@@ -258,7 +259,7 @@ def test_syncerCountsPerDirectory(layout):
     assert syncer.total == 4
 
 
-@pytest.mark.skipif(store._SYNCFS is None, reason="no syncfs(2) in this libc")
+@pytest.mark.skipif(not canSyncFilesystem(), reason="no syncfs(2) in this libc")
 def test_groupCommitIsOneSyncfsThenTodoDirectory(layout):
     syncer = Syncer()
     if not syncer.canGroup:
