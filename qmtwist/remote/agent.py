@@ -37,13 +37,13 @@ from qmtwist.delivery import DeliveryRequest, Report
 from qmtwist.dkim import delivery as dkimDelivery
 from qmtwist.errors import MailError, PermanentFailure
 from qmtwist.interfaces import IDeliveryAgent
-from qmtwist.remote import ipme, mailtx, qmtpclient, routes, scache, smtpclient
+from qmtwist.remote import ipme, qmtpclient, reuse, routes, scache, smtpclient
 from qmtwist.remote.concurrency import Limiter, descriptorWarning
 from qmtwist.remote.connection import ClientProtocol, Dialer, NextAddress
 from qmtwist.remote.mx import DNS_TIMEOUT, NO_HOST, MailHost, MXResolver, makeResolver
 from qmtwist.remote.reports import NO_CONNECTION, STOPPING, UNREADABLE
 from qmtwist.remote.tcpto import TimeoutTable
-from qmtwist.remote.tlspolicy import OPPORTUNISTIC, STS_ENFORCE, STS_TESTING, TLSVERIFY, OutboundTLS, Plan
+from qmtwist.remote.tlspolicy import OPPORTUNISTIC, TLSVERIFY, OutboundTLS, Plan
 
 __all__ = ["NO_CONNECTION", "Limiter", "RemoteAgent", "descriptorWarning", "makeResolver"]
 
@@ -114,10 +114,10 @@ class RemoteAgent:
         self.limiter = Limiter(max(1, ctx.controls.snapshot.concurrencyremote))
         # idle SMTP connections for the next message (docs/behaviour/remote.md 11.8)
         self.scache = scache.ConnectionCache(ctx.reactor, self.limiter)
-        self._reusing: set[Any] = set()  # cached connections running a transaction
         self._inflight: set[defer.Deferred[Any]] = set()
         self._opportunistic: Any = None
         # MTA-STS and DANE for mail by MX (docs/behaviour/tls-policy.md 19)
+        self.reuse = reuse.Reuse(self.scache, self.dialer, ctx.runInThread)
         self.tlsPolicy = OutboundTLS.forAgent(ctx, self.resolver, self.mx, httpsPort=httpsPort,
                                               dnsTimeout=tuple(dnsTimeout))
 
@@ -191,8 +191,7 @@ class RemoteAgent:
         """
         self.dialer.stop()
         self.scache.closeAll()
-        for proto in list(self._reusing):
-            proto.abort()
+        self.reuse.stop()
         self.limiter.setLimit(1 << 30)  # let waiting groups run into the stop check
         gathered = defer.DeferredList([_observe(d) for d in self._inflight], consumeErrors=True)
         return gathered.addCallback(lambda _: self.tcpto.flush()).addCallback(
@@ -233,7 +232,7 @@ class RemoteAgent:
         except MailError as e:
             return [_reportFor(e)] * n
         port = route.port if route.relay is not None else self.mxPort
-        keyOf = functools.partial(self._cacheKey, control, port, policy, plan)
+        keyOf = functools.partial(reuse.cacheKey, control, port, policy, plan)
         keys = ([keyOf(ip, h) for h in hosts for ip in h.addresses]
                 if route.protocol == routes.SMTP and not self.dialer.stopping else [])
         taken = self.scache.take(keys) if keys else None
@@ -253,7 +252,7 @@ class RemoteAgent:
                         proto, ip, sender, recipients, messPath, self.ctx.runInThread, prefix),
                 )
             if taken is not None:
-                reports = await self._reuse(taken, sender, recipients, messPath, prefix, kept)
+                reports = await self.reuse.run(taken, sender, recipients, messPath, prefix, kept)
                 if reports is not None:
                     return reports
             return await self._trySMTP(control, hosts, port, sender, recipients, messPath, policy,
@@ -261,63 +260,6 @@ class RemoteAgent:
         finally:
             if not kept:
                 self.limiter.release()
-
-    def _cacheKey(self, control: Control, port: int, policy: routes.TLSPolicy, plan: Plan | None,
-                  ip: str, host: MailHost) -> tuple[Any, ...]:
-        """
-        The connection cache key of a delivery to C{host} at C{ip} (remote.md 11.8): the TLS
-        rule is part of it, so a connection is reused only under the very policy it was made for.
-        """
-        if policy.required:
-            tlsKey: tuple[Any, ...] = (TLSVERIFY, host.name, policy.cafile)
-        else:
-            p = plan or Plan.fixed(host.name, OPPORTUNISTIC)
-            rule = p.rules.get(host.name, p.default)
-            sts = p.domain if rule.kind in (STS_ENFORCE, STS_TESTING) else b""
-            tlsKey = (rule.kind, rule.records, rule.listed, host.name, sts)
-        return scache.connectionKey(ip, port, control.helohost, tlsKey)
-
-    async def _reuse(self, taken: tuple[tuple[Any, ...], Any], sender: bytes,
-                     recipients: list[bytes], messPath: str, prefix: bytes,
-                     kept: list[bool]) -> list[Report] | None:
-        """
-        One transaction on a cached connection; L{None} when the connection turned out stale
-        before the message went out (the caller connects afresh, on the same slot).
-        """
-        key, proto = taken
-        ip = key[0]
-        self._reusing.add(proto)
-        try:
-            reports = await mailtx.mailTransaction(proto, ip, sender, recipients, messPath,
-                                                   self.ctx.runInThread, prefix, keep=True,
-                                                   reused=True)
-        except mailtx.StaleConnection as e:
-            self.log.info("cached connection to {ip} unusable ({why}); connecting afresh",
-                          ip=ip, why=str(e))
-            proto.abort()
-            await proto.whenClosed()
-            return None
-        finally:
-            self._reusing.discard(proto)
-        if proto.attempt is not None:
-            reports = proto.attempt.annotate(reports)
-        return self._keep(proto, key, reports, kept)
-
-    def _keep(self, proto: Any, key: tuple[Any, ...], reports: list[Report],
-              kept: list[bool]) -> list[Report]:
-        """
-        Cache a connection whose transaction completed, else close it (QUIT); the reports of
-        a reused connection say so (C{conn_use=N}, Postfix's wording).
-        """
-        if proto.uses > 1:
-            line = b"Reused connection to %s (conn_use=%d).\n" % (key[0].encode("ascii"), proto.uses)
-            reports = [Report(r.outcome, r.text + line) for r in reports]
-        if proto.completed and not self.dialer.stopping and self.scache.put(key, proto):
-            proto.cached = True
-            kept.append(True)
-        else:
-            proto.close()
-        return reports
 
     async def _byMX(
         self, control: Control, domain: bytes, recipients: list[bytes], sender: bytes
@@ -436,7 +378,7 @@ class RemoteAgent:
             if keyOf is None or kept is None:
                 return reports
             proto.attempt = tried
-            return self._keep(proto, keyOf(ip, host), reports, kept)
+            return self.reuse.keep(proto, keyOf(ip, host), reports, kept)
 
         def makeProto() -> ClientProtocol:
             return smtpclient.ReplyProtocol(self.reactor, control.timeoutremote)
