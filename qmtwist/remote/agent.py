@@ -9,7 +9,9 @@ L{connection.Dialer} (timeoutconnect, the timeout table L{tcpto}) with the SMTP 
 or QMTP (L{qmtpclient}) dialogue. Each recipient gets its own L{Report}. Control values are
 reread (on a thread, L{freshControls}) for every delivery; the message file, the tlsverify CA
 file and the timeout table are read on C{ctx.runInThread} too, never on the reactor thread.
-Simultaneous connections never exceed C{concurrencyremote} (the HUP value).
+Simultaneous connections never exceed C{concurrencyremote} (the HUP value). After a completed
+SMTP transaction the connection stays in the connection cache (L{scache}, L{reuse}) for the next
+message to the same address under the same TLS rule (docs/behaviour/remote.md 11.8).
 
 Differences from qmail: see the modules named above; the self check ("I'm listed as a
 best-preference MX") compares addresses with L{RemoteAgent.localAddresses} (wired by the plugin
