@@ -484,6 +484,7 @@ class Qmtwist(Server):
         self.proc: subprocess.Popen | None = None
         self.seen: dict[int, int] = {}
         self.runs = 0
+        self.extra: list[str] = []  # --qmtwist-option values
 
     def start(self) -> None:
         self.runs += 1
@@ -496,7 +497,7 @@ class Qmtwist(Server):
         cmd += ["qmtwist", "--home", self.home.path,
                 "--smtp", f"tcp:{self.port}:interface=127.0.0.1", "--qmtp", "none",
                 "--pop3", "none", "--smtp-per-ip", "0",
-                "--smtp-concurrency", str(SMTP_CONCURRENCY)]
+                "--smtp-concurrency", str(SMTP_CONCURRENCY), *self.extra]
         if self.useStrace:
             self.straceOut = os.path.join(self.base, f"qmtwist-{self.runs}.strace")
             cmd = straceCommand(self.straceOut) + cmd
@@ -966,6 +967,9 @@ def main() -> None:
     ap.add_argument("--pyspy", metavar="DIR",
                     help="record qmtwist (daemon and helpers, GIL holders) with py-spy during "
                          "each run: raw stacks into DIR, a summary on stderr")
+    ap.add_argument("--qmtwist-option", action="append", default=[], metavar="OPT",
+                    help="one more option for twistd qmtwist, repeatable; e.g. "
+                         "--qmtwist-option=--listener-processes=1")
     ap.add_argument("--json", action="store_true", help="print JSON instead of the table")
     ap.add_argument("--dir", default=None, help="parent of the temp dir (default $TMPDIR)")
     ap.add_argument("--keep", action="store_true", help="keep the temp dir (logs, queues)")
@@ -1017,6 +1021,8 @@ def main() -> None:
             instances[name] = classes[name](base, users, maxRecipients, args.log_devnull,
                                             args.strace)
             made.append(instances[name])
+        if "qmtwist" in instances:
+            instances["qmtwist"].extra = list(args.qmtwist_option)
         for rnd in range(args.rounds):
             for sessions, rcpts in rows:
                 order = servers if rnd % 2 == 0 else servers[::-1]
@@ -1055,7 +1061,8 @@ def main() -> None:
         "settings": {"count": args.count, "size": args.size, "rows": rows,
                      "rounds": args.rounds, "warmup": args.warmup, "settle": args.settle,
                      "log_devnull": args.log_devnull, "strace": args.strace,
-                     "smtp_concurrency": SMTP_CONCURRENCY},
+                     "smtp_concurrency": SMTP_CONCURRENCY,
+                     "qmtwist_options": args.qmtwist_option},
         "disk_device": disk.device, "disk_field": disk.field,
         "cpu_counted": "user and system time of the server's process tree: qmtwist = twistd "
                        "and its children (per-uid local helpers); postfix = master and every "

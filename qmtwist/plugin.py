@@ -46,11 +46,12 @@ from qmtwist.queue.trigger import TriggerReader
 from qmtwist.remote.agent import RemoteAgent
 from qmtwist.remote.concurrency import descriptorWarning
 from qmtwist.remote.mx import makeResolver
+from qmtwist.frontends import CannotShare, ListenerProcesses, frontEndArguments, handedOver
 from qmtwist.sdnotify import NotifyService
 from qmtwist.smtp.listener import makeSMTPService, warnIfNoRcpthosts
 from qmtwist.threadrunner import ThreadRunner
 from qmtwist.startup import StartGuard, checkEndpoints, fatal, oneLineUsage
-from qmtwist.smtp.submission import Authority, makeSubmissionService
+from qmtwist.smtp.submission import Authority, makeSubmissionService, warnIfNoCertificate
 
 log = Logger(namespace="qmtwist")
 
@@ -73,6 +74,8 @@ class Options(ListenerOptions, usage.Options):
         ["checkpassword", None, None, "POP3 checkpassword program (default: built-in)"],
         ["log-format", None, "text", "log lines as text (twistd's) or json (one object a line)"],
         ["metrics", None, "none", "Prometheus /metrics endpoint (e.g. tcp:9125:interface=127.0.0.1)"],
+        ["listener-processes", None, 0, "accept in N separate listener processes; this one "
+         "keeps the queue (0: accept here)", int],
     ]
 
     def __init__(self) -> None:
@@ -291,14 +294,35 @@ def buildServices(options: dict[str, Any], reactor: Any = None) -> Built:
             if name == "smtp" and i == 0:
                 # docs/behaviour/smtp.md 7.5's warning, again on every SIGHUP
                 ctx.reloaders.append(partial(warnIfNoRcpthosts, ctx))
+            if name in SUBMISSION:  # submission.md 16.1's warning, again on every SIGHUP
+                ctx.reloaders.append(partial(warnIfNoCertificate, ctx, name, endpoint))
             ctx.reloaders.append(svc.reload)  # its rules file, on SIGHUP
             svc.setServiceParent(top)
             served.append(svc)
+    count = int(options.get("listener-processes") or 0)
+    if count > 0:  # the listeners' sockets go to N front ends (docs/behaviour/operations.md 21.7)
+        _addFrontEnds(top, ctx, options, served, count)
     observe(metrics, reactor, injector, queue, served)
     if (options.get("metrics") or "none") != "none":
         makeMetricsService(options["metrics"], metrics).setServiceParent(top)
     NotifyService(top).setServiceParent(top)  # last: READY=1 once all listen; first to stop
     return Built(top, ctx, queue, metrics)
+
+
+def _addFrontEnds(top: service.MultiService, ctx: Context, options: dict[str, Any],
+                  served: list[Any], count: int) -> None:
+    """The L{ListenerProcesses} that take over C{served}'s sockets, or one line and exit 1."""
+    for svc in served:
+        try:
+            handedOver(svc.description, "INET", 0)
+        except CannotShare as e:
+            fatal(f"alert: cannot start: --listener-processes: {e}")
+    given = dict(options, home=ctx.home.path)
+    twistd = getattr(options, "parent", None)
+    frontEnds = ListenerProcesses(
+        ctx.reactor, count, served, lambda handed: frontEndArguments(given, twistd, handed, count))
+    ctx.reloaders.append(frontEnds.hup)
+    frontEnds.setServiceParent(top)
 
 
 def _makeAgents(ctx: Context, options: dict[str, Any], listeners: list[Any],

@@ -6,6 +6,8 @@ import os
 
 from twisted.application import service
 
+from qmtwist.logformat import forTac
+from qmtwist.logstory import logPointer
 from qmtwist.plugin import Options, buildServices
 
 options = Options()
@@ -14,4 +16,6 @@ options.parseOptions([
     "--smtp", "none", "--qmtp", "none", "--pop3", "none",
 ])
 application = service.Application("qmtwist-queue")
-buildServices(options).top.setServiceParent(application)
+built = buildServices(options)
+# twistd -n qmtwist's log: noise filtered, buffered; QMTWIST_LOG_FORMAT=json, QMTWIST_LOG_NOISE=1
+forTac(application, built.top, logPointer(built.context.home))

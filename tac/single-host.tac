@@ -6,6 +6,8 @@ import os
 
 from twisted.application import service
 
+from qmtwist.logformat import forTac
+from qmtwist.logstory import logPointer
 from qmtwist.plugin import Options, buildServices
 
 args = ["--home", os.environ.get("QMTWIST_HOME", "qmtwist-home")]
@@ -16,4 +18,6 @@ for name in ("smtp", "qmtp", "pop3"):
 options = Options()
 options.parseOptions(args)
 application = service.Application("qmtwist")
-buildServices(options).top.setServiceParent(application)
+built = buildServices(options)
+# twistd -n qmtwist's log: noise filtered, buffered; QMTWIST_LOG_FORMAT=json, QMTWIST_LOG_NOISE=1
+forTac(application, built.top, logPointer(built.context.home))

@@ -121,4 +121,6 @@ def buildWithFakeListeners(monkeypatch: Any, home: Any, argv: list[str],
         monkeypatch.setattr(plugin, f"make{name}Service", maker(name.lower()))
     options = plugin.Options()
     options.parseOptions(["--home", home.path, "--no-queue"] + argv)
-    plugin.buildServices(options, type("Reactor", (), {"getThreadPool": lambda self: None})())
+    # the daemon's ThreadRunner registers its stop with the reactor; nothing here runs
+    plugin.buildServices(options, type("Reactor", (), {
+        "addSystemEventTrigger": lambda self, *a, **kw: None})())

@@ -2,7 +2,7 @@
 Synchronous DNS for pyspf and dkimpy, which look names up from inside their checks: they run on
 a worker thread, and every lookup is handed to the daemon's twisted.names resolver (the one
 L{qmtwist.plugin} builds from C{--dns}) on the reactor thread (docs/behaviour/authentication.md
-1.4). The system resolver is never asked.
+22.4). The system resolver is never asked.
 
 The worker waits for each answer on a C{threading.Event} with a timeout rather than with
 C{blockingCallFromThread}, which waits for good: a worker can then never hang a reactor that

@@ -1,7 +1,7 @@
 """
 The hook into the SMTP session (docs/behaviour/authentication.md 22.2): a session injector whose
 messages, for a session that L{qmtwist.policy.SessionPolicy.verifyInbound}, are verified at the
-end of DATA, before their commit.
+end of DATA (or of the C{BDAT ... LAST} chunk), before their commit.
 
 The session streams DATA into the queue's writer as always (no message is held in memory).
 When it commits, L{InboundVerifier} runs one job on a thread: read the written file back, run
@@ -12,7 +12,7 @@ file. The new file is committed by the daemon's injector like any other, so the 
 comes only after the durable commit; its qp and time are the first file's.
 
 At most L{CONCURRENCY} of these jobs run at once (the rest wait their turn): that bounds the
-threads they take from the reactor's pool and the memory dkimpy holds (each job at most
+worker threads they take and the memory dkimpy holds (each job at most
 L{qmtwist.inbound.message.DKIM_LIMIT} of message). A DMARC C{p=reject} failure under
 C{control/dmarcreject} 1 discards the message and refuses it with L{DMARCRejected}.
 """

@@ -23,7 +23,8 @@ from abc import ABCMeta, abstractmethod
 from typing import TYPE_CHECKING, Any, Callable
 
 from twisted.internet.defer import Deferred
-from twisted.internet.interfaces import IHalfCloseableProtocol, IReactorTime, ISSLTransport
+from twisted.internet.interfaces import (
+    IHalfCloseableProtocol, IHandshakeListener, IReactorTime, ISSLTransport)
 from twisted.internet.protocol import Protocol, ServerFactory
 from twisted.logger import Logger
 from twisted.protocols.policies import TimeoutMixin
@@ -34,6 +35,7 @@ from qmtwist.queue.state import logSafe
 from qmtwist.pop3.checkpassword import ILogin, Relay, Result
 from qmtwist.pop3.transaction import OK, SYNTAX, UNIMPLEMENTED, RunInThread, Transaction
 from qmtwist.ratelimit import FailureLimiter, addressKey
+from qmtwist.tlslog import logTLS
 
 if TYPE_CHECKING:
     from qmtwist.context import Context
@@ -154,6 +156,7 @@ class LineSession(Protocol, TimeoutMixin, metaclass=ABCMeta):
         return data
 
 
+@implementer(IHandshakeListener)
 class POP3Server(LineSession):
     """
     qmail-popup, then the transaction (docs/behaviour/pop3.md 10.1-10.3).
@@ -189,6 +192,11 @@ class POP3Server(LineSession):
         self.tls = ISSLTransport.providedBy(self.transport)
         self.timestamp = b"<%d.%d@%s>" % (self.number, int(self.clock.seconds()), self.hostname)
         self.write(b"+OK " + self.timestamp + b"\r\n")
+
+    def handshakeCompleted(self) -> None:
+        """The TLS handshake of STLS or of a POP3S endpoint is done: one C{pop3: tls IP
+        PROTOCOL CIPHER} line, the SMTP listener's (L{qmtwist.tlslog.logTLS})."""
+        logTLS(self.log, "pop3", self.env, self.transport)
 
     def connectionLost(self, reason: Failure = None) -> None:  # type: ignore[assignment]
         super().connectionLost(reason)

@@ -116,13 +116,16 @@ class QueueAdmin:
 
     def hold(self, ids: list[int]) -> Deferred[Outcome]:
         """
-        Start no more delivery passes for these messages (a delivery already running goes on),
-        durably: the answer comes once C{hold/N} is fsynced.
+        Start nothing more for these messages, durably: the answer comes once C{hold/N} is
+        fsynced. In a pass that has begun, the deliveries still waiting for a slot are taken
+        back at once (L{QueueService.withhold}); those already with an agent finish and are
+        recorded (docs/behaviour/queue-control.md 17.4).
         """
         q = self.queue
 
         def one(m: Message) -> Deferred[str | None]:
             q.held.add(m.id)
+            q.withhold(m)
             d = q.ops.submit(partial(marks.hold, q.layout, m.id, m.stamp))
 
             def failed(f: Any) -> str:
@@ -206,4 +209,4 @@ class QueueAdmin:
             if when is not None:
                 ch.scheduled = when
             q.timers.push(ch.scheduled, m.id, ch.name)
-        q._armTimer()
+        q.wake()

@@ -89,6 +89,21 @@ class Dispatcher:
         if not pending:
             ch.inPass = False
 
+    def withdraw(self, n: int) -> list[tuple[str, int]]:
+        """
+        Take message C{n}'s ready deliveries, not yet started, out of the ready queues (the
+        message is held): the channel and recipient position of each.
+        """
+        out: list[tuple[str, int]] = []
+        for name, ready in self.ready.items():
+            mine = [pos for k, pos in ready if k == n]
+            if mine:
+                keep = [x for x in ready if x[0] != n]
+                ready.clear()
+                ready.extend(keep)
+                out += [(name, pos) for pos in mine]
+        return out
+
     def pump(self) -> None:
         """Start as many ready deliveries as the limits allow."""
         control = self.controls.snapshot

@@ -231,7 +231,7 @@ class QueueService(service.Service):
                 if not ch.inPass:
                     ch.scheduled = now
                     self.timers.push(now, m.id, ch.name)
-        self._armTimer()
+        self.wake()
 
     # -- new messages ------------------------------------------------------------------------
 
@@ -263,10 +263,28 @@ class QueueService(service.Service):
             if not ch.undone():
                 continue
             self.timers.push(ch.scheduled, m.id, ch.name)
-        self._armTimer()
+        self.wake()
 
-    def _armTimer(self) -> None:
+    def wake(self) -> None:
+        """
+        Begin every delivery pass that is due now and set the timer for the next one. For a
+        caller that put channels on L{timers} or made one due sooner (C{qmtwist ctl release},
+        C{retry}: L{qmtwist.queue.admin}); the service calls it after its own changes.
+        """
         self.passes.arm()
+
+    def withhold(self, m: Message) -> None:
+        """
+        C{m} was just held (C{qmtwist ctl hold}, docs/behaviour/queue-control.md 17.4): its
+        deliveries of the running pass that wait for a slot are taken back, as if tried and not
+        done in this pass, so nothing new starts for it; those already handed to an agent
+        finish and are recorded as usual. The pass then ends with its last report, and the
+        next one waits for the release.
+        """
+        for name, pos in self.dispatch.withdraw(m.id):
+            ch = m.channels.get(name)
+            if ch is not None:
+                self._entryFinished(m, ch, ch.entries[pos], done=False)
 
     def _pump(self) -> None:
         if not self._stopping:
@@ -346,7 +364,7 @@ class QueueService(service.Service):
             self.timers.push(ch.scheduled, m.id, ch.name)
             self.ops.submit(partial(marks.writeNote, self.layout, m.id, marks.noteOf(m))
                             ).addErrback(lambda f: None)  # mailq's cache (queue-control.md 17.7)
-            self._armTimer()
+            self.wake()
         self.shutdown.check()
 
     # -- finishing ---------------------------------------------------------------------------

@@ -9,7 +9,7 @@ as submission (L{qmtwist.smtp.submission}), apart from the dialogue itself:
   - L{SessionHooks.extensions}: more EHLO keywords;
   - L{SessionHooks.handshakeCompleted}: Twisted's L{IHandshakeListener}, called once the TLS
     handshake of STARTTLS or of an C{ssl:} endpoint is done; it writes the C{tls} log line
-    (L{qmtwist.smtp.sessionlog.logTLS}).
+    (L{qmtwist.tlslog.logTLS}).
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from twisted.internet.interfaces import IHandshakeListener
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from qmtwist.smtp.sessionlog import logTLS
+from qmtwist.tlslog import logTLS
 from qmtwist.smtp.state import State
 
 

@@ -11,7 +11,7 @@ Lines (namespace C{qmtwist.smtp} or C{qmtwist.submission}):
     enhanced status code after it when the reply has one; C{COMMAND} the command line (non-ASCII
     and control bytes as C{?}, cut at 200 bytes; only the mechanism of an C{AUTH});
   - C{smtp: tls IP PROTOCOL CIPHER} and C{ peer SUBJECT} when the client presented a
-    certificate that was verified;
+    certificate that was verified (written by L{qmtwist.tlslog.logTLS}, shared with POP3);
   - C{submission: auth ok NAME from IP (MECH)}, C{submission: auth failed NAME from IP (MECH):
     REASON}.
 """
@@ -19,19 +19,16 @@ Lines (namespace C{qmtwist.smtp} or C{qmtwist.submission}):
 from __future__ import annotations
 
 import re
-from typing import Any, Mapping
+from typing import Mapping
 
 from twisted.logger import Logger
 
+from qmtwist.tlslog import logTLS, printable, tlsDescription
+
+__all__ = ["commandForLog", "logAuth", "logRefusal", "logTLS", "printable", "replyCode",
+           "tlsDescription"]
+
 _ENHANCED = re.compile(rb"^[245]\.\d{1,3}\.\d{1,3}$")
-_MAXCOMMAND = 200
-
-
-def printable(text: bytes, limit: int = _MAXCOMMAND) -> str:
-    """C{text} for a log line: bytes outside printable ASCII become C{?}; cut at C{limit}."""
-    cut = text[:limit]
-    out = "".join(chr(c) if 32 <= c < 127 else "?" for c in cut)
-    return out + ("..." if len(text) > limit else "")
 
 
 def commandForLog(line: bytes | None) -> str:
@@ -60,37 +57,6 @@ def logRefusal(log: Logger, name: str, env: Mapping[str, bytes], command: bytes 
     log.info("{name}: refused {ip} {code} {command}", name=name,
              ip=printable(env.get("TCPREMOTEIP", b"unknown")), code=replyCode(reply),
              command=commandForLog(command))
-
-
-def tlsDescription(transport: Any) -> tuple[str, str, str | None]:
-    """
-    The protocol, cipher and verified peer subject of a TLS transport (one that has
-    C{getHandle()} giving a pyOpenSSL C{Connection}); C{"unknown"} for what it does not say.
-    """
-    try:
-        conn = transport.getHandle()
-        protocol = conn.get_protocol_version_name() or "unknown"
-        cipher = conn.get_cipher_name() or "unknown"
-    except Exception:
-        return "unknown", "unknown", None
-    subject = None
-    try:
-        cert = conn.get_peer_certificate(as_cryptography=True)
-        # a certificate counts only when OpenSSL verified its chain
-        if cert is not None and conn.get_verified_chain() is not None:
-            subject = cert.subject.rfc4514_string()
-    except Exception:
-        subject = None
-    return protocol, cipher, subject
-
-
-def logTLS(log: Logger, name: str, env: Mapping[str, bytes], transport: Any) -> None:
-    """C{NAME: tls IP PROTOCOL CIPHER[ peer SUBJECT]} once the handshake is done."""
-    protocol, cipher, subject = tlsDescription(transport)
-    peer = f" peer {printable(subject.encode('utf-8', 'replace'))}" if subject else ""
-    log.info("{name}: tls {ip} {protocol} {cipher}{peer}", name=name,
-             ip=printable(env.get("TCPREMOTEIP", b"unknown")), protocol=protocol,
-             cipher=cipher, peer=peer)
 
 
 def logAuth(log: Logger, env: Mapping[str, bytes], mechanism: bytes, user: bytes | None,

@@ -48,7 +48,12 @@ from qmtwist.tcpserver import makeListener
 if TYPE_CHECKING:
     from qmtwist.context import Context
 
+log = Logger(namespace="qmtwist.submission")
+
 AUTH_DELAY = 1.0
+#: docs/behaviour/submission.md 16.1: a STARTTLS listener without a certificate
+NOCERT_WARNING = ("warning: {name} on {endpoint} has no control/servercert.pem: STARTTLS and "
+                  "AUTH are not offered, so no one can submit")
 #: the failure of a session that ends it (421)
 MAX_FAILURES = 3
 #: failed logins of one client address (any session) within LIMIT_WINDOW seconds that start a
@@ -252,6 +257,29 @@ def makeSubmissionService(ctx: Context, name: str, endpoint: str, rulesPath: str
     @param authority: shared by all submission listeners of the daemon.
     """
     rulesPath = rulesPath or os.path.join(ctx.home.rules, "submission")
-    return makeListener(ctx, name, endpoint, rulesPath, concurrency,
-                        SubmissionFactory(ctx, authority), lookupHost, perIP,
-                        A.R_OVERLIMIT + b"\r\n")
+    service = makeListener(ctx, name, endpoint, rulesPath, concurrency,
+                           SubmissionFactory(ctx, authority), lookupHost, perIP,
+                           A.R_OVERLIMIT + b"\r\n")
+    warnIfNoCertificate(ctx, name, endpoint)
+    return service
+
+
+def warnIfNoCertificate(ctx: Context, name: str, endpoint: str) -> None:
+    """
+    Log L{NOCERT_WARNING} when C{control/servercert.pem} is missing and the listener's TLS
+    would come from it by STARTTLS (a C{tcp:}, C{unix:} or C{systemd:} endpoint): AUTH is only
+    offered inside TLS, so such a listener can never take mail. At start and again on every
+    SIGHUP (plugin.py adds it to C{ctx.reloaders}). The C{stat} runs on a thread.
+    An implicit-TLS endpoint (C{ssl:}, C{tls:}) has its key or does not start
+    (docs/behaviour/tcpserver.md 8.5): nothing to say for it.
+    """
+    if endpoint.split(":", 1)[0].lower() in ("ssl", "tls"):
+        return
+    path = os.path.join(ctx.home.control, "servercert.pem")
+    line = NOCERT_WARNING.format(name=name, endpoint=endpoint)
+
+    def checked(there: bool) -> None:
+        if not there:
+            log.warn("{line}", line=line)
+
+    ctx.runInThread(lambda: os.path.exists(path)).addCallback(checked)

@@ -49,7 +49,21 @@ def test_tac_files_run_the_mail_system(tmp_path, tac, env, listeners):
     assert "status: local 0/10 remote 0/20" in log
     assert log.count("tcpserver: status: 0/40") == listeners
     assert "status: exiting" in log
+    assert log.splitlines()[-1].endswith("] Server Shut Down."), log  # the buffer's last lines
+    assert "Starting factory" not in log and "Stopping factory" not in log  # the noise filter
     assert Home(str(home)).isComplete()
+
+
+def test_tac_log_format_json(tmp_path):
+    """QMTWIST_LOG_FORMAT=json is the tac's --log-format json."""
+    import json
+
+    home = tmp_path / "home"
+    code, log = runTac(tmp_path, "queue-only.tac", {"QMTWIST_HOME": str(home),
+                                                    "QMTWIST_LOG_FORMAT": "json"})
+    assert code == 0, log
+    texts = [json.loads(x)["text"] for x in log.splitlines()]
+    assert f"setup: created {home}" in texts and texts[-1] == "Server Shut Down."
 
 
 def test_frontend_shares_the_queue_of_a_queue_only_host(tmp_path):

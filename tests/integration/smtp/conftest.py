@@ -33,7 +33,7 @@ def startSMTP(home):
     def start(rules: bytes | None = None, concurrency: int = 40, endpoint: str | None = None,
               catchAll: bool = True, **kw):
         # The listener refuses unknown local users at RCPT (docs/behaviour/smtp-extensions.md
-        # 12.5); tests about other things send to made-up users, so the home gets the alias
+        # 20.5); tests about other things send to made-up users, so the home gets the alias
         # catch-all unless a test asks for the check.
         if catchAll:
             with open(os.path.join(home.alias, ".qmail-default"), "wb"):

@@ -2,7 +2,7 @@
 The DNS bridge of the inbound checks (qmtwist/inbound/dns.py): lookups made on a worker thread
 are answered by a twisted.names resolver on the reactor, here pointed at the loopback DNS
 server (tests/dnsserver.py); failures are bounded temporary errors (docs/behaviour/authentication.md
-1.4).
+22.4).
 """
 
 from __future__ import annotations
