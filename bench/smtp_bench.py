@@ -327,9 +327,50 @@ class MaildirWatch:
 # --- strace ----------------------------------------------------------------------------------
 
 
+#: --syscalls: trace every call, not only the sync calls (set by main)
+TRACE_ALL = False
+
+
 def straceCommand(out: str) -> list[str]:
+    if TRACE_ALL:
+        return ["strace", "-f", "-qq", "-ttt", "-e", "signal=none", "-o", out]
     return ["strace", "-f", "--seccomp-bpf", "-qq", "-ttt", "-e", "signal=none", "-e",
             "trace=" + ",".join(SYNC_CALLS), "-o", out]
+
+
+def taskRoles(root: int, tree: dict[int, Proc]) -> dict[int, str]:
+    """
+    Every thread id of the tree alive now -> its process's role: C{daemon} for the root's own
+    threads (qmtwist's reactor and its file thread), else the command name (qmtwist's per-uid
+    helpers are C{helper}); threads of processes that exited before now are unknown here.
+    """
+    roles = {}
+    for pid, p in tree.items():
+        role = "daemon" if pid == root else ("helper" if p.comm.startswith("python") else p.comm)
+        try:
+            tids = os.listdir(f"/proc/{pid}/task")
+        except OSError:
+            tids = [str(pid)]
+        for tid in tids:
+            roles[int(tid)] = role
+    return roles
+
+
+def countSyscalls(path: str, t0: float, t1: float,
+                  roles: dict[int, str]) -> dict[str, dict[str, int]]:
+    """Every call that started between t0 and t1, by role of its thread (L{taskRoles}) and name;
+    threads of processes gone by the end count as C{exited}."""
+    pattern = re.compile(r"^(\d+)\s+(\d+\.\d+)\s+(?:<\.\.\. )?([a-z0-9_]+)[( ]")
+    out: dict[str, dict[str, int]] = {}
+    with open(path, errors="replace") as f:
+        for line in f:
+            m = pattern.match(line)
+            if not m or "resumed>" in line or not t0 <= float(m.group(2)) <= t1:
+                continue
+            role = roles.get(int(m.group(1)), "exited")
+            by = out.setdefault(role, {})
+            by[m.group(3)] = by.get(m.group(3), 0) + 1
+    return out
 
 
 def countSyncs(path: str, t0: float, t1: float) -> dict[str, int]:
@@ -813,6 +854,7 @@ def measure(server: Server, users: BenchUsers, disk: DiskStats, args: argparse.N
         drainedAt = wait(server.drained, f"{server.name} queue empty", 120, 0.02)
         wall1 = time.time()
         cpu1 = cpuSnapshot(root)
+        roles = taskRoles(root, cpu1) if TRACE_ALL else {}
         busy1, own1 = hostBusy(), ownTicks()
         disk1 = disk.read()
         if spy is not None:
@@ -858,6 +900,12 @@ def measure(server: Server, users: BenchUsers, disk: DiskStats, args: argparse.N
         if "flushes" in disk1:
             row["disk_flushes_per_msg"] = round((disk1["flushes"] - disk0["flushes"]) / count, 2)
         row["disk_per_msg"] = row[f"disk_{disk.field}_per_msg"]
+    if server.straceOut and TRACE_ALL:
+        every = countSyscalls(server.straceOut, wall0, wall1, roles)
+        row["syscalls_per_msg"] = {
+            role: dict(sorted(((k, round(v / count, 2)) for k, v in by.items()),
+                              key=lambda kv: -kv[1]))
+            for role, by in every.items()}
     if server.straceOut:
         calls = countSyncs(server.straceOut, wall0, wall1)
         row["sync_calls_per_msg"] = {k: round(v / count, 2) for k, v in calls.items()}
@@ -919,6 +967,11 @@ def printTable(doc: dict[str, Any]) -> None:
         print(f"ratio qmtwist/postfix, {rowName(x['sessions'], x['recipients'])}: "
               f"accepted {x['accepted_ratio']:.2f}x, delivered {x['delivered_ratio']:.2f}x, "
               f"cpu per message {fmt(x['cpu_ratio'], '.2f')}x")
+    for r in doc["runs"]:
+        for role, by in sorted(r.get("syscalls_per_msg", {}).items()):
+            top = ", ".join(f"{k} {v:g}" for k, v in list(by.items())[:14])
+            print(f"syscalls/msg {rowName(r['sessions'], r['recipients'])} {r['server']} "
+                  f"{role}: {sum(by.values()):.1f} ({top})")
     print("per message: usr/sys/cpu ms = CPU of the server's process tree (qmtwist: twistd and "
           "its per-uid helpers; postfix: master and all descendants, exited ones included); "
           f"syncs = fsync+fdatasync+syncfs calls (--strace); {disk} = {disk} of "
@@ -962,6 +1015,9 @@ def main() -> None:
                     help="seconds of rest after sync before each run (default 2)")
     ap.add_argument("--log-devnull", action="store_true",
                     help="send qmtwist's log (twistd stdout) and Postfix's (postlogd) to /dev/null")
+    ap.add_argument("--syscalls", action="store_true",
+                    help="count every system call per message, by process (implies --strace, "
+                         "with every call traced: much slower, only the counts mean anything)")
     ap.add_argument("--strace", action="store_true",
                     help="count fsync/fdatasync/syncfs calls (the servers run under strace -f)")
     ap.add_argument("--pyspy", metavar="DIR",
@@ -977,7 +1033,9 @@ def main() -> None:
                     help="run qmtwist from this tree instead of the checkout, e.g. a commit "
                          "exported with: git archive COMMIT | tar -x -C DIR")
     args = ap.parse_args()
-    global SRC
+    global SRC, TRACE_ALL
+    if args.syscalls:
+        TRACE_ALL = args.strace = True
     if args.src:
         SRC = os.path.abspath(args.src)
         if not os.path.isfile(os.path.join(SRC, "qmtwist", "plugin.py")):

@@ -6,8 +6,9 @@ create, link or rename) survives a crash. Blocking: callers run them on a thread
 
 from __future__ import annotations
 
+import ctypes
 import os
-from typing import Iterable
+from typing import Callable, Iterable
 
 
 def writeAll(fd: int, data: bytes | Iterable[bytes]) -> None:
@@ -30,3 +31,33 @@ def syncDir(path: str | bytes) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+def _loadSyncfs() -> Callable[[int], int] | None:
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        return libc.syncfs  # type: ignore[no-any-return]
+    except (OSError, AttributeError):
+        return None
+
+
+_SYNCFS = _loadSyncfs()
+
+
+def canSyncFilesystem() -> bool:
+    """Whether L{syncFilesystem} is available (Linux's syncfs(2))."""
+    return _SYNCFS is not None
+
+
+def syncFilesystem(fd: int) -> None:
+    """
+    syncfs(2) of the filesystem holding the open descriptor C{fd}: every file's data and every
+    directory entry on it is durable when this returns.
+
+    @raise OSError: the call failed (or reported a writeback error, Linux 5.8+).
+    """
+    if _SYNCFS is None:
+        raise OSError(38, "syncfs is not available")
+    if _SYNCFS(fd) != 0:
+        e = ctypes.get_errno()
+        raise OSError(e, os.strerror(e))

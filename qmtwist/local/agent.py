@@ -40,7 +40,9 @@ from qmtwist.context import Context, freshControls
 from qmtwist.delivery import DeliveryRequest, Outcome, Report, capReport
 from qmtwist.errors import MailError, QueueError, TemporaryFailure
 from qmtwist.interfaces import IDeliveryAgent
+from qmtwist.local import maildir
 from qmtwist.local.deliver import Job, JobResult, runJob
+from qmtwist.local.dirsync import DirectorySyncs
 from qmtwist.local.env import daemonEnv
 from qmtwist.local.helper import Helper
 from qmtwist.local.message import QueuedMessage
@@ -112,6 +114,7 @@ class LocalAgent:
         self.running: set[Any] = set()
         self.inflight: set[Deferred[Report]] = set()
         self.stopping = False
+        self.dirSyncs = DirectorySyncs(ctx.runInThread)
 
     # IDeliveryAgent
 
@@ -203,7 +206,8 @@ class LocalAgent:
                           capReport(e.text.encode() + b"\n"))
         job = Job(user.name, user.home, user.dash, user.ext, local, host, req.sender,
                   req.messPath, req.uniqueKey, req.mayBeRepeat, controls.defaultdelivery,
-                  self.ctx.home.bin, self.reactor.seconds(), float(controls.timeoutlocal))
+                  self.ctx.home.bin, self.reactor.seconds(), float(controls.timeoutlocal),
+                  syncLater=True)
         if message is not None:
             try:
                 helper = self._helper(user)
@@ -229,6 +233,13 @@ class LocalAgent:
                          outcome=result.outcome.value, text=result.text)
             return Report(result.outcome, capReport(result.text))
         text = result.text
+        if result.unsynced:
+            # the Maildir names are durable before anything counts on this delivery
+            # (docs/behaviour/local.md 4.8.1)
+            try:
+                await self.dirSyncs.sync(result.unsynced)
+            except OSError:
+                return Report.deferral(text + maildir.TEMP.encode() + b"\n")
         qpLine = b""
         if result.forwards:
             how = b"by alias" if user.isAlias else b"by uid %d" % uid

@@ -37,6 +37,8 @@ class Job:
 
     @ivar messPath: a regular file holding the message as queued, readable by the user.
     @ivar key: the stable delivery key (L{qmtwist.delivery.DeliveryRequest.uniqueKey}).
+    @ivar syncLater: leave the sync of each Maildir's directory to the caller, which batches
+        them (L{JobResult.unsynced}, docs/behaviour/local.md 4.8.1).
     """
 
     user: bytes
@@ -53,6 +55,7 @@ class Job:
     binDir: str
     now: float
     timeout: float = 86400.0  # control/timeoutlocal: longest a program delivery may run
+    syncLater: bool = False
 
     def toJSON(self) -> dict[str, Any]:
         return {k: (base64.b64encode(v).decode() if isinstance(v, bytes) else v)
@@ -79,6 +82,8 @@ class JobResult:
     @ivar text: program output and, on failure, the reason text (LF-terminated).
     @ivar files: mbox and Maildir lines done; C{programs}: programs run.
     @ivar forwards: addresses to forward to (only on success).
+    @ivar unsynced: with L{Job.syncLater}, on success: the Maildir directories whose new
+        names are not durable yet; the delivery is done only once they are synced.
     """
 
     outcome: Outcome
@@ -90,20 +95,23 @@ class JobResult:
     dtline: bytes = b""
     failedLine: int = field(default=0)
     failedFile: str = ""
+    unsynced: tuple[bytes, ...] = ()
 
     def toJSON(self) -> dict[str, Any]:
         return {
             "outcome": self.outcome.value, "text": _b64(self.text), "files": self.files,
             "programs": self.programs, "forwards": [_b64(f) for f in self.forwards],
             "newsender": _b64(self.newsender), "dtline": _b64(self.dtline),
-            "failedLine": self.failedLine, "failedFile": self.failedFile}
+            "failedLine": self.failedLine, "failedFile": self.failedFile,
+            "unsynced": [_b64(p) for p in self.unsynced]}
 
     @classmethod
     def fromJSON(cls, d: dict[str, Any]) -> JobResult:
         return cls(Outcome(d["outcome"]), base64.b64decode(d["text"]), int(d["files"]),
                    int(d["programs"]), tuple(base64.b64decode(f) for f in d["forwards"]),
                    base64.b64decode(d["newsender"]), base64.b64decode(d["dtline"]),
-                   int(d.get("failedLine", 0)), str(d.get("failedFile", "")))
+                   int(d.get("failedLine", 0)), str(d.get("failedFile", "")),
+                   tuple(base64.b64decode(p) for p in d.get("unsynced", ())))
 
 
 def _b64(b: bytes) -> str:
@@ -171,44 +179,97 @@ async def runJob(
             await runInThread(message.close)
 
 
+def _fileLine(job: Job, plan: _Plan, ins: dotqmail.Instruction, message: QueuedMessage,
+              lines: tuple[bytes, bytes, bytes]) -> bytes | None:
+    """Blocking: one mbox or Maildir line; the new Maildir file's directory if left unsynced."""
+    uf, rp, dt = lines
+    path = _resolve(job.home, ins.value)
+    if ins.kind is Kind.MBOX:
+        mbox.deliver(path, (uf, rp, dt), message.chunks())
+        return None
+    ln = ins.lineno if plan.dq.path is not None else 1000 + ins.lineno
+    name = maildir.deliver(path, itertools.chain((rp, dt), message.chunks()), job.key, ln,
+                           job.mayBeRepeat, syncNew=not job.syncLater)
+    if job.syncLater:
+        return os.path.abspath(os.path.join(path, os.path.dirname(name)))
+    return None
+
+
+_Lead = tuple[_Plan, int, list[bytes | None], MailError | None]
+
+
+def _prepareAndLead(job: Job, dt: bytes, message: QueuedMessage,
+                    lines: tuple[bytes, bytes, bytes]) -> _Lead:
+    """
+    Blocking, one thread job: L{_prepare}, then the file lines before the first program line
+    (most deliveries are one Maildir line), in order, as the loop of L{_runJob} would run
+    them one hop each.
+
+    @return: the plan, the index of the first line not run, what each run file line gave
+        (L{None} for a forward), and the error of the line at that index if it failed.
+    """
+    plan = _prepare(job, dt, message)
+    done: list[bytes | None] = []
+    instructions = plan.dq.instructions
+    for i, ins in enumerate(instructions):
+        if ins.kind is Kind.PROGRAM:
+            return plan, i, done, None
+        if ins.kind is Kind.FORWARD:
+            done.append(None)
+            continue
+        try:
+            done.append(_fileLine(job, plan, ins, message, lines))
+        except MailError as e:
+            return plan, i, done, e
+    return plan, len(instructions), done, None
+
+
 async def _runJob(job: Job, reactor: Any, runInThread: Callable[[Callable[[], Any]], Any],
                   baseEnv: dict[bytes, bytes], running: set[Any] | None,
                   message: QueuedMessage) -> JobResult:
     dt = dtline(job.local, job.host)
+    rp = rpline(job.sender)
+    uf = ufline(job.sender, job.now)
+    lines = (uf, rp, dt)
     try:
-        plan: _Plan = await runInThread(lambda: _prepare(job, dt, message))
+        lead: _Lead = await runInThread(lambda: _prepareAndLead(job, dt, message, lines))
     except MailError as e:
         outcome = Outcome.FAILURE if e.permanent else Outcome.DEFERRAL
         return JobResult(outcome, _nl(e.text), dtline=dt)
-    rp = rpline(job.sender)
-    uf = ufline(job.sender, job.now)
+    plan, stop, done, error = lead
     output = b""
     files = programs = 0
     forwards: list[bytes] = []
+    unsynced: list[bytes] = []
     env: dict[bytes, bytes] | None = None
     source = plan.dq.path or "control/defaultdelivery"
-    for ins in plan.dq.instructions:
+    instructions = plan.dq.instructions
+    for ins, got in zip(instructions, done):
         if ins.kind is Kind.FORWARD:
             forwards.append(ins.value)
             continue
-        try:
-            if ins.kind is Kind.MBOX:
-                path = _resolve(job.home, ins.value)
-                await runInThread(lambda p=path: mbox.deliver(p, (uf, rp, dt), message.chunks()))
-                files += 1
-                continue
-            if ins.kind is Kind.MAILDIR:
-                path = _resolve(job.home, ins.value)
-                ln = ins.lineno if plan.dq.path is not None else 1000 + ins.lineno
-                await runInThread(lambda p=path, n=ln: maildir.deliver(
-                    p, itertools.chain((rp, dt), message.chunks()), job.key, n, job.mayBeRepeat))
-                files += 1
-                continue
-        except MailError as e:
-            outcome = Outcome.FAILURE if e.permanent else Outcome.DEFERRAL
-            return JobResult(outcome, output + _nl(e.text), files, programs, (),
-                             plan.newsender, dt, ins.lineno, source)
-        # program
+        files += 1
+        if got is not None:
+            unsynced.append(got)
+    if error is not None:
+        outcome = Outcome.FAILURE if error.permanent else Outcome.DEFERRAL
+        return JobResult(outcome, _nl(error.text), files, programs, (), plan.newsender, dt,
+                         instructions[stop].lineno, source)
+    for ins in instructions[stop:]:
+        if ins.kind is Kind.FORWARD:
+            forwards.append(ins.value)
+            continue
+        if ins.kind is not Kind.PROGRAM:
+            try:
+                got = await runInThread(lambda i=ins: _fileLine(job, plan, i, message, lines))
+            except MailError as e:
+                outcome = Outcome.FAILURE if e.permanent else Outcome.DEFERRAL
+                return JobResult(outcome, output + _nl(e.text), files, programs, (),
+                                 plan.newsender, dt, ins.lineno, source)
+            if got is not None:
+                unsynced.append(got)
+            files += 1
+            continue
         if env is None:
             env = programEnv(
                 baseEnv, sender=job.sender, newsender=plan.newsender, local=job.local,
@@ -224,4 +285,4 @@ async def _runJob(job: Job, reactor: Any, runInThread: Callable[[Callable[[], An
         if r.stop:
             break
     return JobResult(Outcome.SUCCESS, output, files, programs, tuple(forwards),
-                     plan.newsender, dt)
+                     plan.newsender, dt, unsynced=tuple(unsynced))

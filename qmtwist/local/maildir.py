@@ -43,6 +43,25 @@ def hostPart(hostname: str | None = None) -> bytes:
     return h.replace(b"/", b"\\057").replace(b":", b"\\072")
 
 
+#: (monotonic time of the lookup, the host part) of the last L{currentHostPart} lookup
+_hostCache: tuple[float, bytes] | None = None
+#: Seconds a looked-up host name serves (docs/behaviour/local.md 4.8).
+HOST_INTERVAL = 1.0
+
+
+def currentHostPart(clock: Callable[[], float] = time.monotonic) -> bytes:
+    """L{hostPart} of the system's host name, looked up at most once every L{HOST_INTERVAL}
+    seconds (one C{uname} call, not one per delivery)."""
+    global _hostCache
+    now = clock()
+    cached = _hostCache
+    if cached is not None and 0 <= now - cached[0] < HOST_INTERVAL:
+        return cached[1]
+    h = hostPart()
+    _hostCache = (now, h)
+    return h
+
+
 def keyTag(key: str, line: int) -> bytes:
     """The stable part of a keyed name: C{K⟨key⟩L⟨line⟩.}"""
     return b"K" + _UNSAFE.sub(b"_", key.encode("ascii", "replace")) + b"L%d." % line
@@ -79,6 +98,7 @@ def deliver(
     now: Callable[[], float] = time.time,
     host: bytes | None = None,
     deadline: float = 86400.0,
+    syncNew: bool = True,
 ) -> bytes:
     """
     Write one message into a Maildir.
@@ -87,6 +107,10 @@ def deliver(
     @param data: the byte strings that make the file (RPLINE, DTLINE, message).
     @param key: the stable delivery key, or C{None}.
     @param mayBeRepeat: look for an earlier copy first (only with a key).
+    @param syncNew: fsync C{new/} after the link. With C{False} the file's data is durable
+        but its name is not yet: the caller must sync the directory of the returned name
+        before it reports the delivery done (L{qmtwist.local.dirsync}, docs/behaviour/local.md
+        4.8.1). The same holds for an earlier copy that is returned.
     @return: the name under C{new/} (or of the earlier copy, C{new/...} or C{cur/...}).
     @raise TemporaryFailure: with qmail's texts.
     """
@@ -114,7 +138,7 @@ def deliver(
             raise TemporaryFailure(TEMP)
         if earlier is not None:
             return earlier
-    h = hostPart() if host is None else host
+    h = currentHostPart() if host is None else host
     for _ in range(5):
         name = uniqueName(now(), tag, h)
         tmp = os.path.join(tmpDir, name)
@@ -140,7 +164,8 @@ def deliver(
         except OSError as e:
             if e.errno != errno.EEXIST:
                 raise
-        syncDir(newDir)
+        if syncNew:
+            syncDir(newDir)
     except TemporaryFailure:
         _unlink(tmp)
         raise

@@ -174,6 +174,22 @@ def listTodo(layout: QueueLayout) -> list[int]:
     return sorted(_ids(layout.sub("todo")))
 
 
+def writeDone(path: str, offsets: list[int]) -> int:
+    """
+    Overwrite the C{T} of each recipient at C{offsets} with C{D}, not synced: the caller syncs
+    the returned open descriptor's file (or the filesystem) and closes it
+    (L{qmtwist.queue.fileops.FileOps.submitDurable}).
+    """
+    fd = os.open(path, os.O_WRONLY)
+    try:
+        for off in offsets:
+            os.pwrite(fd, b"D", off)
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
 def markDone(path: str, offsets: list[int], layout: QueueLayout | None = None,
              forwardKeys: Iterable[str] = ()) -> None:
     """
@@ -181,10 +197,8 @@ def markDone(path: str, offsets: list[int], layout: QueueLayout | None = None,
     C{fwd/} records of C{forwardKeys} (those deliveries' keys), which the durable C{D} makes
     unnecessary: the delivery never runs again.
     """
-    fd = os.open(path, os.O_WRONLY)
+    fd = writeDone(path, offsets)
     try:
-        for off in offsets:
-            os.pwrite(fd, b"D", off)
         os.fsync(fd)
     finally:
         os.close(fd)

@@ -7,6 +7,12 @@ commits that arrive wait and then go together in the next round, so under load m
 share one set of directory syncs. Nobody is told "queued" before their round has returned.
 Observers (L{Injector.addObserver}: the queue service, or C{lock/trigger} for a process without
 one) learn the numbers of each round before its committers are answered.
+
+With a receiver (L{Injector.handOff}: the queue service's intake), each round also preprocesses
+the messages the receiver claims, from the envelopes it holds, and the next round releases them
+to the receiver once their files and the removal of their todo entries are durable
+(L{qmtwist.queue.handoff}, docs/behaviour/queue.md 5.11). When no commit waits for that next
+round, a round without new messages runs at once to do it.
 """
 
 from __future__ import annotations
@@ -23,7 +29,9 @@ from zope.interface import implementer
 from qmtwist.control import Control, load
 from qmtwist.errors import QQ_BUG, QueueError
 from qmtwist.interfaces import IInjector, IMessageWriter
+from qmtwist.queue.handoff import HandOff, Receiver, Written
 from qmtwist.queue.layout import QueueLayout
+from qmtwist.queue.preprocess import Preprocessed, Problem
 from qmtwist.queue.store import PendingMessage, Queued, Syncer, commitRound, pokeTrigger
 
 if TYPE_CHECKING:
@@ -32,6 +40,8 @@ if TYPE_CHECKING:
 RunInThread = Callable[[Callable[[], Any]], "Deferred[Any]"]
 #: Called on the reactor thread with the message numbers a commit round made durable.
 CommitObserver = Callable[[list[int]], None]
+#: Seconds before a round retries making preprocessed messages durable after a failed sync.
+RETRY_SOON = 10
 
 
 @implementer(IMessageWriter)
@@ -116,12 +126,25 @@ class Injector:
         self._qp = itertools.count(os.getpid() * 1000 % 100000000 + 1)
         self._waiting: list[tuple[PendingMessage, Deferred[Queued]]] = []
         self._running = False
-        self.rounds = 0
+        self.rounds = 0  # rounds of new messages (not those that only settle)
         self._controlWarnings: tuple[str, ...] = ()
+        self._receiver: Receiver | None = None
+        # preprocessed in a round, waiting for the next one to be made durable and released
+        self._settling: list[Written] = []
+        self._flushing = False  # a round that only settles is running (_settle)
+        self._retry: Any = None  # the delayed settling round after a failed sync
 
     def addObserver(self, observer: CommitObserver) -> None:
         """Tell C{observer} the numbers of every round that committed any (L{IInjector})."""
         self._observers.append(observer)
+
+    def handOff(self, receiver: Receiver) -> None:
+        """
+        Preprocess the messages C{receiver} claims in their own commit rounds and give them to
+        it preprocessed (docs/behaviour/queue.md 5.11); the observers are still told of every
+        committed number.
+        """
+        self._receiver = receiver
 
     def newMessage(self, how: bytes, uid: int | None = None) -> _Writer:
         pending = PendingMessage(
@@ -174,9 +197,10 @@ class Injector:
         self._running = True
         self.rounds += 1
         pendings = [p for p, _ in batch]
+        handoff = self._handOff(pendings)
         warnings: list[str] = []
         d = self.runInThread(
-            lambda: commitRound(pendings, self.syncer, self.controlDir, warnings))
+            lambda: commitRound(pendings, self.syncer, self.controlDir, warnings, handoff))
 
         def done(failed: dict[int, QueueError]) -> None:
             self._running = False
@@ -185,6 +209,8 @@ class Injector:
             if committed:
                 for observer in list(self._observers):
                     observer(committed)
+            if handoff is not None:
+                self._settled(handoff)
             for p, waiter in batch:
                 if p.id in failed:
                     self.log.warn("injection failed: {text}", text=str(failed[p.id]))
@@ -195,6 +221,8 @@ class Injector:
         def crashed(f: Any) -> None:
             self._running = False
             self.log.failure("commit round crashed", f)
+            if handoff is not None:
+                self._settleCrashed(handoff)
             for p, waiter in batch:
                 try:
                     p.discard()
@@ -202,12 +230,79 @@ class Injector:
                     pass
                 waiter.errback(QueueError(QQ_BUG, f.getErrorMessage()))
 
-        def nextRound(_: object) -> None:
-            if self._waiting and not self._running:
-                self._startRound()
+        d.addCallbacks(done, crashed)
+        d.addBoth(lambda _: self._next())
+
+    def _handOff(self, pendings: list[PendingMessage]) -> HandOff | None:
+        """This round's share of the hand-off (reactor thread), if there is a receiver."""
+        if self._receiver is None:
+            return None
+        claim = self._receiver.claim([p.id for p in pendings]) if pendings else None
+        control, claimed = claim if claim is not None else (None, set())
+        settling, self._settling = self._settling, []
+        if not claimed and not settling:
+            return None
+        return HandOff(self.layout, control, claimed, settling)
+
+    def _settle(self) -> None:
+        """
+        No commit waits to settle the preprocessed messages: a round of none does it now. It
+        may run beside a round of new messages (they share no file), so a commit arriving
+        meanwhile does not wait for it.
+        """
+        self._flushing = True
+        handoff = HandOff(self.layout, None, set(), self._settling)
+        self._settling = []
+        d = self.runInThread(lambda: commitRound([], self.syncer, None, None, handoff))
+
+        def done(_: object) -> None:
+            self._flushing = False
+            self._settled(handoff)
+
+        def crashed(f: Any) -> None:
+            self._flushing = False
+            self.log.failure("commit round crashed", f)
+            self._settleCrashed(handoff)
 
         d.addCallbacks(done, crashed)
-        d.addBoth(nextRound)
+        d.addBoth(lambda _: self._next())
+
+    def _settled(self, handoff: HandOff) -> None:
+        """A round returned: keep what waits for the next round, release the rest."""
+        self._settling = handoff.written + handoff.kept + self._settling
+        assert self._receiver is not None
+        results: list[Preprocessed | Problem] = [*handoff.released, *handoff.problems]
+        self._receiver.adopt(results, handoff.dropped())
+        if handoff.kept:
+            self._retryLater()
+
+    def _settleCrashed(self, handoff: HandOff) -> None:
+        """
+        A round raised (a bug): where it stopped is unknown. Its settling messages are settled
+        again later (every step may be done twice); its claimed ones were not committed.
+        """
+        assert self._receiver is not None
+        self._settling = handoff.settling + self._settling
+        self._receiver.adopt([], sorted(handoff.claimed))
+        self._retryLater()
+
+    def _retryLater(self) -> None:
+        """A sync failed: the next settling round waits (no busy loop on a bad disk); a round
+        of new messages settles the waiting ones as usual."""
+        if self._retry is None or not self._retry.active():
+            self._retry = self.clock.callLater(RETRY_SOON, self._next)
+
+    def _next(self) -> None:
+        """After a round: the next one for the commits waiting, or one to settle."""
+        if self._waiting and not self._running:
+            self._startRound()
+            return
+        if not self._settling or self._running or self._flushing:
+            return
+        if self._retry is not None and self._retry.active():
+            return
+        self._retry = None
+        self._settle()
 
 
 def standaloneInjector(home: Home, reactor: IReactorTime,

@@ -6,7 +6,9 @@ For every message of the round: its file and envelope are durable, then the dire
 under C{mess/}, then a forward's C{fwd/} record (L{qmtwist.queue.fwd}), then the todo link, then
 the C{todo/} directory; a message that fails on the way is removed and gets qmail-queue's code.
 C{control/queueextra} is read for every round (FAQ 8.2). The daemon runs a round on a thread
-(L{qmtwist.queue.commit.Injector}); L{qmtwist.queue.store.injectStream} runs a round of one.
+(L{qmtwist.queue.commit.Injector}), and preprocesses its messages in the same round
+(L{qmtwist.queue.handoff}, docs/behaviour/queue.md 5.11); L{qmtwist.queue.store.injectStream}
+runs a round of one.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from qmtwist.errors import QQ_WRITE_ERROR, QueueError
 from qmtwist.queue import crashpoint, fwd
 
 if TYPE_CHECKING:
+    from qmtwist.queue.handoff import HandOff
     from qmtwist.queue.store import PendingMessage, Syncer
 
 
@@ -44,16 +47,26 @@ def readQueueExtra(controlDir: str | None, warnings: list[str] | None = None) ->
 
 def commitRound(
     batch: list[PendingMessage], syncer: Syncer, controlDir: str | None,
-    warnings: list[str] | None = None,
+    warnings: list[str] | None = None, handoff: HandOff | None = None,
 ) -> dict[int, QueueError]:
     """
     Commit C{batch} with shared directory syncs.
 
     @param warnings: receives the warning lines about C{control/queueextra}.
+    @param handoff: the daemon's in-process preprocessing (docs/behaviour/queue.md 5.11): the
+        round's first sync also makes the previous rounds' preprocessed files durable, their
+        todo entries are removed before this round's are linked, the one sync of C{todo/}
+        covers both, and this round's claimed messages are preprocessed last.
     @return: the messages that failed, by id; they have been removed. Every other message of the
         batch is durable when this returns.
     """
     failed: dict[int, QueueError] = {}
+    if batch:
+        layout = batch[0].layout
+    elif handoff is not None:
+        layout = handoff.layout
+    else:
+        return failed
     try:
         extra = readQueueExtra(controlDir, warnings)
     except OSError as e:
@@ -70,28 +83,43 @@ def commitRound(
         except OSError as e:
             failed[p.id] = QueueError(QQ_WRITE_ERROR, str(e))
     ok = [p for p in batch if p.id not in failed]
-    if ok and not syncer.canGroup:
-        # the message files must be reachable by name before a todo entry can point at them
+    # the previous rounds' preprocessed messages, to settle (queue.md 5.11)
+    settling = handoff if handoff is not None and handoff.settling else None
+    settled = False  # whether the settling messages' files are durable now
+    if (ok or settling) and not syncer.canGroup:
+        # the message files must be reachable by name before a todo entry can point at them;
+        # the previous round's info/local/remote entries before its todo entries go
+        dirs = {os.path.dirname(p.messPath) for p in ok}
+        if handoff is not None:
+            dirs |= handoff.directories()
         try:
-            syncer.syncDirs({os.path.dirname(p.messPath) for p in ok})
+            syncer.syncDirs(dirs)
+            settled = True
         except OSError as e:
             for p in ok:
                 failed[p.id] = QueueError(QQ_WRITE_ERROR, str(e))
         ok = [p for p in ok if p.id not in failed]
-    if ok and syncer.canGroup:
+    elif ok or settling:
         # One syncfs makes every message and envelope of the round durable before any of
-        # them is committed; then only the todo directory needs a sync.
+        # them is committed (and the previous round's preprocessed files before their todo
+        # entries go); then only the todo directory needs a sync.
         try:
-            syncer.syncFilesystem(ok[0].layout.path)
+            syncer.syncFilesystem(layout.path)
+            settled = True
         except OSError as e:
             for p in ok:
                 failed[p.id] = QueueError(QQ_WRITE_ERROR, str(e))
         ok = [p for p in ok if p.id not in failed]
+    if settling is not None and not settled:
+        settling.syncFailed()
     crashpoint.reached("after-fsync")
     # a forward's fwd/ record: after its files are durable, before its todo link
     fwd.writeRecords(ok, syncer, failed)
     ok = [p for p in ok if p.id not in failed]
     crashpoint.reached("before-link")
+    unlinked = settling is not None and settled and settling.unlinkSettled()
+    if unlinked:
+        crashpoint.reached("after-unlink")
     for p in ok:
         try:
             p.linkTodo()
@@ -100,9 +128,9 @@ def commitRound(
     ok = [p for p in ok if p.id not in failed]
     crashpoint.reached("after-link")
     linked: set[int] = set()
-    if ok:
+    if ok or unlinked:
         try:
-            syncer.syncDirs([ok[0].layout.sub("todo")])
+            syncer.syncDirs([layout.sub("todo")])
         except OSError as e:
             # Linked already: the queue service may be preprocessing them. As qmail-queue
             # does after its link, report the error and leave the files (a possible duplicate,
@@ -110,7 +138,20 @@ def commitRound(
             for p in ok:
                 failed[p.id] = QueueError(QQ_WRITE_ERROR, str(e))
                 linked.add(p.id)
+            ok = []
+            if settling is not None:
+                settling.todoSynced(False)
+        else:
+            if ok:
+                crashpoint.reached("after-todo-sync")
+            if settling is not None and unlinked:
+                settling.todoSynced(True)
+                crashpoint.reached("after-settle")
     for p in batch:
         if p.id in failed and p.id not in linked:
             p.discard()
+    if handoff is not None and ok:
+        handoff.preprocess(ok, syncer)
+        if handoff.written:
+            crashpoint.reached("after-info")
     return failed

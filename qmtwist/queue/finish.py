@@ -1,7 +1,7 @@
 """
 The end of a message (qmail-send's cleanup and bounce step, docs/behaviour/queue.md 5.7): the
 one bounce for every permanent failure recorded in C{bounce/N}, then removal of the message's
-files; and the batched file operations the queue service runs on a thread.
+files, through the queue service's batched file operations (L{qmtwist.queue.fileops}).
 
 The bounce is written on a thread with L{qmtwist.queue.store.writeMessage} and committed through
 any L{IInjector}'s C{commitPending}, in the same rounds as every other message.
@@ -20,57 +20,11 @@ from qmtwist.interfaces import IInjector
 from qmtwist.queue import bounce as qbounce
 from qmtwist.queue import clean, dsn
 from qmtwist.queue.layout import QueueLayout
+from qmtwist.queue.fileops import FileOps
 from qmtwist.queue.store import PendingMessage, writeMessage
 
 log = Logger(namespace="qmail-send")
 RunInThread = Callable[[Callable[[], Any]], "Deferred[Any]"]
-
-
-class FileOps:
-    """Runs queued blocking file operations in batches, one thread hop per batch, in order."""
-
-    def __init__(self, runInThread: RunInThread) -> None:
-        self.runInThread = runInThread
-        self._waiting: list[tuple[Callable[[], Any], Deferred[Any]]] = []
-        self._running = False
-
-    def submit(self, op: Callable[[], Any]) -> Deferred[Any]:
-        """Run C{op} on a thread after the operations submitted before it; fires with its result."""
-        d: Deferred[Any] = Deferred()
-        self._waiting.append((op, d))
-        if not self._running:
-            self._run()
-        return d
-
-    def _run(self) -> None:
-        batch, self._waiting = self._waiting, []
-        self._running = True
-
-        def work() -> list[tuple[bool, Any]]:
-            results = []
-            for op, _ in batch:
-                try:
-                    results.append((True, op()))
-                except Exception as e:
-                    results.append((False, e))
-            return results
-
-        def done(results: list[tuple[bool, Any]]) -> None:
-            self._running = False
-            for (ok, value), (_, d) in zip(results, batch):
-                if ok:
-                    d.callback(value)
-                else:
-                    d.errback(value)
-            if self._waiting and not self._running:
-                self._run()
-
-        def crashed(f: Any) -> None:
-            done([(False, f.value)] * len(batch))
-
-        self.runInThread(work).addCallbacks(done, crashed)
-
-
 
 
 def _readParagraphs(layout: QueueLayout, n: int) -> bytes | None:

@@ -6,6 +6,11 @@ Numbers arrive from three places: the injector's observer (a commit round in thi
 C{lock/trigger} FIFO and the 25-minute sweep of C{todo/} (L{Intake.scan}). Numbers that arrive
 while a batch runs wait and go together in the next one. Until recovery has read the queue at
 start-up they are only collected; L{Intake.open} lets them through.
+
+Messages committed by this process's injector mostly come preprocessed instead: the intake
+claims them at the start of their commit round (L{Intake.claim}), the round preprocesses them,
+and L{Intake.adopt} takes them in (L{qmtwist.queue.handoff}, docs/behaviour/queue.md 5.11). A
+claimed number is known: it is neither claimed again nor read from C{todo/} meanwhile.
 """
 
 from __future__ import annotations
@@ -17,6 +22,7 @@ from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 
 from qmtwist.context import ControlCache, RunInThread
+from qmtwist.control import Control
 from qmtwist.queue import clean
 from qmtwist.queue.envelope import ChannelEntry
 from qmtwist.queue.layout import QueueLayout
@@ -39,6 +45,22 @@ def newMessage(p: Preprocessed, now: float) -> Message:
                 offset += len(a) + 2
             channels[name] = Channel(name, entries, now)
     return Message(p.id, p.sender, p.birth, p.stamp, p.size, channels)
+
+
+def resumedMessage(m: clean.LoadedMessage, now: float) -> tuple[Message, list[str]]:
+    """
+    The schedule's view of a message found at start (docs/behaviour/queue.md 5.10), and the
+    names of its channels whose recipients are all done (their files are to be removed).
+    """
+    channels, finished = {}, []
+    for name, ch in m.channels.items():
+        done = {e.position for e in ch.entries if e.done}
+        if len(done) == len(ch.entries):
+            finished.append(name)
+            continue
+        channels[name] = Channel(
+            name, list(ch.entries), max(now, ch.scheduled), recovered=True, done=done)
+    return Message(m.id, m.sender, m.birth, m.stamp, m.size, channels), finished
 
 
 class Intake:
@@ -70,6 +92,7 @@ class Intake:
         self._waiting: set[int] = set()
         self._opened = False
         self._early: list[int] = []
+        self._claimed: set[int] = set()  # preprocessed in commit rounds, not yet adopted
 
     def scan(self, found: Callable[[list[int]], None]) -> Deferred[None]:
         """List todo/ on a thread and pass the numbers to C{found} (the service's gate)."""
@@ -90,6 +113,9 @@ class Intake:
         """Queue todo entries for preprocessing."""
         if self.closed:
             return
+        # a claimed message is being preprocessed by its commit round: its todo entry is
+        # not to be read (its number comes from the injector's observer or a scan)
+        ids = [n for n in ids if n not in self._claimed]
         if not self._opened:
             # the start-up scan is still reading info/: new messages wait for it
             self._early.extend(ids)
@@ -102,6 +128,43 @@ class Intake:
         self._waiting.update(fresh)
         if self._waiting and not self.busy:
             self._run()
+
+    def claim(self, ids: list[int]) -> tuple[Control, set[int]] | None:
+        """
+        At the start of a commit round of this process (reactor thread): the numbers of
+        C{ids} that round may preprocess, and the controls to do it with (L{Receiver}). Not
+        before recovery is done nor after the stop; not a number still known, which may be a
+        new message that took the inode of one whose files are being removed (it waits in
+        C{todo/} for L{forget}, as in L{add}).
+        """
+        if self.closed or not self._opened:
+            return None
+        mine = {n for n in ids if n not in self.known}
+        self.known |= mine
+        self._claimed |= mine
+        return self.controls.snapshot, mine
+
+    def adopt(self, results: Iterable[Preprocessed | Problem], dropped: Iterable[int] = ()
+              ) -> None:
+        """
+        Messages preprocessed in commit rounds (L{Receiver}): each L{Preprocessed} is durable
+        and its todo entry durably gone, so it is logged and scheduled; a L{Problem} is left to
+        its todo entry, read again in 10 seconds; C{dropped} numbers were not committed.
+        After the stop they are left on disk for the next start.
+        """
+        for n in dropped:
+            self._claimed.discard(n)
+            self.known.discard(n)
+        for r in results:
+            self._claimed.discard(r.id)
+            if isinstance(r, Problem):
+                log.warn("{line}", line=r.line)
+                self.known.discard(r.id)
+                if r.retry:
+                    self.clock.callLater(RETRY_SOON, self.add, [r.id])
+            elif not self.closed:
+                self._new(r)
+        self.onSettled()
 
     def forget(self, n: int) -> None:
         """Message C{n}'s files are gone; if a new message took its number meanwhile, take it."""

@@ -1,10 +1,12 @@
 """
 Preprocessing (qmail-send's todo pass): C{todo/N} -> C{info/}, C{local/}, C{remote/}.
 
-L{resolveRecipient} is docs/behaviour/queue.md 3.1 (envnoathost, percenthack, locals, virtualdomains) as a
-pure
-function; L{preprocessBatch} does the file work for several todo entries on a thread, with one
-shared directory sync, before any todo entry is removed.
+L{resolveRecipient} is docs/behaviour/queue.md 3.1 (envnoathost, percenthack, locals,
+virtualdomains) as a pure function; L{writeFiles} writes one message's files from its envelope;
+L{preprocessBatch} does that for several todo entries on a thread (numbers from C{lock/trigger},
+the 25-minute scan, recovery), with one shared directory sync, before any todo entry is removed.
+Messages committed by the daemon's own injector are preprocessed in their commit round instead
+(L{qmtwist.queue.handoff}, docs/behaviour/queue.md 5.11).
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ from qmtwist.control import Control
 from qmtwist.durable import writeAll
 from qmtwist.queue.envelope import CorruptQueueFile, decodeTodo, encodeChannel, encodeInfo
 from qmtwist.queue.layout import QueueLayout
-from qmtwist.queue.store import Syncer
+from qmtwist.queue.store import Syncer, stampOf
 
 
 def _virtualKeys(domain: bytes) -> list[bytes]:
@@ -102,20 +104,64 @@ class Problem:
     retry: bool
 
 
-def _writeSynced(path: str, data: bytes, syncer: Syncer) -> None:
+def _writeSynced(path: str, data: bytes, syncer: Syncer) -> float:
+    """Write C{path} afresh (fsynced unless one syncfs will cover it); return its mtime."""
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     try:
         writeAll(fd, data)
         if not syncer.canGroup:
             syncer.fsync(fd)
+        return os.fstat(fd).st_mtime
     finally:
         os.close(fd)
+
+
+def writeFiles(
+    layout: QueueLayout, n: int, sender: bytes, recipients: tuple[bytes, ...],
+    control: Control, syncer: Syncer, dirs: set[str],
+) -> tuple[tuple[bytes, ...], tuple[bytes, ...], float]:
+    """
+    Write message C{n}'s C{info/}, C{local/} and C{remote/} files from its envelope
+    (docs/behaviour/queue.md 5.5): each recipient classified and rewritten by 3.1; a channel
+    without recipients gets no file and a stale one of an earlier message with this number is
+    removed, as is a stale C{bounce/N}. Nothing is made durable here except, without syncfs,
+    each file's own data: the directories touched go into C{dirs}, for the caller's sync.
+
+    @return: the local and remote addresses and the message's birth (the info file's mtime).
+    @raise OSError: a file could not be written or removed.
+    """
+    channels: dict[str, list[bytes]] = {"local": [], "remote": []}
+    for r in recipients:
+        channel, address = resolveRecipient(control, r)
+        channels[channel].append(address)
+    info = layout.info(n)
+    birth = _writeSynced(info, encodeInfo(sender), syncer)
+    dirs.add(os.path.dirname(info))
+    for name, addresses in channels.items():
+        path = layout.channel(name, n)
+        if addresses:
+            _writeSynced(path, encodeChannel(addresses), syncer)
+            dirs.add(os.path.dirname(path))
+        else:
+            # a stale file of an earlier message with this inode number must not
+            # come back with its recipients
+            try:
+                os.unlink(path)
+                dirs.add(os.path.dirname(path))
+            except FileNotFoundError:
+                pass
+    try:
+        os.unlink(layout.bounce(n))
+        dirs.add(layout.sub("bounce"))
+    except FileNotFoundError:
+        pass
+    return tuple(channels["local"]), tuple(channels["remote"]), birth
 
 
 def messStamp(layout: QueueLayout, n: int) -> tuple[str, int]:
     """The message's stamp (unique for ever: mtime in ns and inode) and its size."""
     st = os.stat(layout.mess(n))
-    return f"{st.st_mtime_ns // 1000}.P{n}", st.st_size
+    return stampOf(st, n), st.st_size
 
 
 def preprocessBatch(
@@ -155,40 +201,14 @@ def preprocessBatch(
                 except FileNotFoundError:
                     pass
             continue
-        channels: dict[str, list[bytes]] = {"local": [], "remote": []}
-        for r in env.recipients:
-            channel, address = resolveRecipient(control, r)
-            channels[channel].append(address)
         try:
-            info = layout.info(n)
-            _writeSynced(info, encodeInfo(env.sender), syncer)
-            dirs.add(os.path.dirname(info))
-            for name, addresses in channels.items():
-                path = layout.channel(name, n)
-                if addresses:
-                    _writeSynced(path, encodeChannel(addresses), syncer)
-                    dirs.add(os.path.dirname(path))
-                else:
-                    # a stale file of an earlier message with this inode number must not
-                    # come back with its recipients
-                    try:
-                        os.unlink(path)
-                        dirs.add(os.path.dirname(path))
-                    except FileNotFoundError:
-                        pass
-            try:
-                os.unlink(layout.bounce(n))
-                dirs.add(layout.sub("bounce"))
-            except FileNotFoundError:
-                pass
-            birth = os.stat(info).st_mtime
+            local, remote, birth = writeFiles(layout, n, env.sender, env.recipients, control,
+                                              syncer, dirs)
         except OSError:
             results.append(Problem(n, f"warning: trouble writing to info/{n}", True))
             continue
-        p = Preprocessed(
-            n, env.sender, env.uid, env.qp, size, birth, stamp,
-            tuple(channels["local"]), tuple(channels["remote"]))
-        done.append(p)
+        done.append(Preprocessed(n, env.sender, env.uid, env.qp, size, birth, stamp, local,
+                                 remote))
     if done:
         try:
             if syncer.canGroup:

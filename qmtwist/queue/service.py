@@ -28,11 +28,12 @@ from qmtwist.context import ControlCache, RunInThread
 from qmtwist.delivery import Outcome, Report
 from qmtwist.interfaces import IDeliveryAgent, IInjector
 from qmtwist.queue import bounce as qbounce
-from qmtwist.queue import clean, marks
+from qmtwist.queue import clean, fwd, marks
 from qmtwist.queue.dispatch import Dispatcher
 from qmtwist.queue.envelope import ChannelEntry
-from qmtwist.queue.finish import FileOps, finishMessage
-from qmtwist.queue.intake import RETRY_SOON, Intake
+from qmtwist.queue.fileops import FileOps
+from qmtwist.queue.finish import finishMessage
+from qmtwist.queue.intake import RETRY_SOON, Intake, resumedMessage
 from qmtwist.queue.layout import QueueLayout
 from qmtwist.queue.preprocess import unprefix
 from qmtwist.queue.schedule import TOO_LONG, nextPass
@@ -67,13 +68,16 @@ class QueueService(service.Service):
         self.syncer = syncer or Syncer()
         if self.syncer.canGroup:
             self.syncer.watch(layout.path)
-        self.ops = FileOps(runInThread)
+        self.ops = FileOps(runInThread, self.syncer, layout.path)
         self.runInThread = runInThread
         self.messages: dict[int, Message] = {}
         self.held: set[int] = set()  # no pass starts for these (qmtwist.queue.admin)
         self.shutdown = Shutdown(self._idle)
         self.intake = Intake(layout, controls, clock, runInThread, self.syncer,
                              self._adopt, self.shutdown.check)
+        handOff = getattr(injector, "handOff", None)  # (an IInjector need not offer it)
+        if handOff is not None:  # this process's commits come preprocessed (queue.md 5.11)
+            handOff(self.intake)
         self.dispatch = Dispatcher(layout, controls, agents, self.messages, self._result,
                                    self._status)
         self.passes = Passes(clock, layout, controls, self.ops, self.dispatch, self.messages,
@@ -139,18 +143,12 @@ class QueueService(service.Service):
         for m in scan.messages:
             if m.id in self.intake.known:
                 continue
-            channels = {}
-            for name, ch in m.channels.items():
-                done = {e.position for e in ch.entries if e.done}
-                if len(done) == len(ch.entries):
-                    # every recipient done but the file not yet removed at the crash
-                    path = self.layout.channel(name, m.id)
-                    self.ops.submit(partial(os.unlink, path)).addErrback(lambda f: None)
-                    continue
-                channels[name] = Channel(
-                    name, list(ch.entries), max(now, ch.scheduled), recovered=True, done=done)
+            resumed, finished = resumedMessage(m, now)
+            for name in finished:  # every recipient done, the file not yet removed at the crash
+                path = self.layout.channel(name, m.id)
+                self.ops.submit(partial(os.unlink, path)).addErrback(lambda f: None)
             self.intake.known.add(m.id)
-            self._adopt(Message(m.id, m.sender, m.birth, m.stamp, m.size, channels))
+            self._adopt(resumed)
         self.intake.open(scan.todo)
         self._todoScan = LoopingCall(self.scanTodo)
         self._todoScan.clock = self.clock
@@ -340,9 +338,12 @@ class QueueService(service.Service):
                      path=path)
             self._entryFinished(m, ch, e, done=True)
 
-        # once D is durable, a local delivery's forward record has done its work (queue.md 5.10)
-        keys = [f"{m.stamp}Q{e.position}"] if ch.name == "local" else []
-        self.ops.submit(lambda: clean.markDone(path, [e.offset], self.layout, keys)).addCallbacks(
+        # The D marks of one batch share one sync (queue.md 5.12); once D is durable, a local
+        # delivery's forward record has done its work (queue.md 5.10).
+        key = f"{m.stamp}Q{e.position}" if ch.name == "local" else None
+        self.ops.submitDurable(
+            lambda: clean.writeDone(path, [e.offset]),
+            None if key is None else partial(fwd.dropRecord, self.layout, key)).addCallbacks(
             lambda _: self._entryFinished(m, ch, e, done=True), failed)
 
     def _entryFinished(self, m: Message, ch: Channel, e: ChannelEntry, done: bool) -> None:

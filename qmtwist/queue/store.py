@@ -21,6 +21,7 @@ from __future__ import annotations
 import ctypes
 import errno
 import os
+import threading
 import time
 from typing import Callable, Iterable, Iterator, Protocol
 
@@ -72,10 +73,13 @@ class Syncer:
     dirSyncs: int = 0
     fsSyncs: int = 0
     _fds: dict[str, int] = field(factory=dict, repr=False, eq=False)
+    # the counts are exact although two rounds may sync at once (qmtwist.queue.commit)
+    _lock: threading.Lock = field(factory=threading.Lock, repr=False, eq=False)
 
     def fsync(self, fd: int) -> None:
         os.fsync(fd)
-        self.fileSyncs += 1
+        with self._lock:
+            self.fileSyncs += 1
 
     @property
     def canGroup(self) -> bool:
@@ -98,7 +102,8 @@ class Syncer:
         if _SYNCFS(self.watch(path)) != 0:  # type: ignore[misc]
             e = ctypes.get_errno()
             raise OSError(e, os.strerror(e))
-        self.fsSyncs += 1
+        with self._lock:
+            self.fsSyncs += 1
 
     def syncDirs(self, paths: Iterable[str]) -> None:
         paths = sorted(set(paths))
@@ -109,7 +114,8 @@ class Syncer:
             fd = os.open(p, os.O_RDONLY | os.O_DIRECTORY)
             try:
                 os.fsync(fd)
-                self.dirSyncs += 1
+                with self._lock:
+                    self.dirSyncs += 1
             finally:
                 os.close(fd)
 
@@ -119,6 +125,14 @@ class Syncer:
 
 
 _SYNCFS = _loadSyncfs()
+
+
+def stampOf(st: os.stat_result, n: int) -> str:
+    """
+    A message's stamp from its mess file's status: unique for ever (mtime in microseconds and
+    inode), the key of its forward records and hold marker (docs/behaviour/queue.md 5.10).
+    """
+    return f"{st.st_mtime_ns // 1000}.P{n}"
 
 
 def _unlink(path: str) -> None:
@@ -142,6 +156,12 @@ class PendingMessage:
         self.time = now
         self.size = 0
         self.envelope: Envelope | None = None
+        # set by finishFiles: the envelope as committed (queueextra added), and the mess
+        # file's stamp and size from an fstat of its descriptor (the in-round preprocessing,
+        # docs/behaviour/queue.md 5.11, needs no stat of its own)
+        self.committed: Envelope | None = None
+        self.stamp = ""
+        self.messSize = 0
         self._linked = False
         # a forward's delivery key and, once written, its fwd/ record (docs/behaviour/queue.md 5.10)
         self.onceKey: str | None = None
@@ -197,10 +217,13 @@ class PendingMessage:
         if extra:
             env = Envelope(env.sender, tuple(extra) + env.recipients, env.uid, env.qp)
         data = encodeTodo(env)
+        self.committed = env
         group = syncer.canGroup
         try:
             if not group:
                 syncer.fsync(self._fd)
+            st = os.fstat(self._fd)
+            self.stamp, self.messSize = stampOf(st, self.id), st.st_size
             os.close(self._fd)
             self._fd = -1
         except OSError as e:

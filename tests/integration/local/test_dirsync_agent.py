@@ -1,0 +1,124 @@
+"""
+The local agent reports a Maildir delivery only after the batched sync of its directory
+(docs/behaviour/local.md 4.8.1): real homes, real Maildirs, in-process and (as root) through
+the per-uid helper, whose answer names the directory.
+"""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+import pytest_twisted
+from twisted.internet import reactor
+from twisted.internet.defer import Deferred, fail, succeed
+from twisted.internet.task import deferLater
+
+from qmtwist.delivery import Outcome, Report
+from qmtwist.home import virtualAccount
+from tests.integration.local.helpers import World, maildirFiles
+
+
+@pytest.fixture
+def world():
+    w = World.make()
+    yield w
+    w.cleanup()
+
+
+class _GatedSyncs:
+    """Stands for the agent's DirectorySyncs: records each request and answers when told."""
+
+    def __init__(self, fail: bool = False):
+        self.asked: list[tuple[bytes, ...]] = []
+        self.gates: list[Deferred[None]] = []
+        self.fail = fail
+
+    def sync(self, paths):
+        self.asked.append(tuple(paths))
+        if self.fail:
+            return fail(OSError(5, "Input/output error"))
+        d: Deferred[None] = Deferred()
+        self.gates.append(d)
+        return d
+
+
+async def _untilAsked(gated: _GatedSyncs, n: int = 1) -> None:
+    for _ in range(500):
+        if len(gated.asked) >= n:
+            return
+        await deferLater(reactor, 0.01, lambda: None)
+    raise AssertionError("the agent never asked for the directory sync")
+
+
+async def _reportWaitsForTheSync(world: World, root: bool, uid=None, gid=None) -> None:
+    h = world.userHome("ann", uid, gid)
+    agent = world.agent(root=root)
+    gated = _GatedSyncs()
+    agent.dirSyncs = gated
+    try:
+        [d] = agent.deliver([world.request(b"ann@test.example")])
+        await _untilAsked(gated)
+        new = os.path.realpath(os.path.join(h, "Maildir", "new"))
+        assert [tuple(os.path.realpath(p) for p in ps) for ps in gated.asked] == [
+            (os.fsencode(new),)]
+        assert len(os.listdir(new)) == 1  # linked, not yet reported
+        assert not d.called
+        gated.gates[0].callback(None)
+        assert await d == Report(Outcome.SUCCESS, b"did 1+0+0\n")
+    finally:
+        await agent.stop()
+
+
+@pytest_twisted.ensureDeferred
+async def test_reportWaitsForTheDirectorySync(world):
+    await _reportWaitsForTheSync(world, root=False)
+
+
+@pytest.mark.skipif(os.getuid() != 0, reason="needs root (CI runs as root)")
+@pytest_twisted.ensureDeferred
+async def test_reportWaitsForTheDirectorySyncThroughTheHelper(world):
+    uid, gid = virtualAccount()
+    await _reportWaitsForTheSync(world, root=True, uid=uid, gid=gid)
+
+
+@pytest_twisted.ensureDeferred
+async def test_failedSyncDefersAndTheRetryWritesNothing(world):
+    h = world.userHome("bob")
+    world.dotqmail(h, ".qmail", b"./Maildir/\n")
+    agent = world.agent()
+    agent.dirSyncs = _GatedSyncs(fail=True)
+    mess = world.mess()
+    try:
+        [d] = agent.deliver([world.request(b"bob@test.example", mess)])
+        r = await d
+        assert r == Report(Outcome.DEFERRAL,
+                           b"Temporary error on maildir delivery. (#4.3.0)\n")
+        assert len(maildirFiles(os.path.join(h, "Maildir"))) == 1
+        agent.dirSyncs = type("Ok", (), {"sync": lambda self, p: succeed(None)})()
+        [d] = agent.deliver([world.request(b"bob@test.example", mess, repeat=True)])
+        assert await d == Report(Outcome.SUCCESS, b"did 1+0+0\n")
+        assert len(maildirFiles(os.path.join(h, "Maildir"))) == 1  # the earlier copy counts
+    finally:
+        await agent.stop()
+
+
+@pytest_twisted.ensureDeferred
+async def test_twoMaildirLinesNameBothDirectories(world):
+    h = world.userHome("cat")
+    os.makedirs(os.path.join(h, "Other", "tmp"))
+    os.makedirs(os.path.join(h, "Other", "new"))
+    world.dotqmail(h, ".qmail", b"./Maildir/\n./Other/\n")
+    agent = world.agent()
+    gated = _GatedSyncs()
+    agent.dirSyncs = gated
+    try:
+        [d] = agent.deliver([world.request(b"cat@test.example")])
+        await _untilAsked(gated)
+        assert sorted(os.path.realpath(p) for p in gated.asked[0]) == sorted(
+            os.fsencode(os.path.realpath(os.path.join(h, m, "new")))
+            for m in ("Maildir", "Other"))
+        gated.gates[0].callback(None)
+        assert await d == Report(Outcome.SUCCESS, b"did 2+0+0\n")
+    finally:
+        await agent.stop()
