@@ -187,7 +187,10 @@ def benchPostfix(base: str, sink: Sink, count: int, concurrency: int, size: int)
     os.mkdir(conf)
     for name in ("main.cf", "master.cf", "dynamicmaps.cf", "postfix-files", "post-install",
                  "postfix-script"):
-        shutil.copy(os.path.join("/etc/postfix", name), conf)
+        src = os.path.join("/etc/postfix", name)
+        if name == "main.cf" and not os.path.exists(src):
+            src = "/usr/share/postfix/main.cf.debian"  # a Postfix installed, never configured
+        shutil.copy(src, os.path.join(conf, name))
     for name in ("postfix-files.d", "dynamicmaps.cf.d"):
         if os.path.isdir(os.path.join("/etc/postfix", name)):
             shutil.copytree(os.path.join("/etc/postfix", name), os.path.join(conf, name))

@@ -9,7 +9,9 @@ L{connection.Dialer} (timeoutconnect, the timeout table L{tcpto}) with the SMTP 
 or QMTP (L{qmtpclient}) dialogue. Each recipient gets its own L{Report}. Control values are
 reread (on a thread, L{freshControls}) for every delivery; the message file, the tlsverify CA
 file and the timeout table are read on C{ctx.runInThread} too, never on the reactor thread.
-Simultaneous connections never exceed C{concurrencyremote} (the HUP value).
+Simultaneous connections never exceed C{concurrencyremote} (the HUP value). After a completed
+SMTP transaction the connection stays in the connection cache (L{scache}, L{reuse}) for the next
+message to the same address under the same TLS rule (docs/behaviour/remote.md 11.8).
 
 Differences from qmail: see the modules named above; the self check ("I'm listed as a
 best-preference MX") compares addresses with L{RemoteAgent.localAddresses} (wired by the plugin
@@ -37,7 +39,7 @@ from qmtwist.delivery import DeliveryRequest, Report
 from qmtwist.dkim import delivery as dkimDelivery
 from qmtwist.errors import MailError, PermanentFailure
 from qmtwist.interfaces import IDeliveryAgent
-from qmtwist.remote import ipme, qmtpclient, routes, smtpclient
+from qmtwist.remote import ipme, qmtpclient, reuse, routes, scache, smtpclient
 from qmtwist.remote.concurrency import Limiter, descriptorWarning
 from qmtwist.remote.connection import ClientProtocol, Dialer, NextAddress
 from qmtwist.remote.mx import DNS_TIMEOUT, NO_HOST, MailHost, MXResolver, makeResolver
@@ -112,9 +114,12 @@ class RemoteAgent:
         self._interfaceLock = defer.DeferredLock()
         self.mxPort = mxPort
         self.limiter = Limiter(max(1, ctx.controls.snapshot.concurrencyremote))
+        # idle SMTP connections for the next message (docs/behaviour/remote.md 11.8)
+        self.scache = scache.ConnectionCache(ctx.reactor, self.limiter)
         self._inflight: set[defer.Deferred[Any]] = set()
         self._opportunistic: Any = None
         # MTA-STS and DANE for mail by MX (docs/behaviour/tls-policy.md 19)
+        self.reuse = reuse.Reuse(self.scache, self.dialer, ctx.runInThread)
         self.tlsPolicy = OutboundTLS.forAgent(ctx, self.resolver, self.mx, httpsPort=httpsPort,
                                               dnsTimeout=tuple(dnsTimeout))
 
@@ -178,6 +183,7 @@ class RemoteAgent:
             target.callback(report)
 
     def reload(self) -> None:
+        self.scache.closeAll()  # with QUIT; the next messages connect under the new controls
         self.limiter.setLimit(max(1, self.ctx.controls.snapshot.concurrencyremote))
 
     def stop(self) -> defer.Deferred[None]:
@@ -186,6 +192,8 @@ class RemoteAgent:
         the timeout table's last write.
         """
         self.dialer.stop()
+        self.scache.closeAll()
+        self.reuse.stop()
         self.limiter.setLimit(1 << 30)  # let waiting groups run into the stop check
         gathered = defer.DeferredList([_observe(d) for d in self._inflight], consumeErrors=True)
         return gathered.addCallback(lambda _: self.tcpto.flush()).addCallback(
@@ -226,9 +234,17 @@ class RemoteAgent:
         except MailError as e:
             return [_reportFor(e)] * n
         port = route.port if route.relay is not None else self.mxPort
-        await self.limiter.acquire()
+        keyOf = functools.partial(reuse.cacheKey, control, port, policy, plan)
+        keys = ([keyOf(ip, h) for h in hosts for ip in h.addresses]
+                if route.protocol == routes.SMTP and not self.dialer.stopping else [])
+        taken = self.scache.take(keys) if keys else None
+        if taken is None:  # a slot, or a connection handed over with its slot
+            taken = await self.limiter.acquire(keys)
+        kept: list[bool] = []  # the connection (and the slot) went to the cache
         try:
             if self.dialer.stopping:
+                if taken is not None:
+                    taken[1].abort()
                 return [Report.deferral(STOPPING)] * n
             if route.protocol == routes.QMTP:
                 return await self.dialer.deliver(
@@ -237,10 +253,15 @@ class RemoteAgent:
                     lambda proto, ip, host, first: qmtpclient.transact(
                         proto, ip, sender, recipients, messPath, self.ctx.runInThread, prefix),
                 )
+            if taken is not None:
+                reports = await self.reuse.run(taken, sender, recipients, messPath, prefix, kept)
+                if reports is not None:
+                    return reports
             return await self._trySMTP(control, hosts, port, sender, recipients, messPath, policy,
-                                       plan, prefix)
+                                       plan, prefix, keyOf, kept)
         finally:
-            self.limiter.release()
+            if not kept:
+                self.limiter.release()
 
     async def _byMX(
         self, control: Control, domain: bytes, recipients: list[bytes], sender: bytes
@@ -323,6 +344,8 @@ class RemoteAgent:
         policy: routes.TLSPolicy,
         plan: Plan | None = None,
         prefix: bytes = b"",
+        keyOf: Callable[[str, MailHost], tuple[Any, ...]] | None = None,
+        kept: list[bool] | None = None,
     ) -> list[Report]:
         n = len(recipients)
         options: dict[bytes, Any] = {}
@@ -348,12 +371,16 @@ class RemoteAgent:
                 plan or Plan.fixed(host.name, TLSVERIFY if policy.required else OPPORTUNISTIC),
                 host, ip, allowTLS, opts)
             try:
-                return tried.annotate(await smtpclient.transact(
+                reports = tried.annotate(await smtpclient.transact(
                     proto, ip, control.helohost, sender, recipients, messPath, tls,
-                    self.ctx.runInThread, prefix))
+                    self.ctx.runInThread, prefix, keep=keyOf is not None))
             except NextAddress as e:  # a refused certificate: its report names the session too
                 e.reports = tried.annotate(e.reports)
                 raise
+            if keyOf is None or kept is None:
+                return reports
+            proto.attempt = tried
+            return self.reuse.keep(proto, keyOf(ip, host), reports, kept)
 
         def makeProto() -> ClientProtocol:
             return smtpclient.ReplyProtocol(self.reactor, control.timeoutremote)

@@ -74,6 +74,8 @@ class ClientProtocol(Protocol, TimeoutMixin):
 
     kind = "remote"
     tls = False
+    #: the connection went to the connection cache after its dialogue (remote.md 11.8)
+    cached = False
 
     def __init__(self, clock: IReactorTime, timeout: float) -> None:
         self.clock = clock
@@ -247,8 +249,10 @@ class Dialer:
                     raise
                 finally:
                     self._connections.discard(proto)
-                # hold the concurrency slot until the connection is really gone
-                await proto.whenClosed()
+                # hold the concurrency slot until the connection is really gone, or is
+                # kept by the connection cache with its slot
+                if not proto.cached:
+                    await proto.whenClosed()
                 return result
         return last if last is not None else [Report.deferral(NO_CONNECTION)] * n
 

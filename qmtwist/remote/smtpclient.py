@@ -13,9 +13,8 @@ recipients per transaction with their own reports.
 
 from __future__ import annotations
 
-import functools
 from collections import deque
-from typing import Any, Awaitable, BinaryIO, Callable
+from typing import Any, Awaitable, Callable
 
 from attrs import define
 from twisted.internet import defer
@@ -24,10 +23,9 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from qmtwist.delivery import Outcome, Report
-from qmtwist.remote.connection import ClientProtocol, ConnectionDied, NextAddress, Reconnect, sendFile
-from qmtwist.remote.dataencoder import DataEncoder
-from qmtwist.remote.reports import MAX_TEXT, UNREADABLE, clean, connectionDied, printable, report, said
-from qmtwist.remote.smtputf8 import mailFrom, notOffered, offersSMTPUTF8, quoteAddress
+from qmtwist.remote.connection import ClientProtocol, ConnectionDied, NextAddress, Reconnect
+from qmtwist.remote.mailtx import mailTransaction
+from qmtwist.remote.reports import MAX_TEXT, clean, connectionDied, printable, report, said
 
 MAX_LINE = 65536
 QUIT_WAIT = 5.0  # how long to let the peer close after QUIT before closing ourselves
@@ -69,6 +67,16 @@ class ReplyProtocol(ClientProtocol):
         self._waiter: defer.Deferred[Reply] | None = None
         self.timedOut = False  # a reply did not come within timeout
         self._quitTimer: Any = None
+        # kept with the connection for reuse (docs/behaviour/remote.md 11.8)
+        self.ehloLines: list[bytes] | None = None
+        self.createdAt = clock.seconds()
+        self.uses = 0
+        self.completed = False
+        self.attempt: Any = None  # the TLS policy's Attempt, for the reports of later messages
+
+    def hasPending(self) -> bool:
+        """Whether input came that no awaited reply has read (say a 421 on an idle connection)."""
+        return bool(self._buffer or self._lines or self._replies)
 
     def dataReceived(self, data: bytes) -> None:
         self._buffer += data
@@ -217,12 +225,14 @@ async def transact(
     tls: TLSSetting,
     runInThread: Callable[[Callable[[], Any]], Any],
     prefix: bytes = b"",
+    keep: bool = False,
 ) -> list[Report]:
     """
     Run one SMTP transaction on a connected L{ReplyProtocol} (docs/behaviour/remote.md 11.4).
 
     @param runInThread: opens the message file off the reactor thread.
     @param prefix: header lines sent before the message (the DKIM signatures, docs/behaviour/dkim.md).
+    @param keep: leave the connection open after a completed transaction (L{mailtx}).
     @return: one L{Report} per recipient, in order.
     @raise Reconnect: an opportunistic STARTTLS failed; the caller reconnects without it.
     @raise NextAddress: a 4xx greeting, or none within C{timeoutremote}; the caller tries
@@ -302,52 +312,11 @@ async def transact(
                     refusal = await tls.afterHandshake(transport)
                     if refusal is not None:
                         raise NextAddress(refusal, quit(Outcome.DEFERRAL, refusal.encode(), None))
-        # SMTPUTF8 (docs/behaviour/smtp-extensions.md 20.6): a UTF-8 address needs the peer's
-        utf8 = offersSMTPUTF8(ehlo.lines if ehlo is not None else None)
-        if not (utf8 or sender.isascii()):
-            return quit(Outcome.FAILURE, notOffered(host), None)
-        proto.send(mailFrom(sender, recipients, utf8))
-        r = await proto.reply()
-        if r.code >= 400:
-            return quit(byCode(r.code), b"Connected to %s but sender was rejected.\n" % host, r)
-        accepted = []
-        for i, rcpt in enumerate(recipients):
-            if not (utf8 or rcpt.isascii()):
-                results[i] = Report.failure(notOffered(host))
-                continue
-            proto.send(b"RCPT TO:<" + quoteAddress(rcpt, utf8) + b">")
-            r = await proto.reply()
-            if r.code >= 400:
-                results[i] = report(byCode(r.code),
-                                    b"%s does not like recipient.\n" % host + said(r.text))
-            else:
-                accepted.append(i)
-        if not accepted:
-            proto.close()
-            giving = b"Giving up on %s.\n" % host
-            return [report(x.outcome, x.text + giving) for x in results if x is not None]
-        proto.send(b"DATA")
-        r = await proto.reply()
-        if r.code >= 400:
-            return quit(byCode(r.code), b"%s failed on DATA command.\n" % host, r)
-        try:
-            f: BinaryIO = await runInThread(functools.partial(open, messPath, "rb"))
-        except OSError:
-            proto.close()
-            return rest(Report.deferral(UNREADABLE))
-        encoder = DataEncoder()
-        transport.write(encoder(prefix))
-        try:
-            await sendFile(f, transport, proto.clock, proto.timeout, encoder)
-        finally:
-            f.close()
-        transport.write(encoder.flush())
-        proto.send(b".")
-        critical = True
-        r = await proto.reply()
-        if r.code >= 400:
-            return quit(byCode(r.code), b"%s failed after I sent the message.\n" % host, r)
-        return quit(Outcome.SUCCESS, b"%s accepted message.\n" % host, r)
+        # MAIL..dot (mailtx); SMTPUTF8 and PIPELINING from the EHLO reply kept with the
+        # connection, which may be reused (docs/behaviour/remote.md 11.8, smtp-extensions.md 20.6)
+        proto.ehloLines = ehlo.lines if ehlo is not None else None
+        return await mailTransaction(proto, ip, sender, recipients, messPath, runInThread,
+                                     prefix, keep=keep)
     except ConnectionDied:
         proto.close()
         return rest(connectionDied(ip, critical))

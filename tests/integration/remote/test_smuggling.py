@@ -98,10 +98,12 @@ VARIANTS = [
 def assertCleanWire(raw: bytes) -> None:
     assert re.search(rb"\r(?!\n)", raw) is None, raw
     assert re.search(rb"(?<!\r)\n", raw) is None, raw
-    assert raw.count(b"\r\n.\r\n") == 1, raw
-    commands, _, after = raw.partition(b"\r\nDATA\r\n")
-    assert commands.count(b"MAIL FROM:") == 1, raw
-    assert after.split(b"\r\n.\r\n")[1] == b"QUIT\r\n", raw  # one transaction, then QUIT
+    # one or more transactions (a cached connection carries several, remote.md 11.8), then QUIT
+    *transactions, last = raw.split(b"\r\n.\r\n")
+    assert transactions and last == b"QUIT\r\n", raw
+    for t in transactions:
+        commands, sep, _data = t.partition(b"\r\nDATA\r\n")
+        assert sep and commands.count(b"MAIL FROM:") == 1, raw
 
 
 @pytest.fixture
@@ -138,7 +140,9 @@ def test_bareCRAndNULNeverReachTheWire(home, forwarding):
                    b"Subject: smuggle\r\n\r\nhello\r.\r\nMAIL FROM:<ceo@bank.example>\r\n"
                    b"nul\x00\r\n")
     n = len(VARIANTS) + 1
-    waitFor(lambda: len(sink.sessions) >= n, f"{n} sessions at the sink", deadline=60)
+    # connections may carry several messages (remote.md 11.8): count the final dots
+    waitFor(lambda: sum(raw.count(b"\r\n.\r\n") for raw in sink.sessions) >= n,
+            f"{n} messages at the sink", deadline=60)
     for raw in sink.sessions:
         assertCleanWire(raw)
     # The content survives as lines: the smuggled command is body text, dot-stuffed where needed.

@@ -310,6 +310,7 @@ async def test_daneTAMatchesTheIssuer(home, tmp_path, loopbackDNS, ports) -> Non
     assert r.outcome is Outcome.SUCCESS, r.text
     assert r.text.endswith(b"DANE-TA TLSA 2 0 1 matched for mx.dane.example.\n"), r.text
     sink.tlsOptions = authority.issue(["another.example"], withCA=True).options()
+    a.scache.closeAll()  # the verified connection would be reused (remote.md 11.8)
     [r] = await deliverAll(a, [request(message(tmp_path), b"bob@dane.example")])
     assert r.text.startswith(b"Sorry, DANE TLSA records of mx.dane.example require matching "
                              b"TLS at 127.0.0.2: certificate does not match mx.dane.example."), r.text
