@@ -82,7 +82,12 @@ def test_front_ends_accept_the_daemon_delivers(tmp_path):
         takers = {pid for pid in pids for r in replies if f"qp {pid}".encode() in r}
         assert takers, replies  # the sessions ran in the front ends, not in the daemon
         assert all(any(f"qp {pid}".encode() in r for pid in pids) for r in replies)
-        assert sum(line.startswith("new msg ") for line in d.lines()) == 12
+        # the log is written in batches (docs/behaviour/operations.md 21.4.1): wait for it
+        def newMsgLines() -> int:
+            return sum(line.startswith("new msg ") for line in d.lines())
+
+        d.waitFor(lambda: newMsgLines() >= 12, "a new msg line for each message")
+        assert newMsgLines() == 12  # each message queued once
     finally:
         assert d.stop() == 0
     for pid in frontEnds(d):
