@@ -149,7 +149,10 @@ def benchAgent(base: str, sink: Sink, count: int, concurrency: int, size: int) -
 
 def _control(home: Home, port: int, concurrency: int) -> None:
     for name, value in (("smtproutes", f":127.0.0.1:{port}\n"),
-                        ("concurrencyremote", f"{concurrency}\n")):
+                        ("concurrencyremote", f"{concurrency}\n"),
+                        # as Postfix's default_destination_concurrency_limit below: one domain
+                        # may use every slot (docs/behaviour/queue.md 5.6)
+                        ("concurrencydestination", f"{concurrency}\n")):
         with open(os.path.join(home.control, name), "w") as f:
             f.write(value)
 

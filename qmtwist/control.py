@@ -37,6 +37,7 @@ class Control:
     badmailfrom: tuple[bytes, ...] = ()
     bouncefrom: bytes = b"MAILER-DAEMON"
     bouncehost: bytes = b""
+    concurrencydestination: int = 0  # [qmtwist] remote deliveries at once to one domain; 0: half
     concurrencylocal: int = 10
     concurrencyrecipient: int = 0  # [qmtwist] local deliveries at once to one address; 0: half
     concurrencyremote: int = 20
@@ -86,6 +87,7 @@ _FILES: dict[str, tuple[str, bool, bytes | None]] = {
     "badmailfrom": (LIST, False, None),
     "bouncefrom": (LINE, False, None),
     "bouncehost": (LINE, True, b"bouncehost"),
+    "concurrencydestination": (INT, False, None),
     "concurrencylocal": (INT, False, None),
     "concurrencyrecipient": (INT, False, None),
     "concurrencyremote": (INT, False, None),

@@ -4,10 +4,11 @@ start of each delivery (docs/behaviour/queue.md 5.6, 6.2).
 
 A pass over a channel (L{Dispatcher.beginPass}) puts every recipient not yet done into that
 channel's ready queue; L{Dispatcher.pump} hands them to the channel's agent, never more at once
-than C{concurrencylocal} or C{concurrencyremote}, and for local deliveries never more than
-C{concurrencyrecipient} to one address. Reports from agents are trusted only as far as
-qmail-send trusts its spawners: a crash, a missing report or a failed Deferred becomes a deferral
-before the service sees it.
+than C{concurrencylocal} or C{concurrencyremote}; never more than C{concurrencyrecipient} local
+deliveries to one address, nor more than C{concurrencydestination} remote deliveries to one
+recipient domain, so one slow domain cannot hold every remote slot. Reports from agents are
+trusted only as far as qmail-send trusts its spawners: a crash, a missing report or a failed
+Deferred becomes a deferral before the service sees it.
 """
 
 from __future__ import annotations
@@ -42,6 +43,22 @@ def recipientLimit(control: Control) -> int:
     return max(1, int(control.concurrencylocal) // 2)
 
 
+def destinationLimit(control: Control) -> int:
+    """Remote deliveries at once to one domain: concurrencydestination, else half the slots."""
+    if control.concurrencydestination > 0:
+        return int(control.concurrencydestination)
+    return max(1, int(control.concurrencyremote) // 2)
+
+
+def destination(address: bytes) -> bytes:
+    """
+    The destination a remote delivery counts against: the recipient's domain, without case
+    (docs/behaviour/queue.md 5.6). The domain, not the route or the MX host, so the limit is known
+    before any DNS lookup and a smarthost carrying many domains is shared fairly among them.
+    """
+    return address.rpartition(b"@")[2].lower()
+
+
 class Dispatcher:
     """
     Starts deliveries within the concurrency limits (docs/behaviour/queue.md 5.6).
@@ -70,6 +87,8 @@ class Dispatcher:
         self.active: dict[str, int] = {"local": 0, "remote": 0}
         # local deliveries in flight per recipient address (control/concurrencyrecipient)
         self.perRecipient: Counter[bytes] = Counter()
+        # remote deliveries in flight per recipient domain (control/concurrencydestination)
+        self.perDestination: Counter[bytes] = Counter()
         self.started = 0  # the number of the last delivery started
 
     def inFlight(self) -> int:
@@ -110,19 +129,12 @@ class Dispatcher:
         limits = {"local": control.concurrencylocal, "remote": control.concurrencyremote}
         for name, ready in self.ready.items():
             agent = self.agents.get(name)
-            if name == "local" and agent is not None:
-                self._pumpLocal(agent, ready, limits[name], recipientLimit(control))
+            if agent is None:
                 continue
-            while ready and self.active[name] < limits[name] and agent is not None:
-                room = limits[name] - self.active[name]
-                n, _ = ready[0]
-                batch: list[int] = []
-                while ready and ready[0][0] == n and len(batch) < room:
-                    batch.append(ready.popleft()[1])
-                m = self.messages.get(n)
-                if m is None or name not in m.channels:
-                    continue
-                self._start(agent, m, m.channels[name], batch)
+            if name == "local":
+                self._pumpLocal(agent, ready, limits[name], recipientLimit(control))
+            elif name == "remote":
+                self._pumpRemote(agent, ready, limits[name], destinationLimit(control))
 
     def _pumpLocal(self, agent: IDeliveryAgent, ready: deque[tuple[int, int]], limit: int,
                    perRecipient: int) -> None:
@@ -145,6 +157,41 @@ class Dispatcher:
                 continue
             self.perRecipient[address] += 1
             self._start(agent, m, ch, [pos])
+        ready.extendleft(reversed(skipped))
+
+    def _pumpRemote(self, agent: IDeliveryAgent, ready: deque[tuple[int, int]], limit: int,
+                    perDestination: int) -> None:
+        """
+        Start remote deliveries in queue order, at most C{perDestination} at once to one
+        recipient domain: a domain whose servers answer slowly (or a message with many
+        recipients there) holds at most that share of the C{concurrencyremote} slots, and mail
+        for other domains keeps its own. Consecutive recipients of one message go to the agent
+        together, so it can give those that share a route one connection (remote.md 11). Entries
+        passed over keep their place.
+        """
+        skipped: list[tuple[int, int]] = []
+        batch: list[int] = []
+        current: Message | None = None
+        room = limit - self.active["remote"]
+        while ready and len(batch) < room and len(skipped) < MAX_PASSED_OVER:
+            n, pos = ready[0]
+            if current is not None and n != current.id:
+                self._start(agent, current, current.channels["remote"], batch)
+                room, batch, current = limit - self.active["remote"], [], None
+                continue
+            ready.popleft()
+            m = self.messages.get(n)
+            if m is None or "remote" not in m.channels:
+                continue
+            where = destination(m.channels["remote"].entries[pos].address)
+            if self.perDestination[where] >= perDestination:
+                skipped.append((n, pos))
+                continue
+            self.perDestination[where] += 1
+            batch.append(pos)
+            current = m
+        if current is not None:
+            self._start(agent, current, current.channels["remote"], batch)
         ready.extendleft(reversed(skipped))
 
     def _start(self, agent: IDeliveryAgent, m: Message, ch: Channel, positions: list[int]) -> None:
@@ -188,4 +235,9 @@ class Dispatcher:
             self.perRecipient[key] -= 1
             if self.perRecipient[key] <= 0:
                 del self.perRecipient[key]
+        elif channel == "remote":
+            key = destination(address)
+            self.perDestination[key] -= 1
+            if self.perDestination[key] <= 0:
+                del self.perDestination[key]
         self.active[channel] -= 1

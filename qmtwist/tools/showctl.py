@@ -21,6 +21,8 @@ _FILES: list[tuple[str, str, str, str, str, bool]] = [
     ("badmailfrom", LST, "Any MAIL FROM is allowed.", "", " not accepted in MAIL FROM.", False),
     ("bouncefrom", STR, "MAILER-DAEMON", "Bounce user name is ", "", False),
     ("bouncehost", STR, "bouncehost", "Bounce host name is ", "", True),
+    ("concurrencydestination", INT, "0", "Remote concurrency per domain (0: half) is ", "",
+     False),
     ("concurrencylocal", INT, "10", "Local concurrency is ", "", False),
     ("concurrencyrecipient", INT, "0", "Local concurrency per recipient (0: half) is ", "", False),
     ("concurrencyremote", INT, "20", "Remote concurrency is ", "", False),

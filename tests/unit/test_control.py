@@ -641,6 +641,6 @@ def test_moduleNamesEveryFileOfTheTable():
         "localiphost", "locals", "maxrcpt", "morercpthosts", "percenthack", "plusdomain", "qmtproutes",
         "queueextra", "queuelifetime", "rcpthosts", "smtpgreeting", "smtproutes",
         "timeoutconnect", "timeoutremote", "timeoutsmtpd", "tlsverify", "virtualdomains",
-        "timeoutlocal", "concurrencyrecipient", "dmarcreject",
+        "timeoutlocal", "concurrencyrecipient", "dmarcreject", "concurrencydestination",
     }
     assert names == expected

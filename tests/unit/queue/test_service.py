@@ -406,12 +406,15 @@ def test_verp_sender_expanded_per_recipient(home):
 
 
 def test_status_line_shows_raised_concurrencyremote_after_hup(home, logEvents):
-    """FAQ 8.1: echo 100 > control/concurrencyremote; HUP -> status lines say remote r/100."""
+    """
+    FAQ 8.1: echo 100 > control/concurrencyremote; HUP -> status lines say remote r/100. Two
+    domains, as each may take half the slots (concurrencydestination's default).
+    """
     h = makeHarness(home, remote=None)
     with open(os.path.join(home.control, "concurrencyremote"), "wb") as f:
         f.write(b"150\n")
     h.service.hup()
-    h.inject(b"joe@test.example", [b"r%d@elsewhere.example" % i for i in range(130)])
+    h.inject(b"joe@test.example", [b"r%d@d%d.example" % (i, i % 2) for i in range(130)])
     assert len(h.remote.requests) == 130  # no ceiling of 120
     assert "status: local 0/10 remote 130/150" in logLines(logEvents)
 
