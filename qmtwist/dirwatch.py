@@ -1,0 +1,298 @@
+"""
+Knowing without a thread job that a directory did not change: Linux inotify for the per-connection
+and per-delivery checks of C{control/} and of the rules files (docs/behaviour/control.md 2.5).
+
+L{qmtwist.context.ControlCache.refresh} and L{qmtwist.tcprules.RulesFile.refresh} must see every
+edit whose C{write()}, C{rename()}, C{chmod()} or C{unlink()} returned before they were called
+(control.md 2.2, "conn" and "deliv"). Their full check (a scan of C{control/}, a stat of the rules
+file) runs on a thread. A L{DirWatch} lets them skip it: the kernel queues an inotify event before
+such a system call returns, so when L{DirWatch.changed} (a non-blocking C{read()} of the inotify
+descriptor, on the reactor thread: no file-system call) finds no event since the last full check
+began, the values in force are the files as they are now.
+
+The shape of a full check with a watch::
+
+    token = watch.begin()           # reactor thread: take the events so far, before the scan
+    # thread: token.arm() (add the watch when needed), then the scan
+    watch.end(token, usable)        # reactor thread: the scan said whether the watch is enough
+
+L{DirWatch.changed} answers "do the full check" (today's behaviour) unless the last full check
+armed the watch, found it sufficient (C{usable}) and no event came since it began. The watch is
+not sufficient (control.md 2.5) when inotify is unavailable (not Linux, C{inotify_init} or
+C{inotify_add_watch} failed: one warning, then the stat checks run as before), after an
+C{IN_Q_OVERFLOW}, C{IN_IGNORED}, C{IN_DELETE_SELF}, C{IN_MOVE_SELF} or C{IN_UNMOUNT} (the descriptor
+is closed; the next full check opens a new one and watches again), and when the scan finds a
+symbolic link or a file with several hard links (their changes through another path are not events
+of this directory) or the directory itself is a symbolic link.
+
+Twisted's L{twisted.internet.inotify.INotify} is not used as the reader: its C{watch} adds the watch
+on the calling thread (a path lookup, not for the reactor thread) and it drops events of a watch it
+has not registered yet, which would lose an edit made while a watch added on a thread is being
+registered. Its ctypes layer, L{twisted.python._inotify}, is used for C{inotify_init} and
+C{inotify_add_watch}; this module reads and parses the descriptor itself and treats every event of
+its own descriptor as a change.
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+import struct
+from typing import Iterable
+
+from twisted.application.service import Service
+from twisted.internet.interfaces import IReactorFDSet, IReadDescriptor
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from zope.interface import implementer
+
+# from linux/inotify.h (as twisted.internet.inotify, which needs no reactor to import)
+IN_MODIFY, IN_ATTRIB, IN_CLOSE_WRITE = 0x2, 0x4, 0x8
+IN_MOVED_FROM, IN_MOVED_TO, IN_CREATE, IN_DELETE = 0x40, 0x80, 0x100, 0x200
+IN_DELETE_SELF, IN_MOVE_SELF, IN_UNMOUNT, IN_Q_OVERFLOW, IN_IGNORED = (
+    0x400, 0x800, 0x2000, 0x4000, 0x8000)
+IN_ONLYDIR = 0x01000000
+
+#: every way an admin changes a file in the directory, and the directory's own end
+MASK = (IN_MODIFY | IN_ATTRIB | IN_CLOSE_WRITE | IN_CREATE | IN_DELETE | IN_MOVED_FROM
+        | IN_MOVED_TO | IN_DELETE_SELF | IN_MOVE_SELF)
+#: events after which the watch no longer tells the whole story
+BROKEN = IN_Q_OVERFLOW | IN_IGNORED | IN_DELETE_SELF | IN_MOVE_SELF | IN_UNMOUNT
+
+_EVENT = struct.Struct("=iIII")  # wd, mask, cookie, len (struct inotify_event)
+
+#: what a directory scan compares: (name, mtime_ns, size, inode) of each entry
+Stamp = tuple[tuple[str, int, int, int], ...]
+
+
+def scanDirectory(path: str) -> tuple[Stamp, bool]:
+    """
+    Blocking: the entries of C{path} (each stat-ed, symbolic links followed, so a link's target
+    counts) and whether a watch on C{path} sees every change of them: no entry is a symbolic link
+    or has more than one hard link, and C{path} is not a symbolic link itself.
+    """
+    try:
+        entries = sorted(os.scandir(path), key=lambda e: e.name)
+        usable = not os.path.islink(path)
+    except OSError:
+        return (), False
+    out = []
+    for e in entries:
+        try:
+            st = e.stat()
+            if e.is_symlink() or (not stat.S_ISDIR(st.st_mode) and st.st_nlink > 1):
+                usable = False
+            out.append((e.name, st.st_mtime_ns, st.st_size, st.st_ino))
+        except OSError:
+            usable = False  # vanished or unreadable: let the next check look again
+    return tuple(out), usable
+
+
+def fileStamp(path: str, previous: object) -> tuple[object, bool]:
+    """
+    Blocking: C{(mtime_ns, size, inode)} of C{path} (symbolic links followed), L{None} when it
+    is missing, C{previous} when it cannot be stat-ed; and whether a watch on its directory sees
+    every change of it (not a symbolic link, one hard link, the directory not a link).
+    """
+    usable = not os.path.islink(os.path.dirname(path) or ".")
+    try:
+        st = os.lstat(path)
+        if stat.S_ISLNK(st.st_mode):
+            usable = False
+            st = os.stat(path)
+    except FileNotFoundError:
+        return None, usable
+    except OSError:
+        return previous, False
+    return (st.st_mtime_ns, st.st_size, st.st_ino), usable and st.st_nlink <= 1
+
+
+class DirWatches(Service):
+    """
+    The daemon's watches, made by L{directory}; closed when the service stops (afterwards every
+    check is a full one). Logs the one warning when inotify is unavailable.
+    """
+
+    log = Logger(namespace="qmtwist.dirwatch")
+
+    def __init__(self, reactor: IReactorFDSet) -> None:
+        self.reactor = reactor
+        self.unavailable: str | None = None
+        self.closed = False
+        self._watches: list[DirWatch] = []
+
+    def directory(self, path: str, names: Iterable[str] | None = None) -> DirWatch:
+        """
+        A watch on the directory C{path}; with C{names}, only events of those entries count
+        (and those of the directory itself).
+        """
+        w = DirWatch(self, path, None if names is None else frozenset(names))
+        self._watches.append(w)
+        return w
+
+    def openDescriptor(self) -> int | None:
+        """A new non-blocking inotify descriptor (reactor thread), or L{None} when unavailable."""
+        if self.closed or self.unavailable is not None:
+            return None
+        try:
+            from twisted.python import _inotify
+            fd: int = _inotify.init()
+        except Exception as e:  # ImportError (not Linux), INotifyError, OSError (EMFILE...)
+            self.unavailable = str(e) or e.__class__.__name__
+            self.log.warn("warning: inotify is unavailable ({reason}): control/ and the rules "
+                          "files are checked with stat before each connection and delivery",
+                          reason=self.unavailable)
+            return None
+        os.set_blocking(fd, False)
+        os.set_inheritable(fd, False)
+        return fd
+
+    def stopService(self) -> None:
+        super().stopService()
+        self.closed = True
+        for w in self._watches:
+            w.close()
+
+
+class Token:
+    """One full check's part of a L{DirWatch}: see the module docstring."""
+
+    def __init__(self, path: str, fd: int, add: bool, forced: bool, epoch: int) -> None:
+        self.path = path
+        self.fd = fd
+        self.add = add
+        #: events were seen by a valid watch: reread even if the stamps look the same (a
+        #: rewrite within the file system's timestamp granularity keeps the mtime)
+        self.forced = forced
+        self.epoch = epoch
+        self.wd: int | None = None
+        self.error: str | None = None
+
+    def arm(self) -> None:
+        """Blocking (the check's thread): add the watch when this check has to."""
+        if not self.add:
+            return
+        try:
+            from twisted.python import _inotify
+            from twisted.python.filepath import FilePath
+            self.wd = _inotify.add(self.fd, FilePath(self.path), MASK | IN_ONLYDIR)
+        except Exception as e:
+            # a missing directory is no news (a rules file may be absent); anything else is
+            if os.path.isdir(self.path):
+                self.error = str(e) or e.__class__.__name__
+
+
+@implementer(IReadDescriptor)
+class DirWatch:
+    """One directory's inotify descriptor and what it says; see the module docstring."""
+
+    def __init__(self, owner: DirWatches, path: str, names: frozenset[str] | None) -> None:
+        self.owner = owner
+        self.path = path
+        self._names = None if names is None else frozenset(os.fsencode(n) for n in names)
+        self._fd = -1
+        self._wd: int | None = None
+        self._reading = False
+        self._valid = False
+        self._dirty = False
+        self._epoch = 0  # bumped by whatever makes a running check's view of the watch stale
+        self._warned = False
+
+    # -- the checks' side (reactor thread) --------------------------------------------------------
+
+    def changed(self) -> bool:
+        """Whether the caller must run its full check: the watch is not in force, or an event
+        came since the last full check began."""
+        self._drain()
+        return self._dirty or not self._valid
+
+    def begin(self) -> Token:
+        """A full check starts: the events so far are its business (forgotten here)."""
+        self._drain()
+        forced = self._dirty and self._valid
+        self._dirty = False
+        if self._fd < 0:
+            fd = self.owner.openDescriptor()
+            self._fd = -1 if fd is None else fd
+        return Token(self.path, self._fd, self._fd >= 0 and self._wd is None, forced, self._epoch)
+
+    def end(self, token: Token, usable: bool) -> None:
+        """The full check of C{token} is done; C{usable}: its scan found the watch sufficient."""
+        if token.epoch != self._epoch or token.fd != self._fd:
+            self._valid = False  # broken or closed meanwhile: the next check starts afresh
+            return
+        if token.add:
+            if token.wd is None:
+                if token.error is not None and not self._warned:
+                    self._warned = True
+                    self.owner.log.warn(
+                        "warning: unable to watch {path} with inotify ({reason}): it is checked "
+                        "with stat before each connection and delivery",
+                        path=self.path, reason=token.error)
+                self._valid = False
+                return
+            self._wd = token.wd
+            if not self._reading:
+                self._reading = True
+                self.owner.reactor.addReader(self)
+        self._valid = usable and self._wd is not None
+
+    def markChanged(self) -> None:
+        """The caller dropped a full check's result: the next refresh checks again."""
+        self._dirty = True
+
+    def close(self) -> None:
+        """Stop watching (the next full check opens a new descriptor unless the owner is closed)."""
+        if self._reading:
+            self._reading = False
+            self.owner.reactor.removeReader(self)
+        if self._fd >= 0:
+            try:
+                os.close(self._fd)
+            except OSError:
+                pass
+        self._fd, self._wd, self._valid = -1, None, False
+        self._dirty = True
+        self._epoch += 1
+
+    # -- reading ---------------------------------------------------------------------------------
+
+    def _drain(self) -> None:
+        while self._fd >= 0:
+            try:
+                data = os.read(self._fd, 65536)
+            except BlockingIOError:
+                return
+            except OSError:
+                self.close()
+                return
+            if not data:
+                return
+            self.events(data)
+
+    def events(self, data: bytes) -> None:
+        """Take in a buffer of C{struct inotify_event} records (as read from the descriptor)."""
+        offset = 0
+        while offset + _EVENT.size <= len(data):
+            _wd, mask, _cookie, size = _EVENT.unpack_from(data, offset)
+            name = data[offset + _EVENT.size:offset + _EVENT.size + size].split(b"\0", 1)[0]
+            offset += _EVENT.size + size
+            if mask & BROKEN:
+                self.close()
+                return
+            if not name or self._names is None or name in self._names:
+                self._dirty = True
+
+    def fileno(self) -> int:
+        return self._fd
+
+    def doRead(self) -> None:
+        """The reactor saw events: take them in now, so the kernel's queue stays short."""
+        self._drain()
+
+    def connectionLost(self, reason: Failure) -> None:
+        self._reading = False  # the reactor is letting go of us (shutdown)
+        self.close()
+
+    def logPrefix(self) -> str:
+        return "dirwatch"
