@@ -107,6 +107,11 @@ def fileStamp(path: str, previous: object) -> tuple[object, bool]:
     return (st.st_mtime_ns, st.st_size, st.st_ino), usable and st.st_nlink <= 1
 
 
+def _reason(e: Exception) -> str:
+    """qmail-style reason text: C{Too many open files}, not C{[Errno 24] ...}."""
+    return getattr(e, "strerror", None) or str(e) or e.__class__.__name__
+
+
 class DirWatches(Service):
     """
     The daemon's watches, made by L{directory}; closed when the service stops (afterwards every
@@ -138,7 +143,7 @@ class DirWatches(Service):
             from twisted.python import _inotify
             fd: int = _inotify.init()
         except Exception as e:  # ImportError (not Linux), INotifyError, OSError (EMFILE...)
-            self.unavailable = str(e) or e.__class__.__name__
+            self.unavailable = _reason(e)
             self.log.warn("warning: inotify is unavailable ({reason}): control/ and the rules "
                           "files are checked with stat before each connection and delivery",
                           reason=self.unavailable)
@@ -179,7 +184,7 @@ class Token:
         except Exception as e:
             # a missing directory is no news (a rules file may be absent); anything else is
             if os.path.isdir(self.path):
-                self.error = str(e) or e.__class__.__name__
+                self.error = _reason(e)
 
 
 @implementer(IReadDescriptor)
