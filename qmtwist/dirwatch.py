@@ -36,14 +36,16 @@ its own descriptor as a change.
 from __future__ import annotations
 
 import os
+import re
 import stat
 import struct
-from typing import Iterable
+from typing import Any, Iterable
 
 from twisted.application.service import Service
 from twisted.internet.interfaces import IReactorFDSet, IReadDescriptor
 from twisted.logger import Logger
 from twisted.python.failure import Failure
+from twisted.python.filepath import FilePath
 from zope.interface import implementer
 
 # from linux/inotify.h (as twisted.internet.inotify, which needs no reactor to import)
@@ -68,19 +70,22 @@ Stamp = tuple[tuple[str, int, int, int], ...]
 def scanDirectory(path: str) -> tuple[Stamp, bool]:
     """
     Blocking: the entries of C{path} (each stat-ed, symbolic links followed, so a link's target
-    counts) and whether a watch on C{path} sees every change of them: no entry is a symbolic link
-    or has more than one hard link, and C{path} is not a symbolic link itself.
+    counts) and whether a watch on C{path} sees every change of them: no entry is a symbolic link,
+    has more than one hard link or is on another file system (a mount), and C{path} is not a
+    symbolic link itself.
     """
     try:
         entries = sorted(os.scandir(path), key=lambda e: e.name)
-        usable = not os.path.islink(path)
+        here = os.lstat(path)
     except OSError:
         return (), False
+    usable = not stat.S_ISLNK(here.st_mode)
     out = []
     for e in entries:
         try:
             st = e.stat()
-            if e.is_symlink() or (not stat.S_ISDIR(st.st_mode) and st.st_nlink > 1):
+            if e.is_symlink() or st.st_dev != here.st_dev or (
+                    not stat.S_ISDIR(st.st_mode) and st.st_nlink > 1):
                 usable = False
             out.append((e.name, st.st_mtime_ns, st.st_size, st.st_ino))
         except OSError:
@@ -92,19 +97,57 @@ def fileStamp(path: str, previous: object) -> tuple[object, bool]:
     """
     Blocking: C{(mtime_ns, size, inode)} of C{path} (symbolic links followed), L{None} when it
     is missing, C{previous} when it cannot be stat-ed; and whether a watch on its directory sees
-    every change of it (not a symbolic link, one hard link, the directory not a link).
+    every change of it (not a symbolic link, one hard link, no mount, the directory not a link).
     """
-    usable = not os.path.islink(os.path.dirname(path) or ".")
+    here: os.stat_result | None = None
     try:
+        here = os.lstat(os.path.dirname(path) or ".")
         st = os.lstat(path)
+        usable = not stat.S_ISLNK(here.st_mode) and st.st_dev == here.st_dev
         if stat.S_ISLNK(st.st_mode):
             usable = False
             st = os.stat(path)
     except FileNotFoundError:
-        return None, usable
+        # missing: its creation is an event, if the directory is there and not a link
+        return None, here is not None and not stat.S_ISLNK(here.st_mode) and not os.path.lexists(
+            path)
     except OSError:
         return previous, False
     return (st.st_mtime_ns, st.st_size, st.st_ino), usable and st.st_nlink <= 1
+
+
+#: file systems whose files change without a local system call (inotify sees nothing of it)
+_REMOTE = frozenset({"nfs", "nfs4", "cifs", "smb3", "smbfs", "9p", "ceph", "glusterfs", "afs",
+                     "lustre", "gfs2", "ocfs2", "virtiofs", "davfs", "coda", "orangefs"})
+
+
+def mountProblem(path: str, mountinfo: str = "/proc/self/mountinfo") -> str | None:
+    """
+    Blocking: why a watch on the directory C{path} cannot see every change made to its files,
+    as far as the mounts tell: it is on a network or FUSE file system (C{"on nfs4"}), or something
+    is mounted inside it (C{"a mount inside it"}: a bind-mounted file changes without events of
+    C{path}). L{None} when neither, or when the mounts cannot be read.
+    """
+    real = os.path.realpath(path)
+    try:
+        with open(mountinfo, "rb") as f:
+            lines = f.read().decode("utf-8", "surrogateescape").splitlines()
+    except OSError:
+        return None
+    best, fsType = "", ""
+    for line in lines:
+        fields, _, rest = line.partition(" - ")
+        parts = fields.split(" ")
+        if len(parts) < 5 or not rest:
+            continue
+        point = re.sub(r"\\([0-7]{3})", lambda m: chr(int(m.group(1), 8)), parts[4])
+        if point.startswith(real.rstrip("/") + "/"):
+            return "a mount inside it"
+        if (real == point or real.startswith(point.rstrip("/") + "/")) and len(point) >= len(best):
+            best, fsType = point, rest.split(" ")[0]
+    if fsType in _REMOTE or (fsType.startswith("fuse") and fsType != "fuseblk"):
+        return f"on {fsType}"
+    return None
 
 
 def _reason(e: Exception) -> str:
@@ -125,6 +168,12 @@ class DirWatches(Service):
         self.unavailable: str | None = None
         self.closed = False
         self._watches: list[DirWatch] = []
+        self._warned = False
+        try:  # now (start-up): its import looks for the C library, which may run ldconfig
+            from twisted.python import _inotify
+            self._inotify: Any = _inotify
+        except ImportError as e:  # not Linux, or a C library without inotify
+            self._inotify, self.unavailable = None, _reason(e)
 
     def directory(self, path: str, names: Iterable[str] | None = None) -> DirWatch:
         """
@@ -137,16 +186,19 @@ class DirWatches(Service):
 
     def openDescriptor(self) -> int | None:
         """A new non-blocking inotify descriptor (reactor thread), or L{None} when unavailable."""
-        if self.closed or self.unavailable is not None:
+        if self.closed:
             return None
-        try:
-            from twisted.python import _inotify
-            fd: int = _inotify.init()
-        except Exception as e:  # ImportError (not Linux), INotifyError, OSError (EMFILE...)
-            self.unavailable = _reason(e)
-            self.log.warn("warning: inotify is unavailable ({reason}): control/ and the rules "
-                          "files are checked with stat before each connection and delivery",
-                          reason=self.unavailable)
+        if self.unavailable is None:
+            try:
+                fd: int = self._inotify.init()
+            except Exception as e:  # INotifyError, OSError (EMFILE, ENFILE, ENOMEM)
+                self.unavailable = _reason(e)
+        if self.unavailable is not None:
+            if not self._warned:
+                self._warned = True
+                self.log.warn("warning: inotify is unavailable ({reason}): control/ and the "
+                              "rules files are checked with stat before each connection and "
+                              "delivery", reason=self.unavailable)
             return None
         os.set_blocking(fd, False)
         os.set_inheritable(fd, False)
@@ -162,7 +214,9 @@ class DirWatches(Service):
 class Token:
     """One full check's part of a L{DirWatch}: see the module docstring."""
 
-    def __init__(self, path: str, fd: int, add: bool, forced: bool, epoch: int) -> None:
+    def __init__(self, inotify: Any, path: str, fd: int, add: bool, forced: bool,
+                 epoch: int) -> None:
+        self._inotify = inotify
         self.path = path
         self.fd = fd
         self.add = add
@@ -172,19 +226,21 @@ class Token:
         self.epoch = epoch
         self.wd: int | None = None
         self.error: str | None = None
+        self.mounts: str | None = None
 
     def arm(self) -> None:
-        """Blocking (the check's thread): add the watch when this check has to."""
+        """Blocking (the check's thread): add the watch when this check has to, and look at
+        the mounts then (L{mountProblem})."""
         if not self.add:
             return
         try:
-            from twisted.python import _inotify
-            from twisted.python.filepath import FilePath
-            self.wd = _inotify.add(self.fd, FilePath(self.path), MASK | IN_ONLYDIR)
-        except Exception as e:
+            self.wd = self._inotify.add(self.fd, FilePath(self.path), MASK | IN_ONLYDIR)
+        except Exception as e:  # INotifyError (ENOSPC: max_user_watches; ENOENT; EACCES)
             # a missing directory is no news (a rules file may be absent); anything else is
             if os.path.isdir(self.path):
                 self.error = _reason(e)
+            return
+        self.mounts = mountProblem(self.path)
 
 
 @implementer(IReadDescriptor)
@@ -201,6 +257,7 @@ class DirWatch:
         self._valid = False
         self._dirty = False
         self._epoch = 0  # bumped by whatever makes a running check's view of the watch stale
+        self._mounts: str | None = None  # mountProblem when the watch was added
         self._warned = False
 
     # -- the checks' side (reactor thread) --------------------------------------------------------
@@ -219,7 +276,8 @@ class DirWatch:
         if self._fd < 0:
             fd = self.owner.openDescriptor()
             self._fd = -1 if fd is None else fd
-        return Token(self.path, self._fd, self._fd >= 0 and self._wd is None, forced, self._epoch)
+        return Token(self.owner._inotify, self.path, self._fd, self._fd >= 0 and self._wd is None,
+                     forced, self._epoch)
 
     def end(self, token: Token, usable: bool) -> None:
         """The full check of C{token} is done; C{usable}: its scan found the watch sufficient."""
@@ -236,11 +294,17 @@ class DirWatch:
                         path=self.path, reason=token.error)
                 self._valid = False
                 return
-            self._wd = token.wd
+            self._wd, self._mounts = token.wd, token.mounts
+            if self._mounts is not None and not self._warned:
+                self._warned = True
+                self.owner.log.warn(
+                    "warning: {path} is {problem}: inotify does not see every change there; it "
+                    "is checked with stat before each connection and delivery",
+                    path=self.path, problem=self._mounts)
             if not self._reading:
                 self._reading = True
                 self.owner.reactor.addReader(self)
-        self._valid = usable and self._wd is not None
+        self._valid = usable and self._wd is not None and self._mounts is None
 
     def markChanged(self) -> None:
         """The caller dropped a full check's result: the next refresh checks again."""

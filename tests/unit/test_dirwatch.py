@@ -355,3 +355,60 @@ def test_eventForAnotherNameOfTheRulesDirectoryIsIgnored(home: Home, watches):
     name = b"smtp\0\0\0\0"
     watch.events(struct.pack("=iIII", 1, IN_MODIFY, 0, len(name)) + name)
     assert watch.changed()
+
+
+# --- mounts ---------------------------------------------------------------------------------
+
+
+def _mountinfo(tmp_path, *lines: str) -> str:
+    path = str(tmp_path / "mountinfo")
+    write(path, "".join(line + "\n" for line in lines).encode())
+    return path
+
+
+def test_mountProblem(tmp_path):
+    from qmtwist.dirwatch import mountProblem
+
+    control = str(tmp_path / "my home" / "control")
+    os.makedirs(control)
+    escaped = str(tmp_path / "my home").replace(" ", "\\040")
+    local = _mountinfo(tmp_path, "22 1 8:1 / / rw - ext4 /dev/vda rw",
+                       f"30 22 0:40 / {escaped} rw - nfs4 srv:/home rw",
+                       f"31 30 8:1 / {escaped}/control rw - ext4 /dev/vdb rw")
+    assert mountProblem(control, local) is None  # the nearest mount is local
+    assert mountProblem(str(tmp_path / "my home"), local) == "a mount inside it"
+    remote = _mountinfo(tmp_path, "22 1 8:1 / / rw - ext4 /dev/vda rw",
+                        f"30 22 0:40 / {escaped} rw shared:1 - nfs4 srv:/home rw")
+    assert mountProblem(control, remote) == "on nfs4"
+    fuse = _mountinfo(tmp_path, "22 1 8:1 / / rw - fuse.sshfs host: rw")
+    assert mountProblem(control, fuse) == "on fuse.sshfs"
+    assert mountProblem(control, str(tmp_path / "no such file")) is None
+
+
+def test_remoteFileSystemMeansFullChecksAndOneWarning(home: Home, watches, monkeypatch, logEvents):
+    from qmtwist import dirwatch
+
+    monkeypatch.setattr(dirwatch, "mountProblem", lambda path: "on nfs4")
+    cache = ControlCache(home, watches)
+    runner = Counting()
+    for _ in range(3):
+        fresh(cache, runner)
+    assert runner.calls == 3
+    assert [line for line in logLines(logEvents) if "inotify" in line] == [
+        f"warning: {home.control} is on nfs4: inotify does not see every change there; it is "
+        "checked with stat before each connection and delivery"]
+
+
+def test_fileStamp(tmp_path):
+    from qmtwist.dirwatch import fileStamp
+
+    path = str(tmp_path / "rules")
+    assert fileStamp(path, "old") == (None, True)  # missing: its creation is an event
+    write(path, b"x")
+    st = os.stat(path)
+    assert fileStamp(path, "old") == ((st.st_mtime_ns, 1, st.st_ino), True)
+    os.link(path, str(tmp_path / "other"))
+    assert fileStamp(path, "old")[1] is False
+    os.symlink("nowhere", str(tmp_path / "dangling"))
+    assert fileStamp(str(tmp_path / "dangling"), "old") == (None, False)
+    assert fileStamp(str(tmp_path / "no dir" / "rules"), "old") == (None, False)
