@@ -12,7 +12,7 @@ checked in the same thread job.
 
 Given the daemon's L{qmtwist.dirwatch.DirWatches}, the cache watches C{control/} with inotify
 and L{ControlCache.refresh} skips the thread job when no event came since the last full check
-and that check found the watch sufficient (docs/behaviour/control.md 2.5): then it fires at
+and that check found the watch sufficient (docs/behaviour/control.md 2.4): then it fires at
 once with L{ControlCache.current}. Without one (tools, tests) every refresh is a full check.
 """
 
@@ -136,7 +136,7 @@ class ControlCache:
 
         Requests that arrive while a check runs share the next one (a change made during the
         running check is seen by them), so under load at most one check is running. With a
-        watch in force and no event since the last check began (control.md 2.5), there is no
+        watch in force and no event since the last check began (control.md 2.4), there is no
         thread job: the result is L{current}, or that of the check under way.
 
         @param runInThread: the context's runner (C{deferToThreadPool}); never blocks here.
@@ -157,7 +157,7 @@ class ControlCache:
         return d
 
     def _sufficient(self) -> bool:
-        # a watched file elsewhere than in control/ is not seen by the watch (control.md 2.5)
+        # a watched file elsewhere than in control/ is not seen by the watch (control.md 2.4)
         here = os.path.abspath(self.home.control)
         return all(os.path.dirname(os.path.abspath(getattr(w, "path", None) or "/")) == here
                    for w in self._watched)

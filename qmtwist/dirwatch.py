@@ -1,6 +1,6 @@
 """
 Knowing without a thread job that a directory did not change: Linux inotify for the per-connection
-and per-delivery checks of C{control/} and of the rules files (docs/behaviour/control.md 2.5).
+and per-delivery checks of C{control/} and of the rules files (docs/behaviour/control.md 2.4).
 
 L{qmtwist.context.ControlCache.refresh} and L{qmtwist.tcprules.RulesFile.refresh} must see every
 edit whose C{write()}, C{rename()}, C{chmod()} or C{unlink()} returned before they were called
@@ -18,7 +18,7 @@ The shape of a full check with a watch::
 
 L{DirWatch.changed} answers "do the full check" (today's behaviour) unless the last full check
 armed the watch, found it sufficient (C{usable}) and no event came since it began. The watch is
-not sufficient (control.md 2.5) when inotify is unavailable (not Linux, C{inotify_init} or
+not sufficient (control.md 2.4) when inotify is unavailable (not Linux, C{inotify_init} or
 C{inotify_add_watch} failed: one warning, then the stat checks run as before), after an
 C{IN_Q_OVERFLOW}, C{IN_IGNORED}, C{IN_DELETE_SELF}, C{IN_MOVE_SELF} or C{IN_UNMOUNT} (the descriptor
 is closed; the next full check opens a new one and watches again), and when the scan finds a
@@ -124,9 +124,9 @@ _REMOTE = frozenset({"nfs", "nfs4", "cifs", "smb3", "smbfs", "9p", "ceph", "glus
 def mountProblem(path: str, mountinfo: str = "/proc/self/mountinfo") -> str | None:
     """
     Blocking: why a watch on the directory C{path} cannot see every change made to its files,
-    as far as the mounts tell: it is on a network or FUSE file system (C{"on nfs4"}), or something
-    is mounted inside it (C{"a mount inside it"}: a bind-mounted file changes without events of
-    C{path}). L{None} when neither, or when the mounts cannot be read.
+    as far as the mounts tell: it is on a network or FUSE file system (C{"is on nfs4"}), or
+    something is mounted inside it (C{"has a mount inside it"}: a bind-mounted file changes
+    without events of C{path}). L{None} when neither, or when the mounts cannot be read.
     """
     real = os.path.realpath(path)
     try:
@@ -142,11 +142,11 @@ def mountProblem(path: str, mountinfo: str = "/proc/self/mountinfo") -> str | No
             continue
         point = re.sub(r"\\([0-7]{3})", lambda m: chr(int(m.group(1), 8)), parts[4])
         if point.startswith(real.rstrip("/") + "/"):
-            return "a mount inside it"
+            return "has a mount inside it"
         if (real == point or real.startswith(point.rstrip("/") + "/")) and len(point) >= len(best):
             best, fsType = point, rest.split(" ")[0]
     if fsType in _REMOTE or (fsType.startswith("fuse") and fsType != "fuseblk"):
-        return f"on {fsType}"
+        return f"is on {fsType}"
     return None
 
 
@@ -298,7 +298,7 @@ class DirWatch:
             if self._mounts is not None and not self._warned:
                 self._warned = True
                 self.owner.log.warn(
-                    "warning: {path} is {problem}: inotify does not see every change there; it "
+                    "warning: {path} {problem}: inotify does not see every change there; it "
                     "is checked with stat before each connection and delivery",
                     path=self.path, problem=self._mounts)
             if not self._reading:

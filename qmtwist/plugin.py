@@ -210,7 +210,7 @@ def buildServices(options: dict[str, Any], reactor: Any = None) -> Built:
         except OSError as e:
             fatal(f"alert: cannot start: unable to switch to queue directory: {e}")
     # control/ and the rules files watched with inotify, so that an unchanged file costs no
-    # thread job per connection or delivery (docs/behaviour/control.md 2.5)
+    # thread job per connection or delivery (docs/behaviour/control.md 2.4)
     watches = DirWatches(reactor)
     try:
         controls = ControlCache(home, watches)

@@ -7,7 +7,7 @@ lines; L{RuleSet.match} picks the rule for a peer (IP address, host name if know
 L{Decision}: allow or deny plus the environment to hand to the session. L{RulesFile} keeps one
 file's rules current; the listener calls L{RulesFile.refresh}, which runs the blocking
 L{checkRules} (stat, reread) on a thread, or skips it when an inotify watch on the file's
-directory (L{qmtwist.dirwatch}) says nothing changed (docs/behaviour/control.md 2.5).
+directory (L{qmtwist.dirwatch}) says nothing changed (docs/behaviour/control.md 2.4).
 
 Deviations: C{info@address} rules are parsed but never match (no ident lookups); IPv6 addresses
 are accepted as exact addresses or as prefixes ending at a colon boundary [qmtwist].
@@ -279,7 +279,7 @@ class RulesFile:
     reactor never stats or opens it; L{ruleSet} then holds the rules to apply. L{reload} and
     L{current} do the same check on the calling thread (start-up, tools and tests). Given the
     daemon's L{qmtwist.dirwatch.DirWatches}, the file's directory is watched with inotify and
-    L{refresh} skips the thread job while no event names the file (control.md 2.5).
+    L{refresh} skips the thread job while no event names the file (control.md 2.4).
     """
 
     def __init__(self, path: str | None, name: str, watches: DirWatches | None = None) -> None:

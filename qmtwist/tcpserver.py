@@ -37,7 +37,7 @@ Before each connection is decided, C{ctx.controls.refresh} (L{qmtwist.context.Co
 and L{qmtwist.tcprules.RulesFile.refresh} check the control files, C{servercert.pem} and the
 rules file on threads, so the session gets them as they are now without the reactor ever
 stat-ing or opening one (no thread job when their inotify watches, C{ctx.watches}, say that
-nothing changed: docs/behaviour/control.md 2.5). L{reload} (SIGHUP; plugin.py appends it to
+nothing changed: docs/behaviour/control.md 2.4). L{reload} (SIGHUP; plugin.py appends it to
 C{ctx.reloaders}) rereads the rules file, on a thread too.
 
 Log lines (namespace C{qmtwist.NAME}): C{tcpserver: status: A/L}, C{tcpserver: pid N from IP},

@@ -1,5 +1,5 @@
 """
-The inotify fast path of the control cache and the rules files (docs/behaviour/control.md 2.5):
+The inotify fast path of the control cache and the rules files (docs/behaviour/control.md 2.4):
 real files, a real inotify descriptor; the runner runs the check at once and counts the jobs.
 """
 
@@ -376,19 +376,19 @@ def test_mountProblem(tmp_path):
                        f"30 22 0:40 / {escaped} rw - nfs4 srv:/home rw",
                        f"31 30 8:1 / {escaped}/control rw - ext4 /dev/vdb rw")
     assert mountProblem(control, local) is None  # the nearest mount is local
-    assert mountProblem(str(tmp_path / "my home"), local) == "a mount inside it"
+    assert mountProblem(str(tmp_path / "my home"), local) == "has a mount inside it"
     remote = _mountinfo(tmp_path, "22 1 8:1 / / rw - ext4 /dev/vda rw",
                         f"30 22 0:40 / {escaped} rw shared:1 - nfs4 srv:/home rw")
-    assert mountProblem(control, remote) == "on nfs4"
+    assert mountProblem(control, remote) == "is on nfs4"
     fuse = _mountinfo(tmp_path, "22 1 8:1 / / rw - fuse.sshfs host: rw")
-    assert mountProblem(control, fuse) == "on fuse.sshfs"
+    assert mountProblem(control, fuse) == "is on fuse.sshfs"
     assert mountProblem(control, str(tmp_path / "no such file")) is None
 
 
 def test_remoteFileSystemMeansFullChecksAndOneWarning(home: Home, watches, monkeypatch, logEvents):
     from qmtwist import dirwatch
 
-    monkeypatch.setattr(dirwatch, "mountProblem", lambda path: "on nfs4")
+    monkeypatch.setattr(dirwatch, "mountProblem", lambda path: "is on nfs4")
     cache = ControlCache(home, watches)
     runner = Counting()
     for _ in range(3):
