@@ -18,12 +18,17 @@ The shape of a full check with a watch::
 
 L{DirWatch.changed} answers "do the full check" (today's behaviour) unless the last full check
 armed the watch, found it sufficient (C{usable}) and no event came since it began. The watch is
-not sufficient (control.md 2.4) when inotify is unavailable (not Linux, C{inotify_init} or
-C{inotify_add_watch} failed: one warning, then the stat checks run as before), after an
-C{IN_Q_OVERFLOW}, C{IN_IGNORED}, C{IN_DELETE_SELF}, C{IN_MOVE_SELF} or C{IN_UNMOUNT} (the descriptor
-is closed; the next full check opens a new one and watches again), and when the scan finds a
-symbolic link or a file with several hard links (their changes through another path are not events
-of this directory) or the directory itself is a symbolic link.
+not sufficient (control.md 2.4):
+
+  - when inotify is unavailable (not Linux, C{inotify_init} or C{inotify_add_watch} failed: one
+    warning, then the stat checks run as before);
+  - when the directory is on a network or FUSE file system or has a mount inside it
+    (L{mountProblem}, looked at when the watch is added: one warning);
+  - after an C{IN_Q_OVERFLOW}, C{IN_IGNORED}, C{IN_DELETE_SELF}, C{IN_MOVE_SELF} or C{IN_UNMOUNT}
+    (the descriptor is closed; the next full check opens a new one and watches again);
+  - while the scan (L{scanDirectory}, L{fileStamp}) finds a symbolic link, a file with several
+    hard links or one on another device (its changes through another path are not events of
+    this directory), or the directory itself is a symbolic link.
 
 Twisted's L{twisted.internet.inotify.INotify} is not used as the reader: its C{watch} adds the watch
 on the calling thread (a path lookup, not for the reactor thread) and it drops events of a watch it
@@ -305,10 +310,6 @@ class DirWatch:
                 self._reading = True
                 self.owner.reactor.addReader(self)
         self._valid = usable and self._wd is not None and self._mounts is None
-
-    def markChanged(self) -> None:
-        """The caller dropped a full check's result: the next refresh checks again."""
-        self._dirty = True
 
     def close(self) -> None:
         """Stop watching (the next full check opens a new descriptor unless the owner is closed)."""
