@@ -412,3 +412,20 @@ def test_fileStamp(tmp_path):
     os.symlink("nowhere", str(tmp_path / "dangling"))
     assert fileStamp(str(tmp_path / "dangling"), "old") == (None, False)
     assert fileStamp(str(tmp_path / "no dir" / "rules"), "old") == (None, False)
+
+
+def test_reloadDuringACheckMeansTheNextRefreshChecksAgain(home: Home, watches):
+    """A SIGHUP reread that lands while a check runs drops that check's result: the watch does
+    not vouch for it, so the next refresh checks again."""
+    cache, _ = warm(home, watches)
+    runner = ManualRunner()
+    write(os.path.join(home.control, "databytes"), b"600\n")
+    d = cache.refresh(runner)
+    cache.reload()
+    runner.runOne()
+    assert d.result.databytes == 600  # the reload's reading
+    cache.refresh(runner)
+    assert len(runner.jobs) == 1
+    runner.runOne()
+    cache.refresh(runner)
+    assert runner.jobs == []  # in force again
