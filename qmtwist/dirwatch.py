@@ -17,25 +17,19 @@ The shape of a full check with a watch::
     watch.end(token, usable)        # reactor thread: the scan said whether the watch is enough
 
 L{DirWatch.changed} answers "do the full check" (today's behaviour) unless the last full check
-armed the watch, found it sufficient (C{usable}) and no event came since it began. The watch is
-not sufficient (control.md 2.4):
+armed the watch, found it sufficient (C{usable}) and no event came since it began. It is not
+sufficient (control.md 2.4) when inotify is unavailable (one warning, then the stat checks run as
+before); when the directory is on a network or FUSE file system or has a mount inside it
+(L{mountProblem}, one warning); after C{IN_Q_OVERFLOW}, C{IN_IGNORED}, C{IN_DELETE_SELF},
+C{IN_MOVE_SELF} or C{IN_UNMOUNT} (the next full check watches the path again); and while the scan
+(L{scanDirectory}, L{fileStamp}) finds a symbolic link, a file with several hard links or one on
+another device (changed through another path: no event here), or the directory is a link.
 
-  - when inotify is unavailable (not Linux, C{inotify_init} or C{inotify_add_watch} failed: one
-    warning, then the stat checks run as before);
-  - when the directory is on a network or FUSE file system or has a mount inside it
-    (L{mountProblem}, looked at when the watch is added: one warning);
-  - after an C{IN_Q_OVERFLOW}, C{IN_IGNORED}, C{IN_DELETE_SELF}, C{IN_MOVE_SELF} or C{IN_UNMOUNT}
-    (the descriptor is closed; the next full check opens a new one and watches again);
-  - while the scan (L{scanDirectory}, L{fileStamp}) finds a symbolic link, a file with several
-    hard links or one on another device (its changes through another path are not events of
-    this directory), or the directory itself is a symbolic link.
-
-Twisted's L{twisted.internet.inotify.INotify} is not used as the reader: its C{watch} adds the watch
-on the calling thread (a path lookup, not for the reactor thread) and it drops events of a watch it
-has not registered yet, which would lose an edit made while a watch added on a thread is being
-registered. Its ctypes layer, L{twisted.python._inotify}, is used for C{inotify_init} and
-C{inotify_add_watch}; this module reads and parses the descriptor itself and treats every event of
-its own descriptor as a change.
+Twisted's L{twisted.internet.inotify.INotify} is not the reader: its C{watch} adds the watch on
+the calling thread (a path lookup: not for the reactor thread) and it drops the events of a watch
+not registered yet, so an edit made while a watch added on a thread is registered would be lost.
+Its ctypes layer, L{twisted.python._inotify}, does C{inotify_init} and C{inotify_add_watch}; the
+daemon has one descriptor (L{DirWatches}), read and parsed here.
 """
 
 from __future__ import annotations
@@ -160,10 +154,14 @@ def _reason(e: Exception) -> str:
     return getattr(e, "strerror", None) or str(e) or e.__class__.__name__
 
 
+@implementer(IReadDescriptor)
 class DirWatches(Service):
     """
-    The daemon's watches, made by L{directory}; closed when the service stops (afterwards every
-    check is a full one). Logs the one warning when inotify is unavailable.
+    The daemon's one inotify descriptor and its watches, made by L{directory}. Opened by the
+    first check that needs it; closed when the service stops (afterwards every check is a full
+    one). Logs the one warning when inotify is unavailable. The reactor reads the descriptor
+    whenever it is readable (so the kernel's queue stays short), and every L{DirWatch.changed}
+    reads it too, at once.
     """
 
     log = Logger(namespace="qmtwist.dirwatch")
@@ -173,6 +171,9 @@ class DirWatches(Service):
         self.unavailable: str | None = None
         self.closed = False
         self._watches: list[DirWatch] = []
+        self._byWd: dict[int, list[DirWatch]] = {}
+        self._fd = -1
+        self._reading = False
         self._warned = False
         try:  # now (start-up): its import looks for the C library, which may run ldconfig
             from twisted.python import _inotify
@@ -189,10 +190,11 @@ class DirWatches(Service):
         self._watches.append(w)
         return w
 
-    def openDescriptor(self) -> int | None:
-        """A new non-blocking inotify descriptor (reactor thread), or L{None} when unavailable."""
-        if self.closed:
-            return None
+    def descriptor(self) -> int:
+        """The inotify descriptor, opened now if need be (reactor thread: no file-system call);
+        -1 when inotify is unavailable or the service stopped."""
+        if self._fd >= 0 or self.closed:
+            return self._fd
         if self.unavailable is None:
             try:
                 fd: int = self._inotify.init()
@@ -204,16 +206,94 @@ class DirWatches(Service):
                 self.log.warn("warning: inotify is unavailable ({reason}): control/ and the "
                               "rules files are checked with stat before each connection and "
                               "delivery", reason=self.unavailable)
-            return None
+            return -1
         os.set_blocking(fd, False)
         os.set_inheritable(fd, False)
+        self._fd, self._reading = fd, True
+        self.reactor.addReader(self)
         return fd
+
+    def register(self, watch: DirWatch, wd: int) -> None:
+        """C{watch}'s events are those of C{wd} from now on (several watches may share one)."""
+        watches = self._byWd.setdefault(wd, [])
+        if watch not in watches:
+            watches.append(watch)
 
     def stopService(self) -> None:
         super().stopService()
         self.closed = True
+        self._close()
+
+    def _close(self) -> None:
+        if self._reading:
+            self._reading = False
+            self.reactor.removeReader(self)
+        if self._fd >= 0:
+            try:
+                os.close(self._fd)
+            except OSError:
+                pass
+        self._fd = -1
+        self._byWd.clear()
         for w in self._watches:
-            w.close()
+            w.lost(rearm=True)
+
+    # -- reading ---------------------------------------------------------------------------------
+
+    def drain(self) -> None:
+        """Read every pending event now (non-blocking; the reactor thread)."""
+        while self._fd >= 0:
+            try:
+                data = os.read(self._fd, 65536)
+            except BlockingIOError:
+                return
+            except OSError:
+                self._close()
+                return
+            if not data:
+                return
+            self.events(data)
+
+    def events(self, data: bytes) -> None:
+        """Take in a buffer of C{struct inotify_event} records (as read from the descriptor)."""
+        offset = 0
+        while offset + _EVENT.size <= len(data):
+            wd, mask, _cookie, size = _EVENT.unpack_from(data, offset)
+            name = data[offset + _EVENT.size:offset + _EVENT.size + size].split(b"\0", 1)[0]
+            offset += _EVENT.size + size
+            # a watch being added on a thread may have this wd already: count it in
+            pending = [w for w in self._watches if w._wd is None]
+            for w in pending:
+                w._dirty = True
+            if mask & IN_Q_OVERFLOW:  # events were lost: every watch needs a full check
+                for w in self._watches:
+                    w.lost(rearm=False)
+                continue
+            watches = self._byWd.get(wd, [])
+            if mask & BROKEN:  # the directory is gone, moved or unmounted: watch it anew
+                self._byWd.pop(wd, None)
+                if not mask & IN_IGNORED:
+                    self._inotify.remove(self._fd, wd)  # a moved directory would go on
+                for w in watches + pending:
+                    w.lost(rearm=True)
+                continue
+            for w in watches:
+                w.event(name)
+
+    def fileno(self) -> int:
+        return self._fd
+
+    def doRead(self) -> None:
+        """The reactor saw events: take them in now."""
+        self.drain()
+
+    def connectionLost(self, reason: Failure) -> None:
+        self._reading = False  # the reactor is letting go of us (shutdown)
+        self.closed = True
+        self._close()
+
+    def logPrefix(self) -> str:
+        return "dirwatch"
 
 
 class Token:
@@ -248,45 +328,38 @@ class Token:
         self.mounts = mountProblem(self.path)
 
 
-@implementer(IReadDescriptor)
 class DirWatch:
-    """One directory's inotify descriptor and what it says; see the module docstring."""
+    """One directory's watch and what its events say; see the module docstring."""
 
     def __init__(self, owner: DirWatches, path: str, names: frozenset[str] | None) -> None:
         self.owner = owner
         self.path = path
         self._names = None if names is None else frozenset(os.fsencode(n) for n in names)
-        self._fd = -1
         self._wd: int | None = None
-        self._reading = False
         self._valid = False
         self._dirty = False
         self._epoch = 0  # bumped by whatever makes a running check's view of the watch stale
         self._mounts: str | None = None  # mountProblem when the watch was added
         self._warned = False
 
-    # -- the checks' side (reactor thread) --------------------------------------------------------
-
     def changed(self) -> bool:
         """Whether the caller must run its full check: the watch is not in force, or an event
         came since the last full check began."""
-        self._drain()
+        self.owner.drain()
         return self._dirty or not self._valid
 
     def begin(self) -> Token:
         """A full check starts: the events so far are its business (forgotten here)."""
-        self._drain()
+        self.owner.drain()
         forced = self._dirty and self._valid
         self._dirty = False
-        if self._fd < 0:
-            fd = self.owner.openDescriptor()
-            self._fd = -1 if fd is None else fd
-        return Token(self.owner._inotify, self.path, self._fd, self._fd >= 0 and self._wd is None,
-                     forced, self._epoch)
+        fd = self.owner.descriptor()
+        return Token(self.owner._inotify, self.path, fd, fd >= 0 and self._wd is None, forced,
+                     self._epoch)
 
     def end(self, token: Token, usable: bool) -> None:
         """The full check of C{token} is done; C{usable}: its scan found the watch sufficient."""
-        if token.epoch != self._epoch or token.fd != self._fd:
+        if token.epoch != self._epoch or token.fd != self.owner.fileno() or token.fd < 0:
             self._valid = False  # broken or closed meanwhile: the next check starts afresh
             return
         if token.add:
@@ -300,69 +373,24 @@ class DirWatch:
                 self._valid = False
                 return
             self._wd, self._mounts = token.wd, token.mounts
+            self.owner.register(self, token.wd)
             if self._mounts is not None and not self._warned:
                 self._warned = True
                 self.owner.log.warn(
                     "warning: {path} {problem}: inotify does not see every change there; it "
                     "is checked with stat before each connection and delivery",
                     path=self.path, problem=self._mounts)
-            if not self._reading:
-                self._reading = True
-                self.owner.reactor.addReader(self)
         self._valid = usable and self._wd is not None and self._mounts is None
 
-    def close(self) -> None:
-        """Stop watching (the next full check opens a new descriptor unless the owner is closed)."""
-        if self._reading:
-            self._reading = False
-            self.owner.reactor.removeReader(self)
-        if self._fd >= 0:
-            try:
-                os.close(self._fd)
-            except OSError:
-                pass
-        self._fd, self._wd, self._valid = -1, None, False
-        self._dirty = True
+    def event(self, name: bytes) -> None:
+        """An event of this watch's directory, about the entry C{name} (empty: the directory)."""
+        if not name or self._names is None or name in self._names:
+            self._dirty = True
+
+    def lost(self, rearm: bool) -> None:
+        """Events may have been missed: a full check next; with C{rearm}, the watch is gone and
+        that check adds it again."""
+        self._valid, self._dirty = False, True
         self._epoch += 1
-
-    # -- reading ---------------------------------------------------------------------------------
-
-    def _drain(self) -> None:
-        while self._fd >= 0:
-            try:
-                data = os.read(self._fd, 65536)
-            except BlockingIOError:
-                return
-            except OSError:
-                self.close()
-                return
-            if not data:
-                return
-            self.events(data)
-
-    def events(self, data: bytes) -> None:
-        """Take in a buffer of C{struct inotify_event} records (as read from the descriptor)."""
-        offset = 0
-        while offset + _EVENT.size <= len(data):
-            _wd, mask, _cookie, size = _EVENT.unpack_from(data, offset)
-            name = data[offset + _EVENT.size:offset + _EVENT.size + size].split(b"\0", 1)[0]
-            offset += _EVENT.size + size
-            if mask & BROKEN:
-                self.close()
-                return
-            if not name or self._names is None or name in self._names:
-                self._dirty = True
-
-    def fileno(self) -> int:
-        return self._fd
-
-    def doRead(self) -> None:
-        """The reactor saw events: take them in now, so the kernel's queue stays short."""
-        self._drain()
-
-    def connectionLost(self, reason: Failure) -> None:
-        self._reading = False  # the reactor is letting go of us (shutdown)
-        self.close()
-
-    def logPrefix(self) -> str:
-        return "dirwatch"
+        if rearm:
+            self._wd = None

@@ -73,8 +73,7 @@ def test_noEditNoThreadJob(home: Home, watches):
     for _ in range(5):
         assert fresh(cache, runner).databytes == 1234
     assert runner.calls == 1
-    [watch] = watches._watches
-    assert watches.reactor.getReaders() == [watch]  # the reactor drains it between refreshes
+    assert watches.reactor.getReaders() == [watches]  # the reactor drains it between refreshes
 
 
 def _inPlace(control: str) -> None:
@@ -165,10 +164,10 @@ def test_unavailableInotifyMeansFullChecksAndOneWarning(home: Home, monkeypatch,
 def test_brokenWatchMeansFullCheckThenWatchesAgain(home: Home, watches, mask):
     cache, runner = warm(home, watches)
     [watch] = watches._watches
-    watch.events(struct.pack("=iIII", -1 if mask == IN_Q_OVERFLOW else 1, mask, 0, 0))
+    watches.events(struct.pack("=iIII", -1 if mask == IN_Q_OVERFLOW else watch._wd, mask, 0, 0))
     fresh(cache, runner)
     assert runner.calls == 2
-    assert watches.reactor.getReaders() == [watch]  # a new descriptor, read again
+    assert watches.reactor.getReaders() == [watches]  # the descriptor is still read
     write(os.path.join(home.control, "databytes"), b"99\n")
     assert fresh(cache, runner).databytes == 99 and runner.calls == 3
     fresh(cache, runner)
@@ -336,12 +335,12 @@ async def test_realReactorAndThreads(home: Home) -> None:
         assert (await cache.refresh(runner)).databytes == 31 and runner.calls == 2
         write(os.path.join(home.control, "databytes"), b"32\n")
         [watch] = watches._watches
-        watch.doRead()  # what the reactor does when the descriptor is readable
+        watches.doRead()  # what the reactor does when the descriptor is readable
         assert watch.changed()
         assert (await cache.refresh(runner)).databytes == 32 and runner.calls == 3
     finally:
         watches.stopService()
-    assert watch.fileno() == -1 and watch not in reactor.getReaders()
+    assert watches.fileno() == -1 and watches not in reactor.getReaders()
     assert watch.changed()  # closed: every refresh is a full check again
 
 
@@ -350,10 +349,10 @@ def test_eventForAnotherNameOfTheRulesDirectoryIsIgnored(home: Home, watches):
     rules, runner = _rules(path, watches)
     [watch] = watches._watches
     name = b"qmtp\0\0\0\0"
-    watch.events(struct.pack("=iIII", 1, IN_MODIFY, 0, len(name)) + name)
+    watches.events(struct.pack("=iIII", watch._wd, IN_MODIFY, 0, len(name)) + name)
     assert not watch.changed()
     name = b"smtp\0\0\0\0"
-    watch.events(struct.pack("=iIII", 1, IN_MODIFY, 0, len(name)) + name)
+    watches.events(struct.pack("=iIII", watch._wd, IN_MODIFY, 0, len(name)) + name)
     assert watch.changed()
 
 
@@ -429,3 +428,49 @@ def test_reloadDuringACheckMeansTheNextRefreshChecksAgain(home: Home, watches):
     runner.runOne()
     cache.refresh(runner)
     assert runner.jobs == []  # in force again
+
+
+def test_oneDescriptorForEveryWatch(home: Home, watches):
+    """control/ and two rules files of one directory: one inotify descriptor, one watch of
+    rules/ shared by both files, each file seeing only its own edits."""
+    cache, runner = warm(home, watches)
+    smtp, smtpRunner = _rules(os.path.join(home.rules, "smtp"), watches)
+    qmtp, qmtpRunner = _rules(os.path.join(home.rules, "qmtp"), watches)
+    assert watches.reactor.getReaders() == [watches]
+    control, smtpWatch, qmtpWatch = watches._watches
+    assert smtpWatch._wd == qmtpWatch._wd != control._wd
+    write(os.path.join(home.rules, "qmtp"), b'127.:allow,Q="1"\n')
+    assert _env(smtp, smtpRunner) == {} and smtpRunner.calls == 1
+    assert _env(qmtp, qmtpRunner) == {"Q": b"1"} and qmtpRunner.calls == 2
+    fresh(cache, runner)
+    assert runner.calls == 1
+    # the rules directory replaced: both files' watches are lost and added again
+    os.rename(home.rules, home.rules + ".old")
+    os.mkdir(home.rules)
+    write(os.path.join(home.rules, "smtp"), b'127.:allow,S="2"\n')
+    assert _env(smtp, smtpRunner) == {"S": b"2"} and _env(qmtp, qmtpRunner) == {}
+    assert (smtpRunner.calls, qmtpRunner.calls) == (2, 3)
+    write(os.path.join(home.rules, "qmtp"), b'127.:allow,Q="3"\n')
+    assert _env(qmtp, qmtpRunner) == {"Q": b"3"} and qmtpRunner.calls == 4
+    assert _env(smtp, smtpRunner) == {"S": b"2"} and smtpRunner.calls == 2
+    fresh(cache, runner)
+    assert runner.calls == 1
+
+
+def test_editBetweenTheAddOnAThreadAndItsRegistrationIsSeen(home: Home, watches):
+    """The first check adds the watch on its thread; an event that the reactor reads before the
+    check's result is back (its watch not registered yet) still counts."""
+    cache = ControlCache(home, watches)
+    runner = ManualRunner()
+    d = cache.refresh(runner)
+    [(fn, job)] = runner.jobs
+    runner.jobs.clear()
+    result = fn()  # the thread's part: add the watch, scan
+    write(os.path.join(home.control, "databytes"), b"4444\n")
+    watches.doRead()  # the reactor reads the event before the result comes back
+    job.callback(result)
+    assert d.result.databytes != 4444
+    later = cache.refresh(runner)
+    assert len(runner.jobs) == 1
+    runner.runOne()
+    assert later.result.databytes == 4444
