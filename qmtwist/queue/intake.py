@@ -99,17 +99,43 @@ class Intake:
         self._early: list[int] = []
         self._claimed: set[int] = set()  # preprocessed in commit rounds, not yet adopted
         self._batch: set[int] = set()  # the numbers of the running batch
+        self._scanning = False  # a listing of todo/ runs
+        self._scanWaiters: list[Deferred[None]] = []  # asked for a listing not yet started
         # numbers seen in todo/ again while claimed or in the running batch (L{_release})
         self._seenInBatch: set[int] = set()
 
     def scan(self, found: Callable[[list[int]], None]) -> Deferred[None]:
-        """List todo/ on a thread and pass the numbers to C{found} (the service's gate)."""
+        """
+        List todo/ on a thread and pass the numbers to C{found} (the service's gate).
+
+        One listing runs at a time: asked while one runs (triggers from busy front ends come
+        faster than listings), one more listing follows it, which starts after every request
+        made meanwhile and so sees every entry committed before it. The returned Deferred fires
+        when a listing that started after the request has been passed on.
+        """
+        d: Deferred[None] = Deferred()
+        self._scanWaiters.append(d)
+        if not self._scanning:
+            self._startScan(found)
+        return d
+
+    def _startScan(self, found: Callable[[list[int]], None]) -> None:
+        waiters, self._scanWaiters = self._scanWaiters, []
+        self._scanning = True
         d = self.runInThread(lambda: clean.listTodo(self.layout))
         d.addCallback(found)
         # a failed scan must not stop the 25-minute LoopingCall for good
         d.addErrback(lambda f: log.warn("alert: unable to opendir {dir}, sleeping... ({why})",
                                         dir=self.layout.sub("todo"), why=f.getErrorMessage()))
-        return d
+
+        def finished(_: object) -> None:
+            self._scanning = False
+            for w in waiters:
+                w.callback(None)
+            if self._scanWaiters:
+                self._startScan(found)
+
+        d.addBoth(finished)
 
     def open(self, todo: Iterable[int]) -> None:
         """Recovery is done: preprocess C{todo} and everything collected until now."""

@@ -120,3 +120,26 @@ def test_a_number_seen_while_claimed_and_preprocessed_is_not_read_again(home):
     intake.adopt([Preprocessed(n, b"joe@test.example", 0, 1, 10, 0.0, "0.0", (b"bob@test.example",), ())])
     assert adopted == [n]
     assert runner.pending == []
+
+
+def test_looks_at_todo_asked_for_during_a_listing_share_one_listing_after_it(home):
+    """Triggers from busy front ends: one listing at a time, and one more after it for every
+    request made meanwhile, which sees the entries committed before those requests."""
+    intake, runner, adopted = makeIntake(home)
+    seen: list[list[int]] = []
+    first = intake.scan(seen.append)
+    assert len(runner.pending) == 1
+    job, d = runner.pending.pop(0)
+    listed = job()  # the first listing: an empty todo/
+    n = queued(home)  # committed after it ...
+    later = [intake.scan(seen.append) for _ in range(3)]  # ... and three triggers
+    assert runner.pending == []  # no second listing while the first runs
+    fired: list[object] = []
+    for w in [first, *later]:
+        w.addCallback(fired.append)
+    d.callback(listed)
+    assert seen == [[]] and len(fired) == 1
+    assert len(runner.pending) == 1  # one listing for the three requests
+    runner.runOne()
+    assert seen == [[], [n]] and len(fired) == 4
+    assert runner.pending == []
