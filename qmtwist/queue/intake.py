@@ -49,7 +49,8 @@ def newMessage(p: Preprocessed, now: float) -> Message:
                 entries.append(ChannelEntry(i, offset, a, False))
                 offset += len(a) + 2
             channels[name] = Channel(name, entries, now)
-    return Message(p.id, p.sender, p.birth, p.stamp, p.size, channels)
+    return Message(p.id, p.sender, p.birth, p.stamp, p.size, channels,
+                   channelFiles=set(channels))
 
 
 def resumedMessage(m: clean.LoadedMessage, now: float) -> tuple[Message, list[str]]:
@@ -65,7 +66,7 @@ def resumedMessage(m: clean.LoadedMessage, now: float) -> tuple[Message, list[st
             continue
         channels[name] = Channel(
             name, list(ch.entries), max(now, ch.scheduled), recovered=True, done=done)
-    return Message(m.id, m.sender, m.birth, m.stamp, m.size, channels), finished
+    return Message(m.id, m.sender, m.birth, m.stamp, m.size, channels, recovered=True), finished
 
 
 class Intake:
