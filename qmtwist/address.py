@@ -8,8 +8,14 @@ agents and the writers of Return-Path and SMTP commands. Addresses never become 
 
 from __future__ import annotations
 
+import re
+
 _UNSTORABLE = (b"\0", b"\r", b"\n")
-_ATOM_SPECIALS = frozenset(b'()<>@,;:\\".[] \t')
+#: a byte that makes a local part need quotes: an atom special other than ".", a control or
+#: non-ASCII byte (one regex search per address: this runs for every remote recipient)
+_NEEDS_QUOTES = re.compile(rb'[()<>@,;:\\"\[\] \t\x00-\x1f\x7f-\xff]')
+#: what is escaped with a backslash inside the quotes
+_ESCAPED = re.compile(rb'([\\"\r\n])')
 
 
 def splitAddress(address: bytes) -> tuple[bytes, bytes]:
@@ -43,14 +49,7 @@ def quoteLocal(address: bytes) -> bytes:
         host = b"@" + host
     else:
         local, host = address, b""
-    needs = not local or local.startswith(b".") or local.endswith(b".") or b".." in local
-    needs = needs or any(c in _ATOM_SPECIALS and c != ord(".") for c in local)
-    needs = needs or any(c < 32 or c > 126 for c in local)
-    if needs:
-        escaped = bytearray()
-        for ch in local:
-            if ch in (0x5C, 0x22, 0x0D, 0x0A):
-                escaped.append(0x5C)
-            escaped.append(ch)
-        local = b'"' + bytes(escaped) + b'"'
+    if (not local or local.startswith(b".") or local.endswith(b".") or b".." in local
+            or _NEEDS_QUOTES.search(local)):
+        local = b'"' + _ESCAPED.sub(rb"\\\1", local) + b'"'
     return local + host

@@ -22,6 +22,7 @@ def _watchDaemon() -> None:
 
     from twisted.internet import reactor
     from twisted.internet.abstract import FileDescriptor
+    from twisted.internet.error import ReactorNotRunning
 
     try:
         if not stat.S_ISFIFO(os.fstat(0).st_mode):
@@ -48,7 +49,10 @@ def _watchDaemon() -> None:
             self.stopReading()
             if not self.gone:
                 self.gone = True
-                reactor.stop()  # type: ignore[attr-defined]
+                try:
+                    reactor.stop()  # type: ignore[attr-defined]
+                except ReactorNotRunning:
+                    pass  # a TERM from the daemon is stopping it already
 
     os.set_blocking(0, False)
     Watch(reactor).startReading()

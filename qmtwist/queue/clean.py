@@ -15,6 +15,7 @@ from qmtwist.queue import fwd, marks
 from qmtwist.queue.envelope import ChannelEntry, CorruptQueueFile, decodeChannel, decodeInfo
 from qmtwist.queue.layout import SPLIT, QueueLayout
 from qmtwist.queue.preprocess import messStamp
+from qmtwist.queue.state import Message
 
 ORPHAN_AGE = 36 * 3600
 
@@ -56,16 +57,41 @@ def _unlink(path: str) -> None:
         pass
 
 
-def removeMessage(layout: QueueLayout, n: int) -> None:
+#: The files of a message that may be missing when it finishes (all but mess and info), by name.
+SideFiles = frozenset[str]
+ALL_SIDE_FILES: SideFiles = frozenset({"local", "remote", "todo", "intd", "bounce", "why"})
+
+
+def sideFiles(m: Message) -> SideFiles:
+    """
+    Which side files message C{m} may still have when it finishes (docs/behaviour/queue.md
+    5.7): all of them for a message found at start. For one preprocessed by this run: the
+    channel files it was given and has not removed yet (L{Message.channelFiles}); not its todo
+    and intd entries (preprocessing removed them durably before the message was taken in);
+    C{bounce/N} only if this run appended a failure (preprocessing removed any stale one);
+    C{why/N} only if this run wrote a note (the removal of an earlier message with this number
+    took its note before its mess file freed the number). The others are not unlinked: no
+    system call that can only fail with ENOENT.
+    """
+    if m.recovered:
+        return ALL_SIDE_FILES
+    return frozenset(m.channelFiles) | frozenset(
+        name for name, present in (("bounce", m.bounced), ("why", m.noted)) if present)
+
+
+def removeMessage(layout: QueueLayout, n: int, side: SideFiles = ALL_SIDE_FILES) -> None:
     """
     Remove every file of a finished message (its forward records first, its hold marker and
-    deferral note before the mess file frees its number); info goes last.
+    deferral note before the mess file frees its number); info goes last. Of the side files,
+    only those in C{side} are tried (L{sideFiles}).
     """
     fwd.dropMessageRecords(layout, n)
-    for path in (layout.local(n), layout.remote(n), layout.bounce(n), layout.todo(n),
-                 layout.intd(n)):
+    paths = [where(n) for name, where in (
+        ("local", layout.local), ("remote", layout.remote), ("bounce", layout.bounce),
+        ("todo", layout.todo), ("intd", layout.intd)) if name in side]
+    for path in paths:
         _unlink(path)
-    marks.dropFiles(layout, n)
+    marks.dropFiles(layout, n, why="why" in side)
     for path in (layout.mess(n), layout.info(n)):
         _unlink(path)
 

@@ -57,13 +57,21 @@ def _prepareBounce(layout: QueueLayout, control: Control, now: float, n: int, se
 
 def finishMessage(
     layout: QueueLayout, ops: FileOps, control: Control, now: float, injector: IInjector,
-    n: int, sender: bytes,
+    n: int, sender: bytes, side: clean.SideFiles = clean.ALL_SIDE_FILES,
 ) -> Deferred[None]:
     """
     Queue the bounce of message C{n} if it has one (or drop a triple bounce), then remove its
     files. Fails, leaving every file in place, when the bounce cannot be queued. The bounce is
     built and written on a thread; only its commit goes through the injector's round.
+
+    @param side: the side files that may exist (L{clean.sideFiles}): without C{bounce}, no
+        bounce is looked for and the removal is the only thread job.
     """
+    def remove() -> Deferred[Any]:
+        return ops.submit(lambda: clean.removeMessage(layout, n, side))
+
+    if "bounce" not in side:
+        return remove().addCallback(lambda _: None)
     qp = injector.allocateQp()
 
     def commitThenRemove(prepared: PendingMessage | str | None) -> Deferred[Any]:
@@ -79,9 +87,6 @@ def finishMessage(
             return remove()
 
         return injector.commitPending(prepared).addCallback(queued)
-
-    def remove() -> Deferred[Any]:
-        return ops.submit(lambda: clean.removeMessage(layout, n))
 
     d = ops.submit(lambda: _prepareBounce(layout, control, now, n, sender, qp))
     d.addCallback(commitThenRemove)

@@ -11,6 +11,11 @@ Messages committed by this process's injector mostly come preprocessed instead: 
 claims them at the start of their commit round (L{Intake.claim}), the round preprocesses them,
 and L{Intake.adopt} takes them in (L{qmtwist.queue.handoff}, docs/behaviour/queue.md 5.11). A
 claimed number is known: it is neither claimed again nor read from C{todo/} meanwhile.
+
+A number is a mess file's inode, so a new message may take the number of one just removed: a
+number seen in C{todo/} while it is held, claimed or in the running batch is read again as soon
+as it is free (L{forget}, L{_release}), unless it became a message meanwhile (then the entry seen
+was that message's own).
 """
 
 from __future__ import annotations
@@ -44,7 +49,8 @@ def newMessage(p: Preprocessed, now: float) -> Message:
                 entries.append(ChannelEntry(i, offset, a, False))
                 offset += len(a) + 2
             channels[name] = Channel(name, entries, now)
-    return Message(p.id, p.sender, p.birth, p.stamp, p.size, channels)
+    return Message(p.id, p.sender, p.birth, p.stamp, p.size, channels,
+                   channelFiles=set(channels))
 
 
 def resumedMessage(m: clean.LoadedMessage, now: float) -> tuple[Message, list[str]]:
@@ -60,7 +66,7 @@ def resumedMessage(m: clean.LoadedMessage, now: float) -> tuple[Message, list[st
             continue
         channels[name] = Channel(
             name, list(ch.entries), max(now, ch.scheduled), recovered=True, done=done)
-    return Message(m.id, m.sender, m.birth, m.stamp, m.size, channels), finished
+    return Message(m.id, m.sender, m.birth, m.stamp, m.size, channels, recovered=True), finished
 
 
 class Intake:
@@ -93,15 +99,44 @@ class Intake:
         self._opened = False
         self._early: list[int] = []
         self._claimed: set[int] = set()  # preprocessed in commit rounds, not yet adopted
+        self._batch: set[int] = set()  # the numbers of the running batch
+        self._scanning = False  # a listing of todo/ runs
+        self._scanWaiters: list[Deferred[None]] = []  # asked for a listing not yet started
+        # numbers seen in todo/ again while claimed or in the running batch (L{_release})
+        self._seenInBatch: set[int] = set()
 
     def scan(self, found: Callable[[list[int]], None]) -> Deferred[None]:
-        """List todo/ on a thread and pass the numbers to C{found} (the service's gate)."""
+        """
+        List todo/ on a thread and pass the numbers to C{found} (the service's gate).
+
+        One listing runs at a time: asked while one runs (triggers from busy front ends come
+        faster than listings), one more listing follows it, which starts after every request
+        made meanwhile and so sees every entry committed before it. The returned Deferred fires
+        when a listing that started after the request has been passed on.
+        """
+        d: Deferred[None] = Deferred()
+        self._scanWaiters.append(d)
+        if not self._scanning:
+            self._startScan(found)
+        return d
+
+    def _startScan(self, found: Callable[[list[int]], None]) -> None:
+        waiters, self._scanWaiters = self._scanWaiters, []
+        self._scanning = True
         d = self.runInThread(lambda: clean.listTodo(self.layout))
         d.addCallback(found)
         # a failed scan must not stop the 25-minute LoopingCall for good
         d.addErrback(lambda f: log.warn("alert: unable to opendir {dir}, sleeping... ({why})",
                                         dir=self.layout.sub("todo"), why=f.getErrorMessage()))
-        return d
+
+        def finished(_: object) -> None:
+            self._scanning = False
+            for w in waiters:
+                w.callback(None)
+            if self._scanWaiters:
+                self._startScan(found)
+
+        d.addBoth(finished)
 
     def open(self, todo: Iterable[int]) -> None:
         """Recovery is done: preprocess C{todo} and everything collected until now."""
@@ -115,15 +150,29 @@ class Intake:
             return
         # a claimed message is being preprocessed by its commit round: its todo entry is
         # not to be read (its number comes from the injector's observer or a scan)
-        ids = [n for n in ids if n not in self._claimed]
+        claimed = [n for n in ids if n in self._claimed]
+        if claimed:
+            # its commit round may still drop it (a failed commit frees the number): look
+            # again then (L{adopt})
+            self._seenInBatch.update(claimed)
+            ids = [n for n in ids if n not in self._claimed]
         if not self._opened:
             # the start-up scan is still reading info/: new messages wait for it
             self._early.extend(ids)
             return
         fresh = [n for n in ids if n not in self.known]
-        # An id we still know may be a new message that reused the inode of one whose files
-        # are being removed right now: look at it again once that removal is done.
-        self._again.update(n for n in ids if n in self.known)
+        for n in ids:
+            if n not in self.known:
+                continue
+            if n in self._batch:
+                # read already, or being read: if the batch finds no todo entry (gone, or
+                # removed as never committed), the number is free and this entry may be a new
+                # message that took it; look again then
+                self._seenInBatch.add(n)
+            elif n not in self._waiting:
+                # a message we hold may be being removed, and a new message may have reused its
+                # inode: look at it again once the removal is done (L{forget})
+                self._again.add(n)
         self.known.update(fresh)
         self._waiting.update(fresh)
         if self._waiting and not self.busy:
@@ -154,9 +203,10 @@ class Intake:
         """
         for n in dropped:
             self._claimed.discard(n)
-            self.known.discard(n)
+            self._release(n)
         for r in results:
             self._claimed.discard(r.id)
+            self._seenInBatch.discard(r.id)
             if isinstance(r, Problem):
                 log.warn("{line}", line=r.line)
                 self.known.discard(r.id)
@@ -173,18 +223,32 @@ class Intake:
             self._again.discard(n)
             self.add([n])
 
+    def _release(self, n: int) -> None:
+        """
+        Number C{n} was claimed or in a batch and did not become a message (its todo entry was
+        gone, or its commit failed): if C{todo/} showed it meanwhile, that may be a new message
+        that took the freed inode, so it is read again.
+        """
+        self.known.discard(n)
+        if n in self._seenInBatch:
+            self._seenInBatch.discard(n)
+            self.add([n])
+
     def _run(self) -> None:
         ids = sorted(self._waiting)
         self._waiting.clear()
+        self._batch = set(ids)
         self.busy = True
         control = self.controls.snapshot
         d = self.runInThread(lambda: preprocessBatch(self.layout, ids, control, self.syncer))
 
         def done(results: list[Preprocessed | Problem]) -> None:
             self.busy = False
+            self._batch = set()
             handled = set()
             for r in results:
                 handled.add(r.id)
+                self._seenInBatch.discard(r.id)
                 if isinstance(r, Problem):
                     log.warn("{line}", line=r.line)
                     self.known.discard(r.id)
@@ -194,16 +258,17 @@ class Intake:
                     self._new(r)
             for n in ids:
                 if n not in handled:
-                    self.known.discard(n)
+                    self._release(n)
             self.onSettled()
-            if self._waiting and not self.closed:
+            if self._waiting and not self.closed and not self.busy:
                 self._run()
 
         def failed(f: Any) -> None:
             self.busy = False
+            self._batch = set()
             log.failure("preprocessing crashed", f)
             for n in ids:
-                self.known.discard(n)
+                self._release(n)
             self.onSettled()
 
         d.addCallbacks(done, failed)

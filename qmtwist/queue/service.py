@@ -320,6 +320,7 @@ class QueueService(service.Service):
     def _appendBounce(self, m: Message, ch: Channel, e: ChannelEntry, para: bytes) -> None:
         """Record a permanent failure in bounce/N; qmail-send retries this every 10 s."""
         bouncePath = self.layout.bounce(m.id)
+        m.bounced = True
 
         def failed(f: Any) -> None:
             log.critical("alert: unable to append to bounce message; HELP! sleeping...")
@@ -356,13 +357,16 @@ class QueueService(service.Service):
         ch.inPass = False
         if not ch.undone():
             del m.channels[ch.name]
-            path = self.layout.channel(ch.name, m.id)
-            self.ops.submit(lambda: os.unlink(path)).addErrback(lambda f: None)
             if not m.channels:
-                self._finish(m)
+                self._finish(m)  # the removal takes this channel's file too
+            else:
+                m.channelFiles.discard(ch.name)
+                path = self.layout.channel(ch.name, m.id)
+                self.ops.submit(lambda: os.unlink(path)).addErrback(lambda f: None)
         else:
             ch.scheduled = nextPass(m.birth, ch.passStart, ch.name)
             self.timers.push(ch.scheduled, m.id, ch.name)
+            m.noted = True
             self.ops.submit(partial(marks.writeNote, self.layout, m.id, marks.noteOf(m))
                             ).addErrback(lambda f: None)  # mailq's cache (queue-control.md 17.7)
             self.wake()
@@ -376,7 +380,7 @@ class QueueService(service.Service):
         m.finishing = True
         self._finishing += 1
         d = finishMessage(self.layout, self.ops, self.controls.snapshot, self.clock.seconds(),
-                          self.injector, m.id, m.sender)
+                          self.injector, m.id, m.sender, clean.sideFiles(m))
         d.addCallbacks(lambda _: self._removed(m), self._finishFailed, errbackArgs=(m,))
 
     def _removed(self, m: Message) -> None:

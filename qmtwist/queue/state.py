@@ -58,3 +58,12 @@ class Message:
     #: C{birth} was just read from the info file (at preprocessing or recovery), so the first
     #: pass need not read it again; later passes re-read it (a touch rejuvenates, FAQ 7.3)
     birthFresh: bool = True
+    #: the channels whose C{local/N} or C{remote/N} file may exist
+    channelFiles: set[str] = field(factory=lambda: {"local", "remote"})
+    #: found on disk at start (docs/behaviour/queue.md 5.10): which of its side files exist is
+    #: not known, so its removal tries them all
+    recovered: bool = False
+    #: a failure paragraph was appended to C{bounce/N} by this run
+    bounced: bool = False
+    #: C{why/N} was written by this run
+    noted: bool = False

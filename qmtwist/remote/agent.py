@@ -209,15 +209,21 @@ class RemoteAgent:
         sender = reqs[0].sender
         recipients = [r.recipient for r in reqs]
         _local, domain = splitAddress(recipients[0])
+        sign = dkimDelivery.signJob(self.ctx, control, messPath, sender)
+
+        def look() -> tuple[bool, dkimDelivery.SignOutcome]:
+            # one thread hop for both looks at the message file
+            return smtpclient.hasPartialFinalLine(messPath), sign()
+
         try:
-            partial = await self.ctx.runInThread(functools.partial(smtpclient.hasPartialFinalLine, messPath))
+            partial, signed = await self.ctx.runInThread(look)
         except OSError:
             return [Report.deferral(UNREADABLE)] * n
         if partial and route.protocol == routes.SMTP:
             return [Report.failure(smtpclient.PARTIAL)] * n
         plan: Plan | None = None
         try:
-            prefix = await dkimDelivery.prefixFor(self.ctx, control, messPath, sender, reqs[0].msgId)
+            prefix = dkimDelivery.prefixOf(signed, reqs[0].msgId)
             if route.relay is not None:
                 if route.isLiteral:
                     hosts = [MailHost(route.relay, 0, (route.relay.decode("ascii"),))]

@@ -93,6 +93,8 @@ def test_front_ends_accept_the_daemon_delivers(tmp_path):
     for pid in frontEnds(d):
         assert not alive(pid)
     assert d.lines()[-1].endswith("Server Shut Down.") or "status: exiting" in d.lines()
+    # the front ends stop on TERM and then see their standard input close: no traceback
+    assert not [x for x in d.lines() if "Unhandled Error" in x or "ReactorNotRunning" in x]
 
 
 def test_a_front_end_that_dies_is_replaced(tmp_path):

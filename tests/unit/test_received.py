@@ -101,3 +101,17 @@ def test_quoteEmptyLocalPart():
 def test_quoteEscapesCrLf():
     assert quoteLocal(b"a\rb@x") == b'"a\\\rb"@x'
     assert returnPath(b"a\nb@x") == b'Return-Path: <"a\\_b"@x>\n'
+
+
+def test_quoteLocal_every_byte():
+    """Each byte in the middle of a local part: quoted exactly when RFC 822 needs it (an atom
+    special other than ".", a control or non-ASCII byte), backslash before \\, ", CR, LF."""
+    specials = set(b'()<>@,;:\\"[] \t')
+    for c in range(256):
+        local = b"a" + bytes([c]) + b"b"
+        quoted = quoteLocal(local + b"@h.example")
+        if c in specials or c < 32 or c > 126:
+            inner = (b"\\" if c in b'\\"\r\n' else b"") + bytes([c])
+            assert quoted == b'"a' + inner + b'b"@h.example', c
+        else:
+            assert quoted == local + b"@h.example", c
