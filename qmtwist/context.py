@@ -9,6 +9,11 @@ entries of C{control/} with what was read last and rereads them when anything ch
 thread, and the listener (before each connection) and the delivery agents (before each
 delivery) wait for it. Files registered with L{ControlCache.watch} (C{servercert.pem}) are
 checked in the same thread job.
+
+Given the daemon's L{qmtwist.dirwatch.DirWatches}, the cache watches C{control/} with inotify
+and L{ControlCache.refresh} skips the thread job when no event came since the last full check
+and that check found the watch sufficient (docs/behaviour/control.md 2.4): then it fires at
+once with L{ControlCache.current}. Without one (tools, tests) every refresh is a full check.
 """
 
 from __future__ import annotations
@@ -26,10 +31,10 @@ from twisted.python.failure import Failure
 
 from qmtwist import control
 from qmtwist.control import Control
+from qmtwist.dirwatch import DirWatches, Stamp, scanDirectory
 from qmtwist.home import Home
 from qmtwist.interfaces import IInjector
 
-Stamp = tuple[tuple[str, int], ...]
 #: Runs a blocking callable on the reactor's thread pool; fires with its result.
 RunInThread = Callable[[Callable[[], Any]], "Deferred[Any]"]
 
@@ -44,17 +49,7 @@ class IDaemonReactor(IReactorCore, IReactorTime, IReactorTCP, IReactorSocket, IR
 
 
 def _mtimes(controlDir: str) -> Stamp:
-    try:
-        entries = sorted(os.scandir(controlDir), key=lambda e: e.name)
-    except OSError:
-        return ()
-    out = []
-    for e in entries:
-        try:
-            out.append((e.name, e.stat().st_mtime_ns))
-        except OSError:
-            pass
-    return tuple(out)
+    return scanDirectory(controlDir)[0]
 
 
 class Watched(Protocol):
@@ -69,9 +64,12 @@ class ControlCache:
 
     log = Logger(namespace="qmail-send")
 
-    def __init__(self, home: Home) -> None:
+    def __init__(self, home: Home, watches: DirWatches | None = None) -> None:
         # Read at start-up, before the reactor serves anything.
         self.home = home
+        # control/ through inotify (the watch is added by the first refresh's thread job)
+        self._dirWatch = None if watches is None else watches.directory(home.control)
+        self._running: list[Deferred[Control]] = []  # the waiters of the check under way
         self.snapshot, warnings = control.load(home.control)
         self._current = self.snapshot
         self._stamp = _mtimes(home.control)
@@ -133,48 +131,71 @@ class ControlCache:
 
     def refresh(self, runInThread: Callable[[Callable[[], Any]], Any]) -> Deferred[Control]:
         """
-        Reread the control files if any entry of C{control/} changed (names, mtimes), on a
-        thread, and check the watched files.
+        Reread the control files if any entry of C{control/} changed (names, mtimes, sizes,
+        inodes), on a thread, and check the watched files.
 
         Requests that arrive while a check runs share the next one (a change made during the
-        running check is seen by them), so under load at most one check is running.
+        running check is seen by them), so under load at most one check is running. With a
+        watch in force and no event since the last check began (control.md 2.4), there is no
+        thread job: the result is L{current}, or that of the check under way.
 
         @param runInThread: the context's runner (C{deferToThreadPool}); never blocks here.
         @return: fires with L{current} once the check is done; never fails (a check that
             crashes is logged and the values in force stay).
         """
-        d: Deferred[Control] = Deferred()
+        if self._dirWatch is not None and not self._dirWatch.changed():
+            if not self._checking:
+                return succeed(self._current)
+            # the running check began after the last event: its result is new enough
+            d: Deferred[Control] = Deferred()
+            self._running.append(d)
+            return d
+        d = Deferred()
         self._waiting.append(d)
         if not self._checking:
             self._startCheck(runInThread)
         return d
 
+    def _sufficient(self) -> bool:
+        # a watched file elsewhere than in control/ is not seen by the watch (control.md 2.4)
+        here = os.path.abspath(self.home.control)
+        return all(os.path.dirname(os.path.abspath(getattr(w, "path", None) or "/")) == here
+                   for w in self._watched)
+
     def _startCheck(self, runInThread: Callable[[Callable[[], Any]], Any]) -> None:
         waiting, self._waiting = self._waiting, []
+        self._running = waiting
         self._checking = True
         controlDir, stamp, current = self.home.control, self._stamp, self._current
         watched, generation = list(self._watched), self._generation
+        watch = self._dirWatch
+        token = watch.begin() if watch is not None else None  # clears the events first
+        forced = token is not None and token.forced
+        usable = [False]
 
-        def check() -> tuple[Stamp, Control | None, list[str], list[Callable[[], None]]]:
-            newStamp = _mtimes(controlDir)
+        def check() -> tuple[Stamp, bool, Control | None, list[str], list[Callable[[], None]]]:
+            if token is not None:
+                token.arm()  # before the scan: an edit from now on is an event
+            newStamp, sufficient = scanDirectory(controlDir)
             loaded: Control | None = None
             warnings: list[str] = []
-            if newStamp != stamp:
+            if forced or newStamp != stamp:
                 loaded, warnings = control.load(controlDir, current)
             applies = []
             for source in watched:
                 apply = source.check()
                 if apply is not None:
                     applies.append(apply)
-            return newStamp, loaded, warnings, applies
+            return newStamp, sufficient, loaded, warnings, applies
 
-        def done(result: tuple[Stamp, Control | None, list[str], list[Callable[[], None]]]
-                 ) -> None:
-            newStamp, loaded, warnings, applies = result
+        def done(result: tuple[Stamp, bool, Control | None, list[str],
+                               list[Callable[[], None]]]) -> None:
+            newStamp, sufficient, loaded, warnings, applies = result
             if generation == self._generation:
                 self._stamp = newStamp
                 if loaded is not None:
                     self._current = loaded
+                usable[0] = sufficient and self._sufficient()
             for w in warnings:
                 self.log.warn("{line}", line=w)
             for apply in applies:
@@ -184,7 +205,10 @@ class ControlCache:
             self.log.failure("control files check failed", f)
 
         def finished(_: object) -> None:
+            if watch is not None and token is not None:
+                watch.end(token, usable[0])  # not usable (or result dropped): check again
             self._checking = False
+            self._running = []
             for d in waiting:
                 d.callback(self._current)
             if self._waiting and not self._checking:
@@ -217,6 +241,8 @@ class Context:
     @ivar controls: the L{ControlCache}.
     @ivar runInThread: runs a blocking callable on the thread pool, returns a Deferred.
     @ivar reloaders: callables run on SIGHUP after the controls were re-read.
+    @ivar watches: the daemon's inotify watches (L{qmtwist.dirwatch.DirWatches}) for the
+        listeners' rules files, or L{None} (tests, tools): every check is a thread job.
     """
 
     home: Home
@@ -225,3 +251,4 @@ class Context:
     controls: ControlCache
     runInThread: RunInThread
     reloaders: list[Callable[[], None]] = field(factory=list)
+    watches: DirWatches | None = None

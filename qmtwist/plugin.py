@@ -22,6 +22,7 @@ from twisted.logger import Logger
 from twisted.python import usage
 
 from qmtwist.context import ControlCache, Context
+from qmtwist.dirwatch import DirWatches
 from qmtwist.errors import ControlError
 from qmtwist.home import Home, chooseHome, setup
 from qmtwist.inbound.writer import InboundVerifier
@@ -208,8 +209,11 @@ def buildServices(options: dict[str, Any], reactor: Any = None) -> Built:
                 log.info("setup: created {home}", home=home.path)
         except OSError as e:
             fatal(f"alert: cannot start: unable to switch to queue directory: {e}")
+    # control/ and the rules files watched with inotify, so that an unchanged file costs no
+    # thread job per connection or delivery (docs/behaviour/control.md 2.4)
+    watches = DirWatches(reactor)
     try:
-        controls = ControlCache(home)
+        controls = ControlCache(home, watches)
     except ControlError as e:
         fatal(str(e) if "cannot start" in str(e) else f"alert: cannot start: {e}")
     runInThread = ThreadRunner(reactor)  # every blocking file call of the daemon (threadrunner.py)
@@ -220,7 +224,8 @@ def buildServices(options: dict[str, Any], reactor: Any = None) -> Built:
 
     injector = Injector(home.queue, home.control, reactor, runInThread)
     metrics = Metrics(reactor)  # its stats() is also what ctl stats shows
-    ctx = Context(home, reactor, injector, controls, runInThread)
+    ctx = Context(home, reactor, injector, controls, runInThread, watches=watches)
+    watches.setServiceParent(top)  # closes the descriptors when the daemon stops
     # one resolver (--dns) for remote delivery's MX lookups and the listeners' PTR lookups,
     # made when the first of them needs it (a listeners-only daemon may never need one)
     resolver = cache(lambda: makeResolver(reactor, options.get("dns") or None))

@@ -6,7 +6,8 @@ text form directly (no cdb step). L{parseRules} turns the text into L{Rule} reco
 lines; L{RuleSet.match} picks the rule for a peer (IP address, host name if known) and returns a
 L{Decision}: allow or deny plus the environment to hand to the session. L{RulesFile} keeps one
 file's rules current; the listener calls L{RulesFile.refresh}, which runs the blocking
-L{checkRules} (stat, reread) on a thread.
+L{checkRules} (stat, reread) on a thread, or skips it when an inotify watch on the file's
+directory (L{qmtwist.dirwatch}) says nothing changed (docs/behaviour/control.md 2.4).
 
 Deviations: C{info@address} rules are parsed but never match (no ident lookups); IPv6 addresses
 are accepted as exact addresses or as prefixes ending at a colon boundary [qmtwist].
@@ -18,8 +19,10 @@ import os
 from typing import Any, Callable
 
 from attrs import field, frozen
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import Deferred, succeed
 from twisted.python.failure import Failure
+
+from qmtwist.dirwatch import DirWatches, fileStamp
 
 
 @frozen
@@ -239,41 +242,31 @@ class RuleSet:
         return self._first.get("")
 
 
-def _statKey(path: str | None, previous: object) -> object:
-    if path is None:
-        return None
-    try:
-        st = os.stat(path)
-    except FileNotFoundError:
-        return None
-    except OSError:
-        return previous
-    return (st.st_mtime_ns, st.st_size, st.st_ino)
-
-
 def checkRules(path: str | None, name: str, stamp: object,
-               force: bool) -> tuple[object, RuleSet | None, list[str]]:
+               force: bool) -> tuple[object, RuleSet | None, list[str], bool]:
     """
     Blocking: stat the rules file and reread it when C{force} or it changed since C{stamp}.
 
-    @return: the new stamp, the new rule set (L{None}: keep the one in force) and warning lines.
+    @return: the new stamp, the new rule set (L{None}: keep the one in force), warning lines,
+        and whether a watch on the file's directory sees its changes (L{fileStamp}).
     """
-    new = _statKey(path, stamp)
+    if path is None:
+        return None, (RuleSet([]) if force or stamp is not None else None), [], False
+    new, usable = fileStamp(path, stamp)
     if not force and new == stamp:
-        return stamp, None, []
+        return stamp, None, [], usable
     if new is None:
-        return None, RuleSet([]), []
-    assert path is not None
+        return None, RuleSet([]), [], usable
     try:
         with open(path, "rb") as f:
             data = f.read()
     except FileNotFoundError:
-        return None, RuleSet([]), []
+        return None, RuleSet([]), [], usable
     except OSError as e:
         return stamp, None, [
-            f"warning: unable to read rules/{name}: {e.strerror}; keeping previous rules"]
+            f"warning: unable to read rules/{name}: {e.strerror}; keeping previous rules"], False
     rules, warnings = parseRules(data, name)
-    return new, RuleSet(rules), warnings
+    return new, RuleSet(rules), warnings, usable
 
 
 class RulesFile:
@@ -284,21 +277,27 @@ class RulesFile:
     A missing file means "allow everybody, set nothing"; a file that cannot be read keeps the
     previous rule set. The listener calls L{refresh}, which checks the file on a thread, so the
     reactor never stats or opens it; L{ruleSet} then holds the rules to apply. L{reload} and
-    L{current} do the same check on the calling thread (start-up, tools and tests).
+    L{current} do the same check on the calling thread (start-up, tools and tests). Given the
+    daemon's L{qmtwist.dirwatch.DirWatches}, the file's directory is watched with inotify and
+    L{refresh} skips the thread job while no event names the file (control.md 2.4).
     """
 
-    def __init__(self, path: str | None, name: str) -> None:
+    def __init__(self, path: str | None, name: str, watches: DirWatches | None = None) -> None:
         self.path = path
         self.name = name
         self.ruleSet = RuleSet([])
         self._stamp: object = ()
         self._generation = 0
         self._waiting: list[Deferred[list[str]]] = []
+        self._running: list[Deferred[list[str]]] = []
         self._force = False
         self._checking = False
+        # no path, no rules: nothing to watch (every refresh is the thread job, as before)
+        self._watch = None if watches is None or path is None else watches.directory(
+            os.path.dirname(os.path.abspath(path)), [os.path.basename(path)])
 
-    def _apply(self, result: tuple[object, RuleSet | None, list[str]]) -> list[str]:
-        stamp, ruleSet, warnings = result
+    def _apply(self, result: tuple[object, RuleSet | None, list[str], bool]) -> list[str]:
+        stamp, ruleSet, warnings, _ = result
         self._stamp = stamp
         if ruleSet is not None:
             self.ruleSet = ruleSet
@@ -324,7 +323,9 @@ class RulesFile:
         L{reload} on a thread: afterwards L{ruleSet} is the file as it is now.
 
         Requests that arrive while a check runs share the next one (as
-        L{qmtwist.context.ControlCache.refresh}), so at most one check runs at a time.
+        L{qmtwist.context.ControlCache.refresh}), so at most one check runs at a time. With the
+        watch in force and no event for the file since the last check began, there is no thread
+        job (the result is that of the check under way, if one is).
 
         @param runInThread: the context's runner (C{deferToThreadPool}).
         @param force: reread even if the file looks unchanged (SIGHUP).
@@ -332,6 +333,11 @@ class RulesFile:
             others get none), or fails with what the check raised.
         """
         d: Deferred[list[str]] = Deferred()
+        if not force and self._watch is not None and not self._watch.changed():
+            if not self._checking:
+                return succeed([])
+            self._running.append(d)
+            return d
         self._waiting.append(d)
         self._force = self._force or force
         if not self._checking:
@@ -340,18 +346,32 @@ class RulesFile:
 
     def _startCheck(self, runInThread: Callable[[Callable[[], Any]], Any]) -> None:
         waiting, self._waiting = self._waiting, []
+        self._running = waiting
         force, self._force = self._force, False
         self._checking = True
         generation = self._generation
         path, name, stamp = self.path, self.name, self._stamp
+        watch = self._watch
+        token = watch.begin() if watch is not None else None  # clears the events first
+        force = force or (token is not None and token.forced)
+        usable = [False]
 
-        def done(result: tuple[object, RuleSet | None, list[str]]) -> list[str]:
+        def check() -> tuple[object, RuleSet | None, list[str], bool]:
+            if token is not None:
+                token.arm()  # before the stat: an edit from now on is an event
+            return checkRules(path, name, stamp, force)
+
+        def done(result: tuple[object, RuleSet | None, list[str], bool]) -> list[str]:
             if generation != self._generation:  # a blocking reload came in between
                 return result[2]
+            usable[0] = result[3]
             return self._apply(result)
 
         def finished(result: list[str] | Failure) -> None:
+            if watch is not None and token is not None:
+                watch.end(token, usable[0])
             self._checking = False
+            self._running = []
             for i, w in enumerate(waiting):
                 if isinstance(result, Failure):
                     w.errback(result)
@@ -360,6 +380,6 @@ class RulesFile:
             if self._waiting and not self._checking:
                 self._startCheck(runInThread)
 
-        d = runInThread(lambda: checkRules(path, name, stamp, force))
+        d = runInThread(check)
         d.addCallback(done)
         d.addBoth(finished)

@@ -36,8 +36,9 @@ line; QMTP and POP3: nothing) and is closed.
 Before each connection is decided, C{ctx.controls.refresh} (L{qmtwist.context.ControlCache})
 and L{qmtwist.tcprules.RulesFile.refresh} check the control files, C{servercert.pem} and the
 rules file on threads, so the session gets them as they are now without the reactor ever
-stat-ing or opening one. L{reload} (SIGHUP; plugin.py appends it to C{ctx.reloaders})
-rereads the rules file, on a thread too.
+stat-ing or opening one (no thread job when their inotify watches, C{ctx.watches}, say that
+nothing changed: docs/behaviour/control.md 2.4). L{reload} (SIGHUP; plugin.py appends it to
+C{ctx.reloaders}) rereads the rules file, on a thread too.
 
 Log lines (namespace C{qmtwist.NAME}): C{tcpserver: status: A/L}, C{tcpserver: pid N from IP},
 C{tcpserver: ok N ...}, C{tcpserver: deny N ...}, C{tcpserver: end N status S}; once bound,
@@ -187,7 +188,7 @@ class TCPServerService(StreamServerEndpointService):
         self.setName(name)
         self.description = endpoint
         self.log = Logger(namespace=f"qmtwist.{name}")
-        self.rules = RulesFile(rulesPath, name)
+        self.rules = RulesFile(rulesPath, name, getattr(ctx, "watches", None))
         self.port: Any = None
         factory = SessionFactory(protocolFactory, ctx, self.log, self.rules,
                                  lookupHost or makeHostLookup(ctx.reactor), concurrency, perIP,

@@ -115,13 +115,15 @@ def test_rules_are_checked_on_a_thread(tmp_path, monkeypatch, logEvents):
     (tmp_path / "rules").write_bytes(b"127.:allow,A=\"22\"\nbad line\n")
     reactorThread = threading.current_thread()
     stats: list = []
-    realStat = os.stat
 
-    def stat(path, *a, **kw):
-        stats.append((str(path), threading.current_thread() is reactorThread))
-        return realStat(path, *a, **kw)
+    def recorded(real):
+        def stat(path, *a, **kw):
+            stats.append((str(path), threading.current_thread() is reactorThread))
+            return real(path, *a, **kw)
+        return stat
 
-    monkeypatch.setattr(os, "stat", stat)
+    monkeypatch.setattr(os, "stat", recorded(os.stat))
+    monkeypatch.setattr(os, "lstat", recorded(os.lstat))
     p1, t1 = _connect(reactor)
     p2, t2 = _connect(reactor)  # waits for the same check
     assert t1.value() == t2.value() == b"" and len(threads.jobs) == 1

@@ -17,6 +17,7 @@ from twisted.internet import defer, reactor, task
 from twisted.internet.threads import deferToThread
 
 from qmtwist.context import Context, ControlCache
+from qmtwist.dirwatch import DirWatches
 from qmtwist.delivery import DeliveryRequest, Outcome, Report
 from qmtwist.remote.agent import RemoteAgent
 from qmtwist.remote.mx import makeResolver
@@ -61,11 +62,22 @@ def request(path: str, rcpt: bytes, sender: bytes = b"joe@test.example", pos: in
     return DeliveryRequest(1, path, sender, rcpt, pos, "1.1")
 
 
-def agent(home, dns: LoopbackDNS | None, **kw) -> RemoteAgent:
-    ctx = Context(home, reactor, None, ControlCache(home), deferToThread)
+def agent(home, dns: LoopbackDNS | None, watches: DirWatches | None = None, **kw) -> RemoteAgent:
+    ctx = Context(home, reactor, None, ControlCache(home, watches), deferToThread, watches=watches)
     resolver = makeResolver(reactor, dns.servers if dns else [("127.0.0.1", 9)])
     kw.setdefault("dnsTimeout", (0.5,))
     return RemoteAgent(ctx, resolver, **kw)
+
+
+@pytest.fixture(params=["stat", "inotify"])
+def watches(request):
+    """Without and with the daemon's inotify watch of control/ (docs/behaviour/control.md 2.4)."""
+    if request.param == "stat":
+        yield None
+        return
+    w = DirWatches(reactor)
+    yield w
+    w.stopService()
 
 
 def sinkOn(ports, factory, interface: str = "127.0.0.1", port: int = 0) -> int:
@@ -448,9 +460,9 @@ async def test_tlsverifyMismatchDefers(home, tmp_path, loopbackDNS, ports) -> No
 
 
 @pytest_twisted.ensureDeferred
-async def test_brokenTLSFallsBackToPlaintext(home, tmp_path, loopbackDNS, ports) -> None:
+async def test_brokenTLSFallsBackToPlaintext(home, tmp_path, loopbackDNS, ports, watches) -> None:
     sink, port = tlsSetup(home, loopbackDNS, ports, ["mx.tls.example"], brokenTLS=True)
-    a = agent(home, loopbackDNS, mxPort=port)
+    a = agent(home, loopbackDNS, watches, mxPort=port)
     [r] = await deliverAll(a, [request(message(tmp_path), b"a@tls.example")])
     assert r == Report.success(b"127.0.0.2 accepted message.\n" + OK)
     assert (sink.connections, sink.messages[0].tls) == (2, False)

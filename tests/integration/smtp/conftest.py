@@ -10,6 +10,7 @@ from twisted.internet import reactor
 from twisted.internet.threads import deferToThread
 
 from qmtwist.context import Context, ControlCache
+from qmtwist.dirwatch import DirWatches
 from qmtwist.queue.commit import Injector
 from qmtwist.queue.envelope import decodeTodo
 from qmtwist.smtp.listener import makeSMTPService
@@ -29,9 +30,11 @@ class Running:
 @pytest.fixture
 def startSMTP(home):
     started = []
+    # as in the daemon: control/ and the rules file watched with inotify (control.md 2.4)
+    watches = DirWatches(reactor)
 
     def start(rules: bytes | None = None, concurrency: int = 40, endpoint: str | None = None,
-              catchAll: bool = True, **kw):
+              catchAll: bool = True, runInThread=deferToThread, **kw):
         # The listener refuses unknown local users at RCPT (docs/behaviour/smtp-extensions.md
         # 20.5); tests about other things send to made-up users, so the home gets the alias
         # catch-all unless a test asks for the check.
@@ -43,7 +46,8 @@ def startSMTP(home):
             with open(rulesPath, "wb") as f:
                 f.write(rules)
         injector = Injector(home.queue, home.control, reactor, deferToThread)
-        ctx = Context(home, reactor, injector, ControlCache(home), deferToThread)
+        ctx = Context(home, reactor, injector, ControlCache(home, watches), runInThread,
+                      watches=watches)
         svc = makeSMTPService(ctx, endpoint or "tcp:0:interface=127.0.0.1", rulesPath, concurrency,
                               **kw)
         svc.startService()
@@ -54,6 +58,7 @@ def startSMTP(home):
     for svc in started:
         if svc.running:
             svc.stopService()
+    watches.stopService()
 
 
 def queuedMessages(home) -> list[tuple[object, bytes]]:

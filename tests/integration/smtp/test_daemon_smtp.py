@@ -8,6 +8,7 @@ from __future__ import annotations
 import os
 import re
 import smtplib
+import socket
 import shutil
 import subprocess
 import sys
@@ -198,3 +199,51 @@ def test_faq31_receiving_for_another_host_name(home, daemon):
                      "the af.mil message in alias/Maildir/new")
     assert mess.split(b"\n")[1] == b"Delivered-To: x@af.mil"
     assert any("to local x@af.mil" in line for line in daemon.lines())
+
+
+def _greeting(port: int) -> bytes:
+    with socket.create_connection(("127.0.0.1", port), timeout=20) as s:
+        data = b""
+        while not data.endswith(b"\r\n"):
+            chunk = s.recv(4096)
+            if not chunk:
+                return data  # denied: closed before any byte
+            data += chunk
+        s.sendall(b"QUIT\r\n")
+        return data
+
+
+def _inotifyDescriptors(pid: int) -> int:
+    fds = os.path.join("/proc", str(pid), "fd")
+    count = 0
+    for n in os.listdir(fds):
+        try:
+            count += os.readlink(os.path.join(fds, n)) == "anon_inode:inotify"
+        except OSError:
+            pass
+    return count
+
+
+def _write(path: str, data: bytes) -> None:
+    with open(path, "wb") as f:
+        f.write(data)
+
+
+def test_daemonSeesEditsMadeRightBeforeAConnection(home, daemon):
+    """control/ and the rules file are watched with inotify (docs/behaviour/control.md 2.4): an
+    edit made right before a connection applies to it."""
+    daemon.start()
+    daemon.waitLine("tcpserver: status: 0/40")
+    assert _greeting(daemon.port).startswith(b"220 test.example ESMTP")
+    # control/ and rules/ are watched, through one descriptor
+    assert _inotifyDescriptors(daemon.proc.pid) == 1
+    path = os.path.join(home.control, "smtpgreeting")
+    for name in (b"one", b"two", b"three"):
+        _write(path + ".tmp", name + b".example\n")
+        os.rename(path + ".tmp", path)
+        assert _greeting(daemon.port).startswith(b"220 " + name + b".example ESMTP")
+    _write(os.path.join(home.rules, "smtp"), b"127.:deny\n")
+    assert _greeting(daemon.port) == b""
+    os.unlink(os.path.join(home.rules, "smtp"))
+    assert _greeting(daemon.port).startswith(b"220 three.example ESMTP")
+    assert not [line for line in daemon.lines() if "inotify" in line]
