@@ -364,23 +364,23 @@ class DirWatch:
             return
         if token.add:
             if token.wd is None:
-                if token.error is not None and not self._warned:
-                    self._warned = True
-                    self.owner.log.warn(
-                        "warning: unable to watch {path} with inotify ({reason}): it is checked "
-                        "with stat before each connection and delivery",
-                        path=self.path, reason=token.error)
+                if token.error is not None:
+                    self._warnOnce(f"unable to watch {self.path} with inotify ({token.error}):")
                 self._valid = False
                 return
             self._wd, self._mounts = token.wd, token.mounts
             self.owner.register(self, token.wd)
-            if self._mounts is not None and not self._warned:
-                self._warned = True
-                self.owner.log.warn(
-                    "warning: {path} {problem}: inotify does not see every change there; it "
-                    "is checked with stat before each connection and delivery",
-                    path=self.path, problem=self._mounts)
+            if self._mounts is not None:
+                self._warnOnce(f"{self.path} {self._mounts}: inotify does not see every change "
+                               "there;")
         self._valid = usable and self._wd is not None and self._mounts is None
+
+    def _warnOnce(self, why: str) -> None:
+        """The one warning of this watch: C{why} stat checks are used for it instead."""
+        if not self._warned:
+            self._warned = True
+            self.owner.log.warn("warning: {why} it is checked with stat before each connection "
+                                "and delivery", why=why)
 
     def event(self, name: bytes) -> None:
         """An event of this watch's directory, about the entry C{name} (empty: the directory)."""

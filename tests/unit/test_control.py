@@ -16,6 +16,7 @@ from qmtwist.control import Control, load, parseInt, parseLine, parseList, parse
 from qmtwist.errors import ControlError
 from qmtwist.home import Home
 from tests.conftest import logLines
+from tests.support import HeldRunner
 
 
 def write(directory, name: str, data: bytes) -> None:
@@ -497,21 +498,6 @@ def test_cacheCurrentSeesNewFile(home: Home):
     assert _fresh(cache).smtproutes == {b"": b"relay.example"}
 
 
-class ManualRunner:
-    """A thread runner whose jobs run only when the test says so."""
-
-    def __init__(self) -> None:
-        self.jobs: list = []
-
-    def __call__(self, fn):
-        d: Deferred = Deferred()
-        self.jobs.append((fn, d))
-        return d
-
-    def runOne(self) -> None:
-        fn, d = self.jobs.pop(0)
-        d.callback(fn())
-
 
 def test_cacheRefreshReadsOnlyInTheRunnerAndShares(home: Home, monkeypatch):
     """Nothing is read by refresh() itself; requests during a check share the next one."""
@@ -519,24 +505,24 @@ def test_cacheRefreshReadsOnlyInTheRunnerAndShares(home: Home, monkeypatch):
     reads: list = []
     real = control.readControlFile
     monkeypatch.setattr(control, "readControlFile", lambda p: reads.append(p) or real(p))
-    runner = ManualRunner()
+    runner = HeldRunner()
     write(home.control, "smtproutes", b":one.example\n")
     got: list = []
     cache.refresh(runner).addCallback(got.append)
-    assert (reads, got, len(runner.jobs)) == ([], [], 1)
+    assert (reads, got, len(runner.pending)) == ([], [], 1)
     second = cache.refresh(runner)
     third = cache.refresh(runner)
-    assert len(runner.jobs) == 1  # one check at a time
+    assert len(runner.pending) == 1  # one check at a time
     runner.runOne()
     assert reads and got[0].smtproutes == {b"": b"one.example"}
     # the two that came while the first check was under way wait for the next one, which
     # sees what changed meanwhile
-    assert not second.called and len(runner.jobs) == 1
+    assert not second.called and len(runner.pending) == 1
     write(home.control, "smtproutes", b":two.example\n")
     _bump(os.path.join(home.control, "smtproutes"), 5)
     runner.runOne()
     assert second.result.smtproutes == third.result.smtproutes == {b"": b"two.example"}
-    assert runner.jobs == []
+    assert runner.pending == []
 
 
 def test_cacheRefreshRunsWatchedChecksAndAppliesThem(home: Home):
@@ -548,7 +534,7 @@ def test_cacheRefreshRunsWatchedChecksAndAppliesThem(home: Home):
 
     cache = ControlCache(home)
     cache.watch(Source())
-    runner = ManualRunner()
+    runner = HeldRunner()
     d = cache.refresh(runner)
     assert applied == []
     runner.runOne()

@@ -12,7 +12,7 @@ import struct
 
 import pytest
 import pytest_twisted
-from twisted.internet.defer import Deferred, maybeDeferred
+from twisted.internet.defer import maybeDeferred
 from twisted.internet.testing import MemoryReactor
 from twisted.internet.threads import deferToThread
 
@@ -23,6 +23,7 @@ from qmtwist.dirwatch import (IN_DELETE_SELF, IN_IGNORED, IN_MODIFY, IN_Q_OVERFL
 from qmtwist.home import Home
 from qmtwist.tcprules import RulesFile
 from tests.conftest import logLines
+from tests.support import HeldRunner
 
 
 class Counting:
@@ -211,29 +212,14 @@ def test_watchedFileOutsideControlMeansFullChecks(home: Home, watches, tmp_path)
     assert runner.calls == 3 and len(checked) == 3
 
 
-class ManualRunner:
-    """A thread runner whose jobs run only when the test says so."""
-
-    def __init__(self) -> None:
-        self.jobs: list = []
-
-    def __call__(self, fn):
-        d: Deferred = Deferred()
-        self.jobs.append((fn, d))
-        return d
-
-    def runOne(self) -> None:
-        fn, d = self.jobs.pop(0)
-        d.callback(fn())
-
 
 def test_requestDuringACheckWithoutEventSharesIt(home: Home, watches):
     cache, _ = warm(home, watches)
-    runner = ManualRunner()
+    runner = HeldRunner()
     write(os.path.join(home.control, "databytes"), b"600\n")
     first = cache.refresh(runner)
     second = cache.refresh(runner)  # no event since the check began: that check will do
-    assert len(runner.jobs) == 1 and not second.called
+    assert len(runner.pending) == 1 and not second.called
     runner.runOne()
     assert first.result.databytes == second.result.databytes == 600
     write(os.path.join(home.control, "databytes"), b"700\n")
@@ -243,7 +229,7 @@ def test_requestDuringACheckWithoutEventSharesIt(home: Home, watches):
     runner.runOne()
     assert third.result.databytes in (700, 800) and not fourth.called
     runner.runOne()
-    assert fourth.result.databytes == 800 and runner.jobs == []
+    assert fourth.result.databytes == 800 and runner.pending == []
 
 
 def test_scanDirectoryTellsWhetherAWatchIsEnough(tmp_path):
@@ -417,17 +403,17 @@ def test_reloadDuringACheckMeansTheNextRefreshChecksAgain(home: Home, watches):
     """A SIGHUP reread that lands while a check runs drops that check's result: the watch does
     not vouch for it, so the next refresh checks again."""
     cache, _ = warm(home, watches)
-    runner = ManualRunner()
+    runner = HeldRunner()
     write(os.path.join(home.control, "databytes"), b"600\n")
     d = cache.refresh(runner)
     cache.reload()
     runner.runOne()
     assert d.result.databytes == 600  # the reload's reading
     cache.refresh(runner)
-    assert len(runner.jobs) == 1
+    assert len(runner.pending) == 1
     runner.runOne()
     cache.refresh(runner)
-    assert runner.jobs == []  # in force again
+    assert runner.pending == []  # in force again
 
 
 def test_oneDescriptorForEveryWatch(home: Home, watches):
@@ -461,16 +447,16 @@ def test_editBetweenTheAddOnAThreadAndItsRegistrationIsSeen(home: Home, watches)
     """The first check adds the watch on its thread; an event that the reactor reads before the
     check's result is back (its watch not registered yet) still counts."""
     cache = ControlCache(home, watches)
-    runner = ManualRunner()
+    runner = HeldRunner()
     d = cache.refresh(runner)
-    [(fn, job)] = runner.jobs
-    runner.jobs.clear()
+    [(fn, job)] = runner.pending
+    runner.pending.clear()
     result = fn()  # the thread's part: add the watch, scan
     write(os.path.join(home.control, "databytes"), b"4444\n")
     watches.doRead()  # the reactor reads the event before the result comes back
     job.callback(result)
     assert d.result.databytes != 4444
     later = cache.refresh(runner)
-    assert len(runner.jobs) == 1
+    assert len(runner.pending) == 1
     runner.runOne()
     assert later.result.databytes == 4444
