@@ -6,6 +6,8 @@ apart, SMTPUTF8 per message, MAIL+RCPT+DATA in one write.
 
 from __future__ import annotations
 
+import socket
+
 import pytest
 import pytest_twisted
 from twisted.internet import defer, reactor, task
@@ -86,6 +88,24 @@ async def test_messagesShareOneConnection(home, tmp_path, ports) -> None:
     a.scache.closeAll()  # QUIT on the idle connection (SIGHUP, stop)
     await until(lambda: sink.active == 0)
     assert sink.commands[-1] == b"QUIT"
+
+
+@pytest_twisted.ensureDeferred
+async def test_clientSocketHasNoDelay(home, tmp_path, ports) -> None:
+    """
+    The client turns Nagle's algorithm off (remote.md 11.9): with it on, the final dot written
+    after the message waited for the peer's delayed ACK, 40 ms a message on a reused connection.
+    """
+    sink = RecordingSink()
+    routed(home, ports, sink)
+    a = agent(home, None)
+    [r] = await deliverAll(a, [request(message(tmp_path), b"a@far.example")])
+    assert r.outcome is Outcome.SUCCESS
+    [(_key, proto)] = list(a.scache._idle)
+    sock = proto.transport.getHandle()
+    assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) != 0
+    a.scache.closeAll()
+    await until(lambda: sink.active == 0)
 
 
 @pytest_twisted.ensureDeferred
