@@ -211,12 +211,14 @@ class RemoteAgent:
         _local, domain = splitAddress(recipients[0])
         sign = dkimDelivery.signJob(self.ctx, control, messPath, sender)
 
-        def look() -> tuple[bool, dkimDelivery.SignOutcome]:
-            # one thread hop for both looks at the message file
-            return smtpclient.hasPartialFinalLine(messPath), sign()
+        def look() -> tuple[bool, bytes | None, dkimDelivery.SignOutcome]:
+            # one thread hop for every look at the message file: its last byte, the message
+            # itself when small (sent from memory, remote.md 11.4), the DKIM signatures
+            partial, body = smtpclient.lookAtMessage(messPath)
+            return partial, body, sign()
 
         try:
-            partial, signed = await self.ctx.runInThread(look)
+            partial, body, signed = await self.ctx.runInThread(look)
         except OSError:
             return [Report.deferral(UNREADABLE)] * n
         if partial and route.protocol == routes.SMTP:
@@ -260,11 +262,12 @@ class RemoteAgent:
                         proto, ip, sender, recipients, messPath, self.ctx.runInThread, prefix),
                 )
             if taken is not None:
-                reports = await self.reuse.run(taken, sender, recipients, messPath, prefix, kept)
+                reports = await self.reuse.run(taken, sender, recipients, messPath, prefix, kept,
+                                               body)
                 if reports is not None:
                     return reports
             return await self._trySMTP(control, hosts, port, sender, recipients, messPath, policy,
-                                       plan, prefix, keyOf, kept)
+                                       plan, prefix, keyOf, kept, body)
         finally:
             if not kept:
                 self.limiter.release()
@@ -352,6 +355,7 @@ class RemoteAgent:
         prefix: bytes = b"",
         keyOf: Callable[[str, MailHost], tuple[Any, ...]] | None = None,
         kept: list[bool] | None = None,
+        body: bytes | None = None,
     ) -> list[Report]:
         n = len(recipients)
         options: dict[bytes, Any] = {}
@@ -379,7 +383,7 @@ class RemoteAgent:
             try:
                 reports = tried.annotate(await smtpclient.transact(
                     proto, ip, control.helohost, sender, recipients, messPath, tls,
-                    self.ctx.runInThread, prefix, keep=keyOf is not None))
+                    self.ctx.runInThread, prefix, keep=keyOf is not None, body=body))
             except NextAddress as e:  # a refused certificate: its report names the session too
                 e.reports = tried.annotate(e.reports)
                 raise

@@ -50,6 +50,7 @@ async def mailTransaction(
     *,
     keep: bool = False,
     reused: bool = False,
+    body: bytes | None = None,
 ) -> list[Report]:
     """
     Run MAIL..final dot on C{proto} (a L{qmtwist.remote.smtpclient.ReplyProtocol} whose
@@ -58,6 +59,8 @@ async def mailTransaction(
     @param keep: on success leave the connection open and set C{proto.completed} (the caller
         caches it); otherwise it is closed with C{QUIT}.
     @param reused: the connection came from the cache (see L{StaleConnection}).
+    @param body: the whole message, read in the delivery's look at its file: sent with its
+        final dot in one write. L{None}: the file at C{messPath} is opened and streamed.
     @raise StaleConnection: C{reused} and the connection failed before the dot was sent.
     """
     host = ip.encode("ascii")
@@ -126,19 +129,25 @@ async def mailTransaction(
         r = await reply()
         if r.code >= 400:
             return quit(_byCode(r.code), b"%s failed on DATA command.\n" % host, r)
-        try:
-            f: BinaryIO = await runInThread(functools.partial(open, messPath, "rb"))
-        except OSError:
-            proto.abort()  # inside DATA: a QUIT would be message text
-            return rest(Report.deferral(UNREADABLE))
         encoder = DataEncoder()
-        transport.write(encoder(prefix))
-        try:
-            await sendFile(f, transport, proto.clock, proto.timeout, encoder)
-        finally:
-            f.close()
-        transport.write(encoder.flush())
-        proto.send(b".")
+        if body is not None:
+            # the message and its final dot in one write; the reply's deadline covers a peer
+            # that stops reading
+            if proto.lost is None:
+                transport.write(encoder(prefix) + encoder(body) + encoder.flush() + b".\r\n")
+        else:
+            try:
+                f: BinaryIO = await runInThread(functools.partial(open, messPath, "rb"))
+            except OSError:
+                proto.abort()  # inside DATA: a QUIT would be message text
+                return rest(Report.deferral(UNREADABLE))
+            transport.write(encoder(prefix))
+            try:
+                await sendFile(f, transport, proto.clock, proto.timeout, encoder)
+            finally:
+                f.close()
+            transport.write(encoder.flush())
+            proto.send(b".")
         critical = True
         r = await proto.reply()
         if r.code >= 400:

@@ -57,7 +57,7 @@ class Reuse:
 
     async def run(self, taken: tuple[tuple[Any, ...], Any], sender: bytes,
                      recipients: list[bytes], messPath: str, prefix: bytes,
-                     kept: list[bool]) -> list[Report] | None:
+                     kept: list[bool], body: bytes | None = None) -> list[Report] | None:
         """
         One transaction on a cached connection; L{None} when the connection turned out stale
         before the message went out (the caller connects afresh, on the same slot).
@@ -68,7 +68,7 @@ class Reuse:
         try:
             reports = await mailtx.mailTransaction(proto, ip, sender, recipients, messPath,
                                                    self.runInThread, prefix, keep=True,
-                                                   reused=True)
+                                                   reused=True, body=body)
         except mailtx.StaleConnection as e:
             self.log.info("cached connection to {ip} unusable ({why}); connecting afresh",
                           ip=ip, why=str(e))

@@ -13,6 +13,7 @@ recipients per transaction with their own reports.
 
 from __future__ import annotations
 
+import os
 from collections import deque
 from typing import Any, Awaitable, Callable
 
@@ -175,14 +176,27 @@ class ReplyProtocol(ClientProtocol):
             )
 
 
-def hasPartialFinalLine(path: str) -> bool:
-    """Whether the message file's last byte is not LF. @raise OSError: unreadable."""
-    with open(path, "rb") as f:
-        f.seek(0, 2)
-        if f.tell() == 0:
-            return False
-        f.seek(-1, 2)
-        return f.read(1) != b"\n"
+#: a message up to this size is read whole in the delivery's one look at its file and sent
+#: in one write with its final dot; a larger one is streamed from the file (remote.md 11.4)
+INLINE_LIMIT = 64 * 1024
+
+
+def lookAtMessage(path: str, limit: int = INLINE_LIMIT) -> tuple[bool, bytes | None]:
+    """
+    In a thread job: whether the message file's last byte is not LF (a partial final line,
+    which SMTP cannot carry), and the whole message when it is at most C{limit} bytes (else
+    L{None}: the transaction streams it from the file). Memory stays bounded by the remote
+    concurrency times C{limit}.
+
+    @raise OSError: unreadable.
+    """
+    with open(path, "rb", buffering=0) as f:  # unbuffered: no isatty or seek on open
+        size = os.fstat(f.fileno()).st_size
+        if size <= limit:
+            data = f.read()
+            return data[-1:] not in (b"\n", b""), data
+        f.seek(-1, os.SEEK_END)
+        return f.read(1) != b"\n", None
 
 
 @define
@@ -226,6 +240,7 @@ async def transact(
     runInThread: Callable[[Callable[[], Any]], Any],
     prefix: bytes = b"",
     keep: bool = False,
+    body: bytes | None = None,
 ) -> list[Report]:
     """
     Run one SMTP transaction on a connected L{ReplyProtocol} (docs/behaviour/remote.md 11.4).
@@ -233,6 +248,8 @@ async def transact(
     @param runInThread: opens the message file off the reactor thread.
     @param prefix: header lines sent before the message (the DKIM signatures, docs/behaviour/dkim.md).
     @param keep: leave the connection open after a completed transaction (L{mailtx}).
+    @param body: the whole message when it was read already (L{lookAtMessage}); else the file
+        at C{messPath} is streamed.
     @return: one L{Report} per recipient, in order.
     @raise Reconnect: an opportunistic STARTTLS failed; the caller reconnects without it.
     @raise NextAddress: a 4xx greeting, or none within C{timeoutremote}; the caller tries
@@ -316,7 +333,7 @@ async def transact(
         # connection, which may be reused (docs/behaviour/remote.md 11.8, smtp-extensions.md 20.6)
         proto.ehloLines = ehlo.lines if ehlo is not None else None
         return await mailTransaction(proto, ip, sender, recipients, messPath, runInThread,
-                                     prefix, keep=keep)
+                                     prefix, keep=keep, body=body)
     except ConnectionDied:
         proto.close()
         return rest(connectionDied(ip, critical))

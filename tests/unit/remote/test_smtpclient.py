@@ -9,7 +9,7 @@ from twisted.internet.testing import StringTransport
 from qmtwist.remote.connection import ConnectionDied
 from qmtwist.remote.dataencoder import DataEncoder
 from qmtwist.remote.reports import clean, said
-from qmtwist.remote.smtpclient import Reply, ReplyProtocol, hasPartialFinalLine
+from qmtwist.remote.smtpclient import Reply, ReplyProtocol, lookAtMessage
 
 
 def connected(timeout: float = 30) -> tuple[ReplyProtocol, StringTransport, Clock]:
@@ -126,12 +126,18 @@ def test_cleanAndSaid() -> None:
     assert len(clean(b"x" * 10000)) == 5000
 
 
-def test_partialFinalLine(tmp_path) -> None:
+def test_lookAtMessage(tmp_path) -> None:
+    """The last byte decides a partial final line; the message is read whole up to the limit."""
     p = tmp_path / "m"
     p.write_bytes(b"a\nb")
-    assert hasPartialFinalLine(str(p))
+    assert lookAtMessage(str(p)) == (True, b"a\nb")
+    assert lookAtMessage(str(p), 2) == (True, None)
     p.write_bytes(b"a\nb\n")
-    assert not hasPartialFinalLine(str(p))
+    assert lookAtMessage(str(p)) == (False, b"a\nb\n")
+    assert lookAtMessage(str(p), 3) == (False, None)
+    p.write_bytes(b"")
+    assert lookAtMessage(str(p)) == (False, b"")
+    assert lookAtMessage(str(p), 0) == (False, b"")
 
 
 def test_sendFileStallAborts(tmp_path) -> None:
