@@ -125,6 +125,7 @@ class QueueAdmin:
 
         def one(m: Message) -> Deferred[str | None]:
             q.held.add(m.id)
+            m.holdTried = True
             q.withhold(m)
             d = q.ops.submit(partial(marks.hold, q.layout, m.id, m.stamp))
 

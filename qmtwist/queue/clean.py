@@ -59,7 +59,9 @@ def _unlink(path: str) -> None:
 
 #: The files of a message that may be missing when it finishes (all but mess and info), by name.
 SideFiles = frozenset[str]
-ALL_SIDE_FILES: SideFiles = frozenset({"local", "remote", "todo", "intd", "bounce", "why"})
+#: "hold" and "fwd" stand for the hold marker and the message's forward records
+ALL_SIDE_FILES: SideFiles = frozenset(
+    {"local", "remote", "todo", "intd", "bounce", "why", "hold", "fwd"})
 
 
 def sideFiles(m: Message) -> SideFiles:
@@ -70,13 +72,15 @@ def sideFiles(m: Message) -> SideFiles:
     and intd entries (preprocessing removed them durably before the message was taken in);
     C{bounce/N} only if this run appended a failure (preprocessing removed any stale one);
     C{why/N} only if this run wrote a note (the removal of an earlier message with this number
-    took its note before its mess file freed the number). The others are not unlinked: no
-    system call that can only fail with ENOENT.
+    took its note before its mess file freed the number); C{hold/N} only if this run tried to
+    hold it; C{fwd/} is looked at only for a message with local recipients. The others are not
+    unlinked: no system call that can only fail with ENOENT.
     """
     if m.recovered:
         return ALL_SIDE_FILES
     return frozenset(m.channelFiles) | frozenset(
-        name for name, present in (("bounce", m.bounced), ("why", m.noted)) if present)
+        name for name, present in (("bounce", m.bounced), ("why", m.noted),
+                                   ("hold", m.holdTried), ("fwd", m.hadLocal)) if present)
 
 
 def removeMessage(layout: QueueLayout, n: int, side: SideFiles = ALL_SIDE_FILES) -> None:
@@ -85,13 +89,14 @@ def removeMessage(layout: QueueLayout, n: int, side: SideFiles = ALL_SIDE_FILES)
     deferral note before the mess file frees its number); info goes last. Of the side files,
     only those in C{side} are tried (L{sideFiles}).
     """
-    fwd.dropMessageRecords(layout, n)
+    if "fwd" in side:
+        fwd.dropMessageRecords(layout, n)
     paths = [where(n) for name, where in (
         ("local", layout.local), ("remote", layout.remote), ("bounce", layout.bounce),
         ("todo", layout.todo), ("intd", layout.intd)) if name in side]
     for path in paths:
         _unlink(path)
-    marks.dropFiles(layout, n, why="why" in side)
+    marks.dropFiles(layout, n, hold="hold" in side, why="why" in side)
     for path in (layout.mess(n), layout.info(n)):
         _unlink(path)
 

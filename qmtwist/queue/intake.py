@@ -50,7 +50,7 @@ def newMessage(p: Preprocessed, now: float) -> Message:
                 offset += len(a) + 2
             channels[name] = Channel(name, entries, now)
     return Message(p.id, p.sender, p.birth, p.stamp, p.size, channels,
-                   channelFiles=set(channels))
+                   channelFiles=set(channels), hadLocal="local" in channels)
 
 
 def resumedMessage(m: clean.LoadedMessage, now: float) -> tuple[Message, list[str]]:

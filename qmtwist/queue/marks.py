@@ -148,10 +148,10 @@ def noteFor(note: dict[str, Any], channel: str, position: int) -> tuple[str | No
             float(when) if isinstance(when, (int, float)) else None)
 
 
-def dropFiles(layout: QueueLayout, n: int, why: bool = True) -> None:
-    """Remove C{hold/N} and (with C{why}) C{why/N}; no sync: the message's own removal
-    follows."""
-    for d in (HOLD_DIR, WHY_DIR) if why else (HOLD_DIR,):
+def dropFiles(layout: QueueLayout, n: int, hold: bool = True, why: bool = True) -> None:
+    """Remove (with C{hold}) C{hold/N} and (with C{why}) C{why/N}; no sync: the message's own
+    removal follows."""
+    for d in (HOLD_DIR,) * hold + (WHY_DIR,) * why:
         try:
             os.unlink(layout.sub(d, n))
         except FileNotFoundError:

@@ -67,3 +67,9 @@ class Message:
     bounced: bool = False
     #: C{why/N} was written by this run
     noted: bool = False
+    #: C{hold/N} may exist: this run tried to write it (C{qmtwist ctl hold}); a release does
+    #: not clear it, an unlink that finds nothing is harmless
+    holdTried: bool = False
+    #: it has (or had) local recipients, whose forward deliveries leave records in C{fwd/}
+    #: until their D marks (queue.md 5.10); a remote-only message has none to look for
+    hadLocal: bool = True

@@ -12,7 +12,8 @@ import os
 import pytest
 
 from qmtwist.delivery import Report
-from qmtwist.queue import clean, finish
+from qmtwist.queue import clean, finish, fwd
+from qmtwist.queue.admin import QueueAdmin
 from qmtwist.queue.state import Message
 from tests.unit.queue.test_service import later, makeHarness, no, ok
 
@@ -60,11 +61,11 @@ def relative(home, path: str) -> str:
 
 def test_a_delivered_message_costs_no_unlink_that_can_only_fail(home, unlinks, bounceLooks):
     h = makeHarness(home, local=ok, remote=ok)
-    q = h.inject(b"joe@test.example", [b"fred@test.example", b"x@elsewhere.example"])
+    h.inject(b"joe@test.example", [b"fred@test.example", b"x@elsewhere.example"])
     assert h.queueFiles() == []
     assert bounceLooks == []
     missing = [relative(home, p) for p, existed in unlinks if not existed]
-    assert missing == [f"hold/{q.id}"]  # the hold marker is always tried
+    assert missing == []  # never held: no hold marker is tried
     gone = {relative(home, p).split("/")[0] for p, existed in unlinks if existed}
     # the channel file that finished last, the message and its info
     assert gone in ({"remote", "mess", "info"}, {"local", "mess", "info"})
@@ -101,10 +102,48 @@ def test_a_message_found_at_start_gets_every_unlink(home, unlinks):
     assert {"todo", "intd", "bounce", "why", "remote", "local", "mess", "info"} <= tried
 
 
+@pytest.fixture
+def fwdLooks(monkeypatch):
+    """The messages whose removal looked at fwd/ for forward records."""
+    calls: list[int] = []
+    real = fwd.dropMessageRecords
+
+    def counting(layout, n):
+        calls.append(n)
+        return real(layout, n)
+
+    monkeypatch.setattr(fwd, "dropMessageRecords", counting)
+    return calls
+
+
+def test_only_a_message_with_local_recipients_looks_at_fwd(home, fwdLooks):
+    """Forward records come from local deliveries alone (queue.md 5.10)."""
+    h = makeHarness(home, local=ok, remote=ok)
+    h.inject(b"joe@test.example", [b"x@elsewhere.example"])
+    assert h.queueFiles() == [] and fwdLooks == []
+    near = h.inject(b"joe@test.example", [b"fred@test.example"])
+    assert h.queueFiles() == []
+    assert fwdLooks == [near.id]
+
+
+def test_a_held_message_that_finishes_takes_its_hold_marker(home, unlinks):
+    """Held while its delivery ran: the hold marker goes with the message, not left behind."""
+    h = makeHarness(home)  # the agents keep every delivery running until told
+    h.inject(b"joe@test.example", [b"x@elsewhere.example"])
+    [m] = h.service.messages.values()
+    assert QueueAdmin(h.service).hold([m.id]).result.errors == []
+    hold = os.path.join(home.queue.path, "hold", str(m.id))
+    assert os.path.exists(hold)
+    h.remote.held[0].callback(Report.success(b"accepted\n"))
+    h.clock.advance(0)
+    assert h.queueFiles() == []
+    assert (hold, True) in unlinks
+
+
 def test_side_files_of_a_message_built_elsewhere_are_all_tried():
     """A Message made without the intake's knowledge keeps the conservative default."""
     m = Message(1, b"", 0.0, "s", 1, {})
-    assert {"local", "remote"} <= clean.sideFiles(m)
+    assert {"local", "remote", "fwd"} <= clean.sideFiles(m)
     assert clean.sideFiles(Message(1, b"", 0.0, "s", 1, {}, recovered=True)) == \
         clean.ALL_SIDE_FILES
 
