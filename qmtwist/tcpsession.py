@@ -41,6 +41,7 @@ from twisted.protocols.policies import ProtocolWrapper, WrappingFactory
 from twisted.python.failure import Failure
 from zope.interface import directlyProvides, implementer, providedBy
 
+from qmtwist.nodelay import setNoDelay
 from qmtwist.ptr import LookupHost
 from qmtwist.tcprules import Decision, RulesFile, RuleSet
 
@@ -113,6 +114,7 @@ class Session(ProtocolWrapper):
     def makeConnection(self, transport: Any) -> None:
         # ProtocolWrapper's, except that the session protocol is connected later by attach()
         directlyProvides(self, providedBy(transport))
+        setNoDelay(transport)  # every reply is one whole write (tcpserver.md 8.3)
         Protocol.makeConnection(self, transport)
         self.factory.registerProtocol(self)
         self.factory.arrived(self)

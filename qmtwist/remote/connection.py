@@ -24,6 +24,7 @@ from twisted.protocols.policies import TimeoutMixin
 from twisted.python.failure import Failure
 
 from qmtwist.delivery import Report
+from qmtwist.nodelay import setNoDelay
 from qmtwist.remote.mx import MailHost
 from qmtwist.remote.reports import NO_CONNECTION, STOPPING
 from qmtwist.remote.tcpto import TimeoutTable
@@ -99,12 +100,7 @@ class ClientProtocol(Protocol, TimeoutMixin):
 
     def connectionMade(self) -> None:
         self.connected = True
-        # Each command, group of pipelined commands and message goes out in one write and
-        # waits for its reply: Nagle's algorithm would hold a write behind the peer's delayed
-        # ACK of the one before (40 ms a message on Linux). remote.md 11.9.
-        noDelay = getattr(self.transport, "setTcpNoDelay", None)
-        if noDelay is not None:
-            noDelay(True)
+        setNoDelay(self.transport)  # remote.md 11.9
 
     def connectionLost(self, reason: Failure = connectionDone) -> None:
         self.connected = False

@@ -309,3 +309,23 @@ def test_remote_host_name_from_the_daemons_resolver(home, startSMTP, logEvents):
     assert out.startswith(b"220 ")
     assert ("tcpserver: ok 1 test.example:127.0.0.1:%d client.example:127.0.0.1::" % srv.port
             ) in "\n".join(logLines(logEvents))
+
+
+@pytest_twisted.inlineCallbacks
+def test_accepted_connection_has_nagle_off(startSMTP):
+    """
+    TCP_NODELAY on the accepted socket (tcpserver.md 8.3): with Nagle's algorithm on, a
+    pipelining client's RCPT reply, written after the recipient check, waited for its ACK.
+    """
+    import socket
+
+    srv = startSMTP()
+    sock = socket.create_connection(("127.0.0.1", srv.port))
+    try:
+        greeting = yield deferToThread(sock.recv, 1024)
+        assert greeting.startswith(b"220 ")
+        [session] = list(srv.service.factory.protocols)
+        handle = session.transport.getHandle()
+        assert handle.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) != 0
+    finally:
+        sock.close()
