@@ -60,7 +60,7 @@ SELF_MX = (
 
 def _unsafe(address: bytes, text: str) -> str | None:
     """C{text} when C{address} could break the SMTP command it goes into [qmtwist]."""
-    return text if any(c in address for c in (b"\r", b"\n", b"\0")) else None
+    return text if b"\r" in address or b"\n" in address or b"\0" in address else None
 
 
 def _reportFor(e: MailError) -> Report:
