@@ -89,6 +89,26 @@ def findEarlier(maildir: bytes, tag: bytes) -> bytes | None:
     return None
 
 
+def dropLeftovers(maildir: bytes, tag: bytes) -> int:
+    """
+    Remove the files under C{tmp/} whose name carries C{tag}: what an attempt of this very
+    delivery (same message, recipient and line) left when a crash cut it off before its
+    unlink. The queue never runs one delivery twice at once, so no live attempt owns them.
+
+    @return: how many were removed.
+    """
+    tmpDir = os.path.join(maildir, b"tmp")
+    removed = 0
+    for n in os.listdir(tmpDir):
+        if tag in n:
+            try:
+                os.unlink(os.path.join(tmpDir, n))
+                removed += 1
+            except FileNotFoundError:
+                pass
+    return removed
+
+
 def deliver(
     maildir: bytes | str,
     data: list[bytes],
@@ -106,7 +126,8 @@ def deliver(
     @param maildir: the directory (absolute, or relative to the current directory).
     @param data: the byte strings that make the file (RPLINE, DTLINE, message).
     @param key: the stable delivery key, or C{None}.
-    @param mayBeRepeat: look for an earlier copy first (only with a key).
+    @param mayBeRepeat: remove this delivery's leftovers in C{tmp/} and look for an earlier
+        copy first (only with a key).
     @param syncNew: fsync C{new/} after the link. With C{False} the file's data is durable
         but its name is not yet: the caller must sync the directory of the returned name
         before it reports the delivery done (L{qmtwist.local.dirsync}, docs/behaviour/local.md
@@ -133,6 +154,7 @@ def deliver(
     tag = keyTag(key, line) if key is not None else None
     if tag is not None and mayBeRepeat:
         try:
+            dropLeftovers(md, tag)
             earlier = findEarlier(md, tag)
         except OSError:
             raise TemporaryFailure(TEMP)

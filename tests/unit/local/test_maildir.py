@@ -60,6 +60,28 @@ def test_crashAfterLinkBeforeUnlink(tmp_path):
     assert maildir.deliver(str(md), [b"m\n"], key="9.9Q0", line=1, mayBeRepeat=True) == (
         b"new/" + name.encode())
     assert os.listdir(md / "new") == [name]
+    assert os.listdir(md / "tmp") == []
+
+
+def test_repeatRemovesItsOwnLeftoverInTmp(tmp_path):
+    """
+    A crash before the link left this delivery's file in tmp/: the retry removes it and writes
+    one copy; a leftover of another delivery (other recipient, other line, no key) is not its
+    to remove.
+    """
+    md = _md(tmp_path)
+    (md / "tmp" / "7.M0K9.9Q0L1.h").write_bytes(b"m")
+    others = ["7.M0K9.9Q01L1.h", "7.M0K9.9Q0L11.h", "7.M0P55Q3.h"]
+    for n in others:
+        (md / "tmp" / n).write_bytes(b"x")
+    name = maildir.deliver(str(md), [b"m\n"], key="9.9Q0", line=1, mayBeRepeat=True,
+                           now=lambda: 8.0, host=b"h")
+    assert name == b"new/8.M0K9.9Q0L1.h"
+    assert sorted(os.listdir(md / "tmp")) == sorted(others)
+    # a first attempt never looks: nothing of this key can be left over
+    (md / "tmp" / "7.M0K9.9Q5L1.h").write_bytes(b"m")
+    maildir.deliver(str(md), [b"m\n"], key="9.9Q5", line=1, now=lambda: 9.0, host=b"h")
+    assert "7.M0K9.9Q5L1.h" in os.listdir(md / "tmp")
 
 
 def test_hostileKeyCannotMakeAPath(tmp_path):
