@@ -55,6 +55,9 @@ import tempfile
 import time
 from typing import Any, Callable
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from step_latency import STEPS, StepProbe  # noqa: E402
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SRC = REPO  # the tree qmtwist runs from: this checkout, or --src
 
@@ -334,7 +337,7 @@ TRACE_ALL = False
 def straceCommand(out: str) -> list[str]:
     if TRACE_ALL:
         return ["strace", "-f", "-qq", "-ttt", "-e", "signal=none", "-o", out]
-    return ["strace", "-f", "--seccomp-bpf", "-qq", "-ttt", "-e", "signal=none", "-e",
+    return ["strace", "-f", "--seccomp-bpf", "-qq", "-ttt", "-T", "-e", "signal=none", "-e",
             "trace=" + ",".join(SYNC_CALLS), "-o", out]
 
 
@@ -743,8 +746,11 @@ def smtpSource(port: int, sessions: int, count: int, size: int, rcpts: int) -> l
 
 
 def load(server: Server, users: BenchUsers, sessions: int, count: int, size: int, rcpts: int,
-         errPath: str, deadline: float) -> dict[str, float]:
-    """Run smtp-source and wait for every delivery; times relative to smtp-source's start."""
+         errPath: str, deadline: float, probe: StepProbe | None = None) -> dict[str, float]:
+    """
+    Run smtp-source and wait for every delivery; times relative to smtp-source's start.
+    C{probe}: started with smtp-source and stopped when it ends; its messages are waited for too.
+    """
     watch = MaildirWatch(users.newDirs())
     expected = count * rcpts
     err = open(errPath, "wb")
@@ -755,6 +761,8 @@ def load(server: Server, users: BenchUsers, sessions: int, count: int, size: int
         proc = subprocess.Popen(smtpSource(server.port, sessions, count, size, rcpts),
                                 stdout=subprocess.DEVNULL, stderr=err, stdin=subprocess.DEVNULL)
         pidfd = os.pidfd_open(proc.pid) if hasattr(os, "pidfd_open") else None
+        if probe is not None:
+            probe.start()
         accepted = None
         end = t0 + deadline
         lastChange, lastCount = t0, 0
@@ -764,6 +772,9 @@ def load(server: Server, users: BenchUsers, sessions: int, count: int, size: int
             now = time.monotonic()
             if accepted is None and (proc.poll() is not None):
                 accepted = now
+                if probe is not None:
+                    probe.stop()
+                    expected += probe.sent
                 if proc.returncode != 0:
                     raise RuntimeError(f"smtp-source exited {proc.returncode}: {tail(errPath)}")
             if watch.fd in ready:
@@ -780,8 +791,10 @@ def load(server: Server, users: BenchUsers, sessions: int, count: int, size: int
                     f"{server.name}: {watch.count} of {expected} deliveries after "
                     f"{now - t0:.0f} s; log: {tail(server.logPath)}")
         return {"accept": accepted - t0, "deliver": watch.last - t0, "t0": t0,
-                "listed": watch.listed()}
+                "listed": watch.listed(), "expected": expected}
     finally:
+        if probe is not None:
+            probe.stop()
         if pidfd is not None:
             os.close(pidfd)
         if proc is not None and proc.poll() is None:
@@ -849,8 +862,10 @@ def measure(server: Server, users: BenchUsers, disk: DiskStats, args: argparse.N
         busy0, own0 = hostBusy(), ownTicks()
         disk0 = disk.read()
         wall0 = time.time()
+        probe = (StepProbe(server.port, SENDER, f"{USERS[0]}@{DOMAIN}", args.size)
+                 if args.probe else None)
         times = load(server, users, sessions, count, args.size, rcpts,
-                     os.path.join(args.base, "smtp-source.err"), deadline)
+                     os.path.join(args.base, "smtp-source.err"), deadline, probe)
         drainedAt = wait(server.drained, f"{server.name} queue empty", 120, 0.02)
         wall1 = time.time()
         cpu1 = cpuSnapshot(root)
@@ -869,7 +884,7 @@ def measure(server: Server, users: BenchUsers, disk: DiskStats, args: argparse.N
             spy.kill()
             spy.wait()
         server.stop()
-    expected = count * rcpts
+    expected = times["expected"]
     if times["listed"] != expected:
         raise RuntimeError(f"{server.name}: {times['listed']} files in new/, expected {expected}")
     cpu = cpuDelta(cpu0, cpu1, root)
@@ -894,6 +909,8 @@ def measure(server: Server, users: BenchUsers, disk: DiskStats, args: argparse.N
                                  (own1 - own0)) / TICK / (wall1 - wall0), 2),
         "bench_cores": round((own1 - own0) / TICK / (wall1 - wall0), 2),
     }
+    if probe is not None:
+        row["probe_ms"] = probe.summary()
     if disk0 and disk1:
         row["disk_device"] = disk.device
         row["disk_writes_per_msg"] = round((disk1["writes"] - disk0["writes"]) / count, 2)
@@ -968,6 +985,13 @@ def printTable(doc: dict[str, Any]) -> None:
               f"accepted {x['accepted_ratio']:.2f}x, delivered {x['delivered_ratio']:.2f}x, "
               f"cpu per message {fmt(x['cpu_ratio'], '.2f')}x")
     for r in doc["runs"]:
+        if "probe_ms" in r:
+            pr = r["probe_ms"]
+            steps = ", ".join(f"{k} {pr[k][0]:g}/{pr[k][1]:g}" for k in (*STEPS, "total")
+                              if k in pr)
+            print(f"probe ms median/p90 {rowName(r['sessions'], r['recipients'])} "
+                  f"{r['server']} ({pr['sessions']} sessions): {steps}")
+    for r in doc["runs"]:
         for role, by in sorted(r.get("syscalls_per_msg", {}).items()):
             top = ", ".join(f"{k} {v:g}" for k, v in list(by.items())[:14])
             print(f"syscalls/msg {rowName(r['sessions'], r['recipients'])} {r['server']} "
@@ -1026,6 +1050,9 @@ def main() -> None:
     ap.add_argument("--qmtwist-option", action="append", default=[], metavar="OPT",
                     help="one more option for twistd qmtwist, repeatable; e.g. "
                          "--qmtwist-option=--listener-processes=1")
+    ap.add_argument("--probe", action="store_true",
+                    help="one more client beside smtp-source times every SMTP step "
+                         "(bench/step_latency.py); its messages add to the load")
     ap.add_argument("--json", action="store_true", help="print JSON instead of the table")
     ap.add_argument("--dir", default=None, help="parent of the temp dir (default $TMPDIR)")
     ap.add_argument("--keep", action="store_true", help="keep the temp dir (logs, queues)")
