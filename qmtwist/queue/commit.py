@@ -8,10 +8,11 @@ share one set of directory syncs. Nobody is told "queued" before their round has
 Observers (L{Injector.addObserver}: the queue service, or C{lock/trigger} for a process without
 one) learn the numbers of each round before its committers are answered.
 
-With a receiver (L{Injector.handOff}: the queue service's intake), each round also preprocesses
-the messages the receiver claims, from the envelopes it holds, and the next round releases them
-to the receiver once their files and the removal of their todo entries are durable
-(L{qmtwist.queue.handoff}, docs/behaviour/queue.md 5.11). When no commit waits for that next
+With a receiver (L{Injector.handOff}: the queue service's intake), the messages the receiver
+claims are preprocessed from the envelopes the round holds, by a second thread job that starts
+once the round's committers are answered and may run beside the next round; a later round
+releases them to the receiver once their files and the removal of their todo entries are
+durable (L{qmtwist.queue.handoff}, docs/behaviour/queue.md 5.11). When no commit waits for that
 round, a round without new messages runs at once to do it.
 """
 
@@ -132,6 +133,7 @@ class Injector:
         # preprocessed in a round, waiting for the next one to be made durable and released
         self._settling: list[Written] = []
         self._flushing = False  # a round that only settles is running (_settle)
+        self._finishing = 0  # HandOff.finish jobs running (_finish)
         self._retry: Any = None  # the delayed settling round after a failed sync
 
     def addObserver(self, observer: CommitObserver) -> None:
@@ -209,14 +211,14 @@ class Injector:
             if committed:
                 for observer in list(self._observers):
                     observer(committed)
-            if handoff is not None:
-                self._settled(handoff)
             for p, waiter in batch:
                 if p.id in failed:
                     self.log.warn("injection failed: {text}", text=str(failed[p.id]))
                     waiter.errback(failed[p.id])
                 else:
                     waiter.callback(p.queued())
+            if handoff is not None:
+                self._finish(handoff, [p for p in pendings if p.id not in failed])
 
         def crashed(f: Any) -> None:
             self._running = False
@@ -253,11 +255,16 @@ class Injector:
         self._flushing = True
         handoff = HandOff(self.layout, None, set(), self._settling)
         self._settling = []
-        d = self.runInThread(lambda: commitRound([], self.syncer, None, None, handoff))
+
+        def job() -> None:
+            commitRound([], self.syncer, None, None, handoff)
+            handoff.finish([], self.syncer)  # the released messages' intd entries
+
+        d = self.runInThread(job)
 
         def done(_: object) -> None:
             self._flushing = False
-            self._settled(handoff)
+            self._released(handoff)
 
         def crashed(f: Any) -> None:
             self._flushing = False
@@ -267,14 +274,52 @@ class Injector:
         d.addCallbacks(done, crashed)
         d.addBoth(lambda _: self._next())
 
-    def _settled(self, handoff: HandOff) -> None:
-        """A round returned: keep what waits for the next round, release the rest."""
-        self._settling = handoff.written + handoff.kept + self._settling
+    def _released(self, handoff: HandOff) -> None:
+        """
+        A round and its L{HandOff.finish} are done: give the receiver the messages released
+        (their intd entries are gone, so their removal need not look for one) and the problems
+        met; keep for a later round what it wrote and those whose todo removal is not durable.
+        """
+        self._settling.extend(handoff.written)
+        self._settling[:0] = handoff.kept
         assert self._receiver is not None
-        results: list[Preprocessed | Problem] = [*handoff.released, *handoff.problems]
-        self._receiver.adopt(results, handoff.dropped())
+        dropped = handoff.dropped()  # before the problems are taken: it counts them
+        results: list[Preprocessed | Problem] = [*handoff.released, *handoff.takeProblems()]
+        if results or dropped:
+            self._receiver.adopt(results, dropped)
         if handoff.kept:
             self._retryLater()
+
+    def _finish(self, handoff: HandOff, committed: list[PendingMessage]) -> None:
+        """
+        After a round's committers were answered: preprocess its claimed messages and remove
+        the released ones' intd entries (L{HandOff.finish}) in a job of its own, so that the
+        next round need not wait for it; then L{_released}.
+        """
+        if not handoff.needsFinish():
+            self._released(handoff)
+            return
+        self._finishing += 1
+        d = self.runInThread(lambda: handoff.finish(committed, self.syncer))
+
+        def done(_: object) -> None:
+            self._finishing -= 1
+            self._released(handoff)
+
+        def crashed(f: Any) -> None:
+            # a bug: which files were written is unknown; the claimed messages that did not
+            # come out written go the todo way (their todo entries are durable)
+            self._finishing -= 1
+            self.log.failure("preprocessing after a commit round crashed", f)
+            written = {w.result.id for w in handoff.written}
+            mine = {p.id for p in committed} & handoff.claimed
+            handoff.problems.extend(
+                Problem(n, f"warning: trouble writing to info/{n}", True)
+                for n in sorted(mine - written))
+            self._released(handoff)
+
+        d.addCallbacks(done, crashed)
+        d.addBoth(lambda _: self._next())
 
     def _settleCrashed(self, handoff: HandOff) -> None:
         """
@@ -297,7 +342,7 @@ class Injector:
         if self._waiting and not self._running:
             self._startRound()
             return
-        if not self._settling or self._running or self._flushing:
+        if not self._settling or self._running or self._flushing or self._finishing:
             return
         if self._retry is not None and self._retry.active():
             return

@@ -6,7 +6,7 @@ For every message of the round: its file and envelope are durable, then the dire
 under C{mess/}, then a forward's C{fwd/} record (L{qmtwist.queue.fwd}), then the todo link, then
 the C{todo/} directory; a message that fails on the way is removed and gets qmail-queue's code.
 C{control/queueextra} is read for every round (FAQ 8.2). The daemon runs a round on a thread
-(L{qmtwist.queue.commit.Injector}), and preprocesses its messages in the same round
+(L{qmtwist.queue.commit.Injector}), and preprocesses its messages right after it
 (L{qmtwist.queue.handoff}, docs/behaviour/queue.md 5.11); L{qmtwist.queue.store.injectStream}
 runs a round of one.
 """
@@ -55,8 +55,9 @@ def commitRound(
     @param warnings: receives the warning lines about C{control/queueextra}.
     @param handoff: the daemon's in-process preprocessing (docs/behaviour/queue.md 5.11): the
         round's first sync also makes the previous rounds' preprocessed files durable, their
-        todo entries are removed before this round's are linked, the one sync of C{todo/}
-        covers both, and this round's claimed messages are preprocessed last.
+        todo entries are removed before this round's are linked, and the one sync of C{todo/}
+        covers both. The round's claimed messages are preprocessed afterwards, by
+        L{HandOff.finish} in a job of its own.
     @return: the messages that failed, by id; they have been removed. Every other message of the
         batch is durable when this returns.
     """
@@ -150,8 +151,4 @@ def commitRound(
     for p in batch:
         if p.id in failed and p.id not in linked:
             p.discard()
-    if handoff is not None and ok:
-        handoff.preprocess(ok, syncer)
-        if handoff.written:
-            crashpoint.reached("after-info")
     return failed

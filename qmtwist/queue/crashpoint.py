@@ -11,9 +11,10 @@ durable (C{after-fsync}); the forward records are written and the todo link is n
 
 The daemon's in-process hand-off (docs/behaviour/queue.md 5.11) adds: the todo links are
 durable (C{after-todo-sync}, also reached by qmail-queue's round); the round's messages'
-info/local/remote files are written, not yet durable (C{after-info}); a later round (the one
-that settles them, after the committer was answered) has removed their todo entries, not yet
-durably (C{after-unlink}), or durably, and has not returned (C{after-settle}). L{DAEMON_ONLY}
+info/local/remote files are written, not yet durable, by the job that follows the round once
+its committers were answered (C{after-info}); a later round (the one that settles them) has
+removed their todo entries, not yet durably (C{after-unlink}), or durably, and has not returned
+(C{after-settle}). L{DAEMON_ONLY}
 are reached only by the daemon's rounds; L{ANSWERED}, only after the committer was answered.
 
 The queue service's batched D marks (L{qmtwist.queue.fileops}, docs/behaviour/queue.md 5.12)
@@ -34,7 +35,8 @@ POINTS = ("after-fsync", "before-link", "after-link",
 DAEMON_ONLY = frozenset({"after-info", "after-unlink", "after-settle", "before-mark-sync",
                          "after-mark-sync"})
 #: Points reached after the round of the message had returned (its committer was answered).
-ANSWERED = frozenset({"after-unlink", "after-settle", "before-mark-sync", "after-mark-sync"})
+ANSWERED = frozenset({"after-info", "after-unlink", "after-settle", "before-mark-sync",
+                      "after-mark-sync"})
 #: Points reached before the todo link exists: the message is not committed.
 UNCOMMITTED = frozenset({"after-fsync", "before-link"})
 

@@ -3,13 +3,15 @@ The in-process hand-off (docs/behaviour/queue.md 5.11): messages committed by th
 injector are preprocessed in their commit round, from the envelope the round holds in memory,
 and reach the queue service as L{Preprocessed} results, not as todo entries to read again.
 
-A round of the daemon (L{qmtwist.queue.commitround.commitRound} with a L{HandOff}) does, on its
-one thread hop: make its messages' files durable together with the C{info/}, C{local/} and
-C{remote/} files the previous round wrote (one syncfs); remove the previous round's todo and
-intd entries; link its own todo entries; sync C{todo/} (its commit point, and the previous
-round's removals made durable: those messages are released to the service); write its own
-messages' C{info/}, C{local/} and C{remote/} files, which the next round makes durable. With no
-next round waiting, the injector runs one at once with no new message (L{qmtwist.queue.commit}).
+A round of the daemon (L{qmtwist.queue.commitround.commitRound} with a L{HandOff}) does, on one
+thread hop: make its messages' files durable together with the C{info/}, C{local/} and
+C{remote/} files the previous rounds wrote (one syncfs); remove those rounds' todo entries; link
+its own todo entries; sync C{todo/} (its commit point, and the removals made durable: those
+messages are released to the service). Its committers are answered then. A second thread job,
+L{HandOff.finish}, which may run beside the next round, writes the round's own messages'
+C{info/}, C{local/} and C{remote/} files, which a later round makes durable, and removes the
+released messages' C{intd/} entries (scratch). With no round waiting, the injector runs one at
+once with no new message (L{qmtwist.queue.commit}).
 
 So the files left by a crash are always those of a known state: a todo entry, preprocessed
 again at the start (its files rewritten), until the removal of the todo entry is durable, which
@@ -25,6 +27,7 @@ from typing import TYPE_CHECKING, Iterable, Protocol
 from attrs import define, field, frozen
 
 from qmtwist.control import Control
+from qmtwist.queue import crashpoint
 from qmtwist.queue.layout import QueueLayout
 from qmtwist.queue.preprocess import Preprocessed, Problem, writeFiles
 
@@ -71,6 +74,8 @@ class HandOff:
     @ivar kept: those of C{settling} whose todo removal could not be made durable: retried.
     @ivar written: this round's messages, to settle in the next round.
     @ivar problems: messages that go the todo way after all (their todo entry is there).
+    @ivar scratch: the C{intd/} entries of messages whose todo entry this round removed, for
+        L{finish} to remove (off the committers' path: nothing depends on them).
     """
 
     layout: QueueLayout
@@ -81,6 +86,7 @@ class HandOff:
     kept: list[Written] = field(factory=list)
     written: list[Written] = field(factory=list)
     problems: list[Problem] = field(factory=list)
+    scratch: list[str] = field(factory=list)
     _unlinked: list[Written] = field(factory=list)
 
     def directories(self) -> set[str]:
@@ -99,8 +105,9 @@ class HandOff:
 
     def unlinkSettled(self) -> bool:
         """
-        Their files are durable: remove the settling messages' todo entries (first) and intd
-        entries. A todo entry that cannot be removed stays and goes the todo way.
+        Their files are durable: remove the settling messages' todo entries; their intd
+        entries go later (L{scratch}). A todo entry that cannot be removed stays and goes the
+        todo way.
 
         @return: whether any todo entry was removed (C{todo/} needs a sync).
         """
@@ -111,10 +118,7 @@ class HandOff:
             except OSError:
                 self.problems.append(Problem(n, f"warning: trouble removing todo/{n}", True))
                 continue
-            try:
-                _unlink(self.layout.intd(n))
-            except OSError:
-                pass  # scratch: removed at a start once 36 hours old (queue.md 5.10)
+            self.scratch.append(self.layout.intd(n))
             self._unlinked.append(w)
         return bool(self._unlinked)
 
@@ -125,6 +129,32 @@ class HandOff:
         else:
             self.kept.extend(self._unlinked)
         self._unlinked = []
+
+    def takeProblems(self) -> list[Problem]:
+        """The problems found so far, handed over once (the rest come from L{finish})."""
+        out, self.problems = self.problems, []
+        return out
+
+    def needsFinish(self) -> bool:
+        """Whether L{finish} has anything to do: messages claimed, or intd entries to remove."""
+        return bool(self.claimed or self.scratch)
+
+    def finish(self, committed: list[PendingMessage], syncer: Syncer) -> None:
+        """
+        The round's second thread job, after its committers were answered: write the claimed
+        messages' files (L{preprocess}), then remove the intd entries of the messages released
+        (L{scratch}; one left by a crash is removed at a start once 36 hours old, queue.md
+        5.10).
+        """
+        self.preprocess(committed, syncer)
+        if self.written:
+            crashpoint.reached("after-info")
+        scratch, self.scratch = self.scratch, []
+        for path in scratch:
+            try:
+                _unlink(path)
+            except OSError:
+                pass
 
     def preprocess(self, committed: list[PendingMessage], syncer: Syncer) -> None:
         """Write the claimed messages' files from their envelopes (after their commit)."""

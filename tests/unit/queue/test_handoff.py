@@ -116,16 +116,26 @@ def makeDaemon(home: Any, syncer: Syncer | None = None, start: bool = True) -> D
     return d
 
 
-def test_a_message_is_preprocessed_in_its_round_and_released_by_the_next(home):
+def kind(f: Callable[[], Any]) -> str:
+    """Which of the injector's thread jobs C{f} is: C{round}, C{finish} or C{settle}."""
+    return {"_startRound": "round", "_finish": "finish", "_settle": "settle"}[
+        f.__qualname__.split(".")[1]]
+
+
+def test_a_message_is_answered_after_its_round_preprocessed_next_and_released_later(home):
     d = makeDaemon(home)
     answer = d.commit([b"fred@test.example", b"bob@elsewhere.example"])
-    assert d.hops.runOne() == "injector"  # the round: commit and preprocessing
+    assert kind(d.hops.queue[0][1]) == "round"
+    d.hops.runOne()  # the round: committed and answered, not yet preprocessed
     [q] = answer
-    assert d.files("todo") == [q.id]  # committed, preprocessed, not yet released
+    assert d.files("todo") == [q.id] and not os.path.exists(home.queue.info(q.id))
+    assert [kind(f) for _, f, _ in d.hops.queue] == ["finish"]
+    d.hops.runOne()  # its files written, not yet durable nor released
+    assert d.files("todo") == [q.id]
     with open(home.queue.local(q.id), "rb") as f:
         assert [e.address for e in decodeChannel(f.read())] == [b"fred@test.example"]
     assert d.local.requests == [] and d.remote.requests == []
-    assert [name for name, _, _ in d.hops.queue] == ["injector"]  # the round that settles
+    assert [kind(f) for _, f, _ in d.hops.queue] == ["settle"]
     d.hops.runOne()
     assert d.files("todo") == [] and d.files("intd") == []
     [lr], [rr] = d.local.requests, d.remote.requests
@@ -136,37 +146,57 @@ def test_a_message_is_preprocessed_in_its_round_and_released_by_the_next(home):
     m = d.service.messages[q.id]
     assert (m.stamp, m.size) == (stamp, size) == (lr.stamp, m.size)
     assert m.birth == os.stat(home.queue.info(q.id)).st_mtime
-    assert d.hops.count == {"injector": 2}  # no hop of the queue service
+    assert d.hops.count == {"injector": 3}  # no hop of the queue service
     assert d.syncer.fsSyncs == 2 and d.syncer.dirSyncs == 2  # syncfs + todo/ per round
 
 
-def test_under_load_every_round_settles_the_previous_one_in_its_own_hop(home):
-    """One hop and two syncs per round: the syncs that make a round's preprocessing durable
-    and remove its todo entries are those of the next round."""
+def test_the_next_round_does_not_wait_for_the_preprocessing(home):
+    """A commit that arrives while a round runs starts its own round as soon as that one
+    returns, before the returned round's messages are preprocessed."""
+    d = makeDaemon(home)
+    first = d.commit([b"fred@test.example"])
+    second = d.commit([b"fred@test.example"])  # waits for the round under way
+    d.hops.runOne()
+    assert len(first) == 1 and second == []
+    assert [kind(f) for _, f, _ in d.hops.queue] == ["finish", "round"]
+    d.hops.queue.reverse()  # the second round runs first: it does not need the files
+    d.hops.runOne()
+    assert len(second) == 1
+    d.hops.runAll()
+    assert len(d.local.requests) == 2 and d.files("todo") == [] and d.files("intd") == []
+
+
+def test_under_load_every_sync_belongs_to_a_round(home):
+    """Two syncs per round; the preprocessing jobs make none: the syncs that make a round's
+    preprocessing durable and remove its todo entries are those of a later round."""
     d = makeDaemon(home)
     answers = []
-    rounds = 0
     for i in range(5):
         answers.append(d.commit([b"fred@test.example"]))
         answers.append(d.commit([b"fred@test.example"]))
-        d.hops.runOne()  # two commits arrive during each round
-        rounds += 1
+        d.hops.runOne()  # two commits arrive during each job
+    kinds = []
     while d.hops.queue:
+        kinds.append(kind(d.hops.queue[0][1]))
         d.hops.runOne()
-        rounds += 1
     assert all(len(a) == 1 for a in answers) and len(d.service.messages) == 10
-    assert d.hops.count == {"injector": rounds}
-    assert rounds == 7  # 1, 2, 2, 2, 2, 1 commits; then one round that only settles
+    assert d.service.intake._claimed == set()
+    rounds = d.injector.rounds + kinds.count("settle")
     assert (d.syncer.fsSyncs, d.syncer.dirSyncs, d.syncer.fileSyncs) == (rounds, rounds, 0)
+    assert d.injector.rounds <= 10 and kinds.count("settle") == 1
     assert d.files("todo") == [] and d.files("intd") == []
 
 
-def test_a_burst_of_100_has_no_hop_of_its_own_for_preprocessing(home):
+def test_a_burst_of_100_costs_the_syncs_of_three_rounds(home):
     d = makeDaemon(home)
     answers = [d.commit([b"fred@test.example"]) for i in range(100)]
-    ran = d.hops.runAll()
+    kinds = []
+    while d.hops.queue:
+        kinds.append(kind(d.hops.queue[0][1]))
+        d.hops.runOne()
     assert all(len(a) == 1 for a in answers) and len(d.service.messages) == 100
-    assert ran == ["injector"] * 3  # 1 message, 99 (settling the first), settling the 99
+    # 1 message, 99, then a round that settles all 100 once both are preprocessed
+    assert kinds == ["round", "finish", "round", "finish", "settle"]
     assert d.syncer.total == 6
 
 
@@ -220,7 +250,8 @@ def test_a_crash_before_the_settling_round_leaves_a_todo_entry_preprocessed_agai
     moves the recipient to the other channel, and the stale channel file goes."""
     d = makeDaemon(home)
     answer = d.commit([b"fred@test.example"])
-    d.hops.runOne()
+    d.hops.runOne()  # the round
+    d.hops.runOne()  # its preprocessing
     [q] = answer
     assert os.path.exists(home.queue.local(q.id)) and d.files("todo") == [q.id]
     # the crash: the settling round never runs; then test.example stops being local
@@ -256,7 +287,8 @@ def test_a_failed_todo_sync_of_the_settling_round_is_retried_before_release(home
     syncer = FailingSyncer()
     d = makeDaemon(home, syncer)
     d.commit([b"fred@test.example"])
-    d.hops.runOne()
+    d.hops.runOne()  # the round
+    d.hops.runOne()  # its preprocessing
     syncer.failTodo = 1
     d.hops.runOne()  # the todo entry removed, its removal not durable: not released
     assert d.local.requests == [] and d.hops.queue == []
@@ -323,3 +355,29 @@ def test_the_round_neither_reads_todo_nor_stats_the_message_file(home, monkeypat
     assert len(d.local.requests) == 1
     queue = home.queue
     assert [t for t in touched if queue.todo(q.id) in t or queue.mess(q.id) in t] == []
+
+
+def test_a_message_is_released_only_once_its_intd_entry_is_gone(home):
+    """The round that settles a message removes its todo entry; the job after it removes its
+    intd entry, and only then does the queue service get the message (a removal never looks
+    for an intd entry that a new message of the same number may own)."""
+    d = makeDaemon(home)
+    first = d.commit([b"fred@test.example"])
+    d.commit([b"fred@test.example"])  # waits for the first round
+    d.hops.runOne()  # round 1; round 2 starts at once
+    assert [kind(f) for _, f, _ in d.hops.queue] == ["finish", "round"]
+    d.hops.runOne()  # message 1 preprocessed
+    d.commit([b"fred@test.example"])  # waits for round 2
+    d.hops.runOne()  # round 2; round 3 starts, settling message 1
+    assert [kind(f) for _, f, _ in d.hops.queue] == ["finish", "round"]
+    d.hops.runOne()  # message 2 preprocessed
+    [q] = first
+    d.hops.runOne()  # round 3: message 1's todo entry durably gone, its intd entry not yet
+    assert q.id not in d.files("todo") and q.id in d.files("intd")
+    assert d.local.requests == [] and q.id not in d.service.messages
+    assert [kind(f) for _, f, _ in d.hops.queue] == ["finish"]
+    d.hops.runOne()
+    assert q.id not in d.files("intd") and [r.msgId for r in d.local.requests] == [q.id]
+    d.hops.runAll()
+    assert len(d.local.requests) == 3 and d.files("todo") == [] and d.files("intd") == []
+
