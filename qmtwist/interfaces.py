@@ -74,6 +74,12 @@ class IInjector(Interface):
         @raise qmtwist.errors.QueueError: the queue cannot take a message now.
         """
 
+    def openMessage(how: bytes, uid: int | None = None) -> "Deferred[IMessageWriter]":  # noqa: F821
+        """
+        L{newMessage}, with the queue file created off the reactor thread: fires with the
+        writer, or fails with the L{qmtwist.errors.QueueError} L{newMessage} would raise.
+        """
+
     def inject(
         sender: bytes, recipients: list[bytes], message: bytes, how: bytes, uid: int | None = None
     ) -> "Deferred[Queued]":  # noqa: F821

@@ -208,6 +208,14 @@ class SessionInjector:
             return w
         return VerifyingWriter(w, self.verifier, self.session, how, uid)
 
+    def openMessage(self, how: bytes, uid: int | None = None) -> Deferred[Any]:
+        """L{newMessage} with the queue file created on a thread (the daemon's injector)."""
+        d: Deferred[Any] = self.inner.openMessage(how, uid)
+        if not self.session.policy.verifyInbound:
+            return d
+        return d.addCallback(
+            lambda w: VerifyingWriter(w, self.verifier, self.session, how, uid))
+
     def __getattr__(self, name: str) -> Any:
         return getattr(self.inner, name)
 

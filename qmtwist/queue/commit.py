@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import itertools
 import os
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, Any, Callable, cast
 
 from twisted.internet.defer import Deferred, fail, maybeDeferred
 from twisted.internet.interfaces import IReactorTime
@@ -153,6 +153,19 @@ class Injector:
             self.layout, next(self._qp), how, os.getuid() if uid is None else uid,
             self.clock.seconds())
         return _Writer(self, pending)
+
+    def openMessage(self, how: bytes, uid: int | None = None) -> Deferred[IMessageWriter]:
+        """
+        L{newMessage} with the queue file (C{pid/}, C{mess/}, the Received line) created on a
+        thread, so that a listener's reactor thread opens no file (docs/ARCHITECTURE.md 3);
+        fails with the L{QueueError} that L{newMessage} would raise.
+        """
+        qp = next(self._qp)
+        owner = os.getuid() if uid is None else uid
+        now = self.clock.seconds()
+        d = self.runInThread(lambda: PendingMessage(self.layout, qp, how, owner, now))
+        return cast("Deferred[IMessageWriter]",
+                    d.addCallback(lambda pending: _Writer(self, pending)))
 
     def inject(
         self, sender: bytes, recipients: list[bytes], message: bytes, how: bytes,

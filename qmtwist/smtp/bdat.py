@@ -19,6 +19,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+from twisted.internet.defer import Deferred
+
 from qmtwist.smtp import replies as R
 from qmtwist.smtp.data import BARE_LF, FLUSH, MORE, DataSection
 from qmtwist.smtp.state import State, idle
@@ -118,13 +120,16 @@ class Chunking:
         self.refusal: bytes | None = None
         self._back = State.GREETED
 
-    def command(self, arg: bytes) -> None:
-        """C{BDAT n [LAST]}."""
+    def command(self, arg: bytes) -> Deferred[None] | None:
+        """
+        C{BDAT n [LAST]}. The first chunk of a message waits for its queue file (the
+        session's input is held meanwhile, L{qmtwist.smtp.server.SMTPServer._openMessage}).
+        """
         s = self.session
         parsed = parseBdat(arg)
         if parsed is None:
             s._reply(R.R_BDATSYNTAX)
-            return
+            return None
         self.size, self.last = parsed
         self.remaining = self.size
         self._back = s.state
@@ -133,9 +138,15 @@ class Chunking:
             self.refusal = R.R_WANTMAIL
         elif not s.recipients:
             self.refusal = R.R_WANTRCPT
-        elif s._data is None and not s._openMessage(ChunkSection):
-            self.refusal = R.R_QQT
+        elif s._data is None:
+            return s._openMessage(ChunkSection, self._opened)
         s._enter(State.CHUNK)
+        return None
+
+    def _opened(self, ok: bool) -> None:
+        if not ok:
+            self.refusal = R.R_QQT
+        self.session._enter(State.CHUNK)
 
     def step(self) -> bool:
         """Read what has arrived of the chunk; whether the session goes on processing."""

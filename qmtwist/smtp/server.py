@@ -28,12 +28,14 @@ attribute C{exitStatus} is read by the tcpserver log line (C{end N status S}).
 from __future__ import annotations
 
 import os
-from typing import Any
+from typing import Any, Callable
 
+from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import ISSLTransport, ITLSTransport
 from twisted.internet.protocol import Protocol
 from twisted.logger import Logger
 from twisted.protocols.policies import TimeoutMixin
+from twisted.python.failure import Failure
 
 from qmtwist.control import Control
 from qmtwist.errors import QueueError
@@ -316,35 +318,69 @@ class SMTPServer(SessionHooks, TimeoutMixin, Protocol):
         self.helo = None
         self._endTransaction()
 
-    def smtp_DATA(self, arg: bytes) -> None:
+    def smtp_DATA(self, arg: bytes) -> Deferred[None] | None:
         if self.state is not State.MAIL:
             self._reply(R.R_WANTMAIL)
-            return
+            return None
         if self._data is not None:  # BDAT chunks came first (RFC 3030)
             self._endTransaction()
             self._reply(R.R_MIXED)
-            return
+            return None
         if not self.recipients:
             self._reply(R.R_WANTRCPT)
-        elif not self._openMessage(DataSection):
+            return None
+        return self._openMessage(DataSection, self._dataOpened)
+
+    def _dataOpened(self, ok: bool) -> None:
+        if not ok:
             self._reply(R.R_QQT)
         else:
             self._enter(State.DATA)
             self._reply(R.R_GOAHEAD)
 
-    def smtp_BDAT(self, arg: bytes) -> None:
-        self._chunking.command(arg)
+    def smtp_BDAT(self, arg: bytes) -> Deferred[None] | None:
+        return self._chunking.command(arg)
 
-    def _openMessage(self, section: type[DataSection]) -> bool:
-        """Start the message of the transaction (DATA, or the first BDAT) with the Received
-        line; whether the queue could start one."""
-        try:
-            self._writer = self.injector.newMessage(b"from network")
-        except QueueError:
-            return False
-        self._data = section(self._writer, self.policy.databytes)
+    def _openMessage(self, section: type[DataSection], then: Callable[[bool], None]
+                     ) -> Deferred[None] | None:
+        """
+        Start the message of the transaction (DATA, or the first BDAT) with the Received line,
+        then call C{then} with whether the queue could start one. The queue file is created
+        on a thread when the injector can (C{openMessage}): the session waits for it as for
+        any answer that comes later (L{_await}), its input held, so the reactor thread never
+        opens a file. An injector without it (a test's stand-in) answers at once.
+        """
+        opener = getattr(self.injector, "openMessage", None)
+        if opener is None:
+            try:
+                writer = self.injector.newMessage(b"from network")
+            except QueueError:
+                then(False)
+                return None
+            self._started(writer, section)
+            then(True)
+            return None
+
+        def opened(writer: Any) -> None:
+            if self.state is State.CLOSED:
+                writer.abort()
+                return
+            self._started(writer, section)
+            then(True)
+
+        def failed(f: Failure) -> None:
+            f.trap(QueueError)
+            self.log.warn("queue file not started: {why}", why=f.getErrorMessage())
+            if self.state is not State.CLOSED:
+                then(False)
+
+        d: Deferred[None] = opener(b"from network")
+        return d.addCallbacks(opened, failed)
+
+    def _started(self, writer: Any, section: type[DataSection]) -> None:
+        self._writer = writer
+        self._data = section(writer, self.policy.databytes)
         self._data.store([sessionReceived(self)], count=False)
-        return True
 
     # -- DATA ----------------------------------------------------------------------------------
 

@@ -17,6 +17,7 @@ from twisted.internet.defer import Deferred
 from twisted.internet.task import Clock
 
 from qmtwist.context import ControlCache
+from qmtwist.errors import QueueError
 from qmtwist.queue import clean
 from qmtwist.queue.commit import RETRY_SOON, Injector
 from qmtwist.queue.envelope import decodeChannel
@@ -381,3 +382,26 @@ def test_a_message_is_released_only_once_its_intd_entry_is_gone(home):
     d.hops.runAll()
     assert len(d.local.requests) == 3 and d.files("todo") == [] and d.files("intd") == []
 
+
+def test_openMessage_creates_the_queue_file_in_a_thread_job(home):
+    """A listener's message file is made by a job of the injector's runner, never on the
+    reactor thread (docs/ARCHITECTURE.md 3); a failure comes as qmail-queue's error."""
+    d = makeDaemon(home)
+    got: list[Any] = []
+    d.injector.openMessage(b"from network").addBoth(got.append)
+    assert got == []
+    assert all(os.listdir(home.queue.sub("mess", i)) == [] for i in range(23))
+    assert d.hops.runOne() == "injector"
+    [w] = got
+    assert os.path.exists(home.queue.mess(w.id)) and os.listdir(home.queue.sub("pid")) == []
+    w.write(b"Subject: t\n\nhi\n")
+    answer: list[Any] = []
+    w.commit(b"joe@test.example", [b"fred@test.example"]).addBoth(answer.append)
+    d.hops.runAll()
+    assert [a.id for a in answer] == [w.id] and len(d.local.requests) == 1
+    os.rename(home.queue.sub("pid"), home.queue.sub("pid.gone"))
+    failed: list[Any] = []
+    d.injector.openMessage(b"from network").addBoth(failed.append)
+    d.hops.runAll()
+    [f] = failed
+    assert f.check(QueueError) and f.value.code == 62  # qq trouble creating files in queue
