@@ -80,14 +80,15 @@ class _Writer:
         try:
             self._pending.setEnvelope(sender, recipients)
         except QueueError:
-            self._pending.discard()
+            self._injector._discard(self._pending)
             raise
         return self._injector._enqueue(self._pending)
 
     def abort(self) -> None:
+        """Remove the message's files, on a thread (nothing waits for that)."""
         if not self._done:
             self._done = True
-            self._pending.discard()
+            self._injector._discard(self._pending)
 
 
 @implementer(IInjector)
@@ -189,6 +190,12 @@ class Injector:
     def commitPending(self, pending: PendingMessage) -> Deferred[Queued]:
         """Commit a message whose data and envelope were prepared off the reactor thread."""
         return self._enqueue(pending)
+
+    def _discard(self, pending: PendingMessage) -> None:
+        """An aborted message's files go on a thread; a failure to remove them leaves
+        leftovers that a start removes after 36 hours (docs/behaviour/queue.md 5.10)."""
+        d = self.runInThread(pending.discard)
+        d.addErrback(lambda f: self.log.failure("removing an aborted message", f))
 
     def _enqueue(self, pending: PendingMessage) -> Deferred[Queued]:
         d: Deferred[Queued] = Deferred()

@@ -45,8 +45,7 @@ def checkRecipient(session: SMTPServer, address: bytes) -> None:
 
 def _reply(session: SMTPServer, address: bytes, ok: bool) -> None:
     if ok:
-        session.recipients.append(address)
-        session._reply(R.R_RCPTOK)
+        session._accept(address)
     else:
         session._reply(R.R_NOMAILBOX)
 

@@ -106,6 +106,7 @@ class SMTPServer(SessionHooks, TimeoutMixin, Protocol):
         self.mailboxes: Any = None
         self._chunking = Chunking(self)
         self._writer: Any = None
+        self._early: Deferred[Any] | None = None  # the queue file made at the first RCPT
         self._data: DataSection | None = None
         self.pendingCommit: Any = None
         self.command: bytes | None = None
@@ -230,6 +231,9 @@ class SMTPServer(SessionHooks, TimeoutMixin, Protocol):
             self._await(handler(arg))
 
     def _resetTransaction(self) -> None:
+        early, self._early = self._early, None
+        if early is not None:  # made for a message that will not come: removed
+            early.addCallbacks(lambda writer: writer.abort(), lambda failure: None)
         self._dropMessage()  # a message arriving in BDAT chunks ends with its transaction
         self.utf8 = False
         self.sender = None
@@ -291,8 +295,20 @@ class SMTPServer(SessionHooks, TimeoutMixin, Protocol):
         if wantsCheck(self):
             checkRecipient(self, verdict.address)
             return
-        self.recipients.append(verdict.address)
+        self._accept(verdict.address)
+
+    def _accept(self, address: bytes) -> None:
+        """
+        Take a recipient: C{250}. At the first one the queue file starts to be made on a
+        thread (as Postfix's cleanup opens its file at MAIL), so that DATA seldom waits for
+        it; a transaction that ends without a message removes it again.
+        """
+        self.recipients.append(address)
         self._reply(R.R_RCPTOK)
+        if len(self.recipients) == 1 and self._early is None and self._writer is None:
+            opener = getattr(self.injector, "openMessage", None)
+            if opener is not None:
+                self._early = opener(b"from network")
 
     def smtp_RSET(self, arg: bytes) -> None:
         self._endTransaction()
@@ -351,6 +367,7 @@ class SMTPServer(SessionHooks, TimeoutMixin, Protocol):
         opens a file. An injector without it (a test's stand-in) answers at once.
         """
         opener = getattr(self.injector, "openMessage", None)
+        early, self._early = self._early, None
         if opener is None:
             try:
                 writer = self.injector.newMessage(b"from network")
@@ -374,7 +391,8 @@ class SMTPServer(SessionHooks, TimeoutMixin, Protocol):
             if self.state is not State.CLOSED:
                 then(False)
 
-        d: Deferred[None] = opener(b"from network")
+        # the file started at the first recipient, or one started now
+        d: Deferred[None] = early if early is not None else opener(b"from network")
         return d.addCallbacks(opened, failed)
 
     def _started(self, writer: Any, section: type[DataSection]) -> None:

@@ -85,3 +85,35 @@ def test_the_first_bdat_chunk_waits_for_the_queue_file():
     assert inj.opening == []  # the second chunk adds to the same file
     [w] = inj.writers
     assert w.data.endswith(b"Subject: y\n\nbody\n")
+
+
+def test_the_file_is_started_at_the_first_recipient_so_data_need_not_wait():
+    inj = LaterInjector()
+    proto, t, _, _ = makeSession(injector=inj)
+    t.clear()
+    proto.dataReceived(b"MAIL FROM:<a@b.example>\r\n")
+    assert inj.opening == []  # nothing is made for a sender alone
+    proto.dataReceived(b"RCPT TO:<bob@test.example>\r\nRCPT TO:<joe@test.example>\r\n")
+    assert len(inj.opening) == 1  # one file for the transaction
+    inj.arrive()
+    proto.dataReceived(b"DATA\r\n")
+    assert t.value().endswith(GOAHEAD) and t.producerState != "paused"
+    proto.dataReceived(b"Subject: z\r\n\r\n.\r\n")
+    [w] = inj.writers
+    assert w.committed == (b"a@b.example", [b"bob@test.example", b"joe@test.example"])
+
+
+def test_a_transaction_that_ends_before_data_removes_its_early_file():
+    inj = LaterInjector()
+    proto, t, _, _ = makeSession(injector=inj)
+    proto.dataReceived(ENV + b"RSET\r\n")
+    inj.arrive()  # the file arrives after the RSET: removed at once
+    assert [w.aborted for w in inj.writers] == [True]
+    proto.dataReceived(ENV)
+    inj.arrive()  # arrived before the next MAIL, which ends the transaction
+    proto.dataReceived(b"MAIL FROM:<c@d.example>\r\n")
+    assert [w.aborted for w in inj.writers] == [True, True]
+    proto.dataReceived(b"RCPT TO:<bob@test.example>\r\n")
+    inj.opening.pop(0).errback(QueueError(53, "No space left on device"))
+    proto.connectionLost(None)  # a failed early file is forgotten without a trace
+    assert len(inj.writers) == 2 and all(w.committed is None for w in inj.writers)
