@@ -14,6 +14,8 @@ from __future__ import annotations
 
 from typing import Callable
 
+from twisted.internet.defer import Deferred
+
 from qmtwist.errors import QueueError
 from qmtwist.interfaces import IMessageWriter
 from qmtwist.qmtp.netstring import NetstringError, NetstringParser
@@ -32,6 +34,9 @@ class Package:
     @ivar verdicts: per recipient up to maxrcpt: L{None} (acceptable) or the refusal answer.
     @ivar recipients: the acceptable recipients, as they are queued.
     @ivar excess: recipients past maxrcpt, only counted.
+    @ivar opening: fires (with L{None}) once the queue file being made on a thread is there
+        or has failed; L{None} when no file is being made.
+    @ivar aborted: the message was given up (a file that arrives later is removed).
     """
 
     def __init__(self) -> None:
@@ -47,9 +52,12 @@ class Package:
         self.recipients: list[bytes] = []
         self.verdicts: list[bytes | None] = []
         self.excess = 0
+        self.opening: Deferred[None] | None = None
+        self.aborted = False
 
     def abort(self) -> None:
         """Give up the message: nothing of it is queued."""
+        self.aborted = True
         self.held = None
         if self.writer is not None:
             self.writer.abort()

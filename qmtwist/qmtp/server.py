@@ -123,6 +123,7 @@ class QMTPServer(TimeoutMixin, Protocol):
         self._feeding = False
         self._paused = False
         self._outstanding = 0
+        self._opening = 0  # queue files being made on a thread; reading waits for them
 
     @property
     def _package(self) -> Package:
@@ -180,9 +181,12 @@ class QMTPServer(TimeoutMixin, Protocol):
             return  # a commit fired inside feed(); the loop below goes on by itself
         self._feeding = True
         try:
-            while self._input and not self._broken and self._outstanding < MAX_OUTSTANDING:
-                if self._package.held is not None:
+            while (self._input and not self._broken and self._outstanding < MAX_OUTSTANDING
+                   and not self._opening):
+                if self._package.held is not None and self._package.opening is None:
                     self._open(self._package)
+                    if self._opening:
+                        break  # the rest is read once the file is there
                 piece, self._input = self._input[:SLICE], self._input[SLICE:]
                 try:
                     self._reader.feed(piece)
@@ -234,12 +238,50 @@ class QMTPServer(TimeoutMixin, Protocol):
             self._open(p)
 
     def _open(self, p: Package) -> None:
-        """Give package C{p} its queue file and write what was held for it."""
+        """
+        Give package C{p} its queue file and write what was held for it. The daemon's injector
+        makes the file on a thread (C{openMessage}): until it is there the package's bytes
+        stay held and no more input is read (L{_pump}), so memory stays bounded.
+        """
+        opener = getattr(self.injector, "openMessage", None)
+        if opener is None:
+            try:
+                self._started(p, self.injector.newMessage(b"from network"))
+            except QueueError as e:
+                p.abort()
+                p.queueError = e
+            return
+        self._opening += 1
+        opened: Deferred[None] = Deferred()
+        p.opening = opened
+
+        def arrived(writer: Any) -> None:
+            if p.aborted:
+                writer.abort()
+            else:
+                self._started(p, writer)
+
+        def failed(f: Failure) -> None:
+            f.trap(QueueError)
+            p.abort()
+            p.queueError = f.value
+
+        def done(_: object) -> None:
+            self._opening -= 1
+            p.opening = None
+            opened.callback(None)
+            self._pump()
+
+        d = opener(b"from network")
+        d.addCallbacks(arrived, failed).addBoth(done)
+
+    def _started(self, p: Package, writer: Any) -> None:
+        """The queue file is there: the held bytes go into it."""
         held, p.held = p.held or [], None
+        p.writer = writer
         try:
-            p.writer = self.injector.newMessage(b"from network")
             for data in held:
-                p.writer.write(data)
+                writer.write(data)
         except QueueError as e:
             p.abort()
             p.queueError = e
@@ -263,7 +305,7 @@ class QMTPServer(TimeoutMixin, Protocol):
     # -- answering
 
     def _finish(self, p: Package) -> None:
-        if p.held is None:
+        if p.held is None or p.opening is not None:
             result: Any = self._result(p)  # commit now: it joins the current commit round
         else:
             result = lambda _: self._result(p)  # noqa: E731  (its turn comes after the earlier)
@@ -297,10 +339,12 @@ class QMTPServer(TimeoutMixin, Protocol):
             if p.queueError is not None:
                 return succeed(queueText(p.queueError))
             return succeed(b"")  # no acceptable recipient: every verdict is a refusal
-        if p.held is not None:
+        if p.held is not None and p.opening is None:
             self._open(p)
-            if p.queueError is not None:
-                return succeed(queueText(p.queueError))
+        if p.opening is not None:  # its file is being made: judge it again once it is there
+            return p.opening.addCallback(lambda _: self._result(p))
+        if p.queueError is not None:
+            return succeed(queueText(p.queueError))
         writer, p.writer = p.writer, None
         assert writer is not None
         try:

@@ -55,6 +55,7 @@ class QueueSocketProtocol(protocol.Protocol):
         self._inEnvelope = False  # the message frame is complete
         self._finished = False  # input is over: the envelope is complete, or the answer sent
         self._answered = False
+        self._lost = False
         self._parser = NetstringParser(self._frameEnd, MAX_LENGTH, self._messageChunk)
         self._parser.setStreaming(True)
 
@@ -64,10 +65,32 @@ class QueueSocketProtocol(protocol.Protocol):
             self._answer(QQ_BUG)
             return
         self.uid = uid
-        try:
-            self._writer = self.injector.newMessage(b"by uid %d" % uid, uid)
-        except QueueError as e:
-            self._answer(e.code)
+        how = b"by uid %d" % uid
+        opener = getattr(self.injector, "openMessage", None)
+        if opener is None:
+            try:
+                self._writer = self.injector.newMessage(how, uid)
+            except QueueError as e:
+                self._answer(e.code)
+            return
+        # the queue file is made on a thread (no file is opened on the reactor thread); the
+        # client's bytes wait in the socket until it is there
+        transport = self.transport
+        assert transport is not None
+        transport.pauseProducing()  # type: ignore[attr-defined]
+
+        def opened(writer: IMessageWriter) -> None:
+            if self._lost or self._finished:
+                writer.abort()
+                return
+            self._writer = writer
+            transport.resumeProducing()  # type: ignore[attr-defined]
+
+        def failed(f: Failure) -> None:
+            if not self._lost:
+                self._answer(f.value.code if f.check(QueueError) else QQ_BUG)
+
+        opener(how, uid).addCallbacks(opened, failed)
 
     def dataReceived(self, data: bytes) -> None:
         if self._finished:
@@ -117,6 +140,7 @@ class QueueSocketProtocol(protocol.Protocol):
         self.transport.loseConnection()
 
     def connectionLost(self, reason: Failure = connectionDone) -> None:
+        self._lost = True
         if self._writer is not None:
             self._writer.abort()
             self._writer = None

@@ -11,12 +11,13 @@ import subprocess
 import sys
 
 import pytest_twisted
+from twisted.internet.defer import ensureDeferred
 from twisted.internet.threads import deferToThread
 
 from qmtwist.home import Home, setup
 from tests.integration.daemon import Daemon, waitFor
 from tests.integration.smtp.conftest import Client, queuedMessages, queueFiles
-from tests.support import freePort
+from tests.support import freePort, until
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
 NOMAILBOX = b"550 5.1.1 sorry, no mailbox here by that name (#5.1.1)\r\n"
@@ -76,7 +77,8 @@ def test_bdat_then_data_is_refused_and_nothing_queued(startSMTP):
                    b"502 5.5.1 unimplemented (#5.5.1)\r\n"   # "hi": the transaction is gone
                    b"502 5.5.1 unimplemented (#5.5.1)\r\n"   # "."
                    b"250 2.0.0 flushed\r\n221 2.0.0 test.example\r\n")
-    assert queueFiles(srv.home) == []
+    # an aborted message's files are removed on a thread, just after the session
+    yield ensureDeferred(until(lambda: queueFiles(srv.home) == [], "no queue files"))
 
 
 RCPTS = (b"MAIL FROM:<a@x.example>\r\nRCPT TO:<nobody@test.example>\r\n"
@@ -105,7 +107,8 @@ def test_rcpt_to_unknown_local_user_is_550_and_nothing_queued(startSMTP):
                               b"DATA\r\nQUIT\r\n")
     assert out.endswith(NOMAILBOX + nogw + b"503 5.5.1 RCPT first (#5.5.1)\r\n"
                         b"221 2.0.0 test.example\r\n")
-    assert queueFiles(srv.home) == []
+    # an aborted message's files are removed on a thread, just after the session
+    yield ensureDeferred(until(lambda: queueFiles(srv.home) == [], "no queue files"))
 
 
 @pytest_twisted.inlineCallbacks

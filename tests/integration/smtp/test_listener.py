@@ -8,9 +8,11 @@ import smtplib
 
 import pytest
 import pytest_twisted
+from twisted.internet.defer import ensureDeferred
 from twisted.internet.threads import deferToThread
 
 from tests.conftest import logLines
+from tests.support import until
 from tests.integration.smtp.conftest import Client, queueFiles, queuedMessages
 
 MSG = b"Subject: t\r\n\r\nbody\r\n"
@@ -194,7 +196,8 @@ def test_disconnect_in_data_queues_nothing(startSMTP):
 
     out = yield deferToThread(talk)
     assert out.endswith(b"354 go ahead\r\n451 4.5.2 See http://pobox.com/~djb/docs/smtplf.html.\r\n")
-    assert queueFiles(srv.home) == []
+    # an aborted message's files are removed on a thread, just after the session
+    yield ensureDeferred(until(lambda: queueFiles(srv.home) == [], "no queue files"))
 
 
 @pytest_twisted.inlineCallbacks
@@ -212,7 +215,8 @@ def test_databytes_rule_and_ten_megabyte_line(startSMTP):
                    b"250 2.1.0 ok\r\n250 2.1.5 ok\r\n"
                    b"354 go ahead\r\n552 5.3.4 sorry, that message size exceeds my databytes limit "
                    b"(#5.3.4)\r\n221 2.0.0 test.example\r\n")
-    assert queueFiles(srv.home) == []
+    # an aborted message's files are removed on a thread, just after the session
+    yield ensureDeferred(until(lambda: queueFiles(srv.home) == [], "no queue files"))
 
 
 @pytest_twisted.inlineCallbacks

@@ -105,3 +105,60 @@ def test_noPeerCredentials(home) -> None:
     transport = StringTransport()  # no socket: the uid cannot be learnt
     proto.makeConnection(transport)
     assert transport.value() == b"81\n"
+
+
+class LaterInjector:
+    """The real injector, whose queue files come when the test says (a thread job)."""
+
+    def __init__(self, inner: Injector) -> None:
+        self.inner = inner
+        self.opening: list = []
+
+    def openMessage(self, how: bytes, uid: int | None = None):
+        from twisted.internet.defer import Deferred
+        d: Deferred = Deferred()
+        self.opening.append((d, how, uid))
+        return d
+
+    def arrive(self) -> None:
+        d, how, uid = self.opening.pop(0)
+        d.callback(self.inner.newMessage(how, uid))
+
+    def __getattr__(self, name: str):
+        return getattr(self.inner, name)
+
+
+def laterConnection(home) -> tuple:
+    clock = Clock()
+    clock.advance(1_762_326_189)
+    injector = LaterInjector(Injector(home.queue, home.control, clock, maybeDeferred))
+    proto = QueueSocketFactory(injector).buildProtocol(None)
+    transport = PeerTransport()
+    proto.makeConnection(transport)
+    return proto, transport, injector
+
+
+def test_the_client_is_read_once_its_queue_file_is_there(home) -> None:
+    """The file is made off the reactor thread; the client's bytes wait in the socket."""
+    proto, transport, injector = laterConnection(home)
+    assert transport.producerState == "paused" and messFiles(home) == []
+    assert [(how, uid) for _, how, uid in injector.opening] == [(b"by uid %d" % UID, UID)]
+    injector.arrive()
+    assert transport.producerState == "producing"
+    body = b"Subject: later\n\nhello\n"
+    proto.dataReceived(encode(body) + encode(envelopeBytes(b"u@test.example", [b"a@x.y"])))
+    assert transport.value() == b"0\n" and len(todo(home)) == 1
+
+
+def test_a_queue_file_that_cannot_be_made_is_the_exit_code(home) -> None:
+    from qmtwist.errors import QueueError
+    proto, transport, injector = laterConnection(home)
+    injector.opening.pop(0)[0].errback(QueueError(53, "No space left on device"))
+    assert transport.value() == b"53\n" and transport.disconnecting
+
+
+def test_a_queue_file_for_a_client_gone_is_removed(home) -> None:
+    proto, transport, injector = laterConnection(home)
+    proto.connectionLost(None)
+    injector.arrive()
+    assert messFiles(home) == [] and todo(home) == []
