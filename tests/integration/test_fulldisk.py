@@ -10,6 +10,7 @@ import subprocess
 
 import pytest
 from twisted.internet import reactor
+from twisted.internet.defer import ensureDeferred
 from twisted.internet.threads import deferToThread
 import pytest_twisted
 
@@ -17,6 +18,7 @@ from qmtwist.errors import QueueError
 from qmtwist.home import Home, setup
 from qmtwist.queue.commit import Injector
 from tests.integration.test_daemon import _envelopeOnFd1, queueEmpty
+from tests.support import until
 
 
 @pytest.fixture
@@ -65,7 +67,8 @@ def test_daemon_injector_on_full_disk_refuses_with_53(tinyHome):
             writer.write(b"y" * 1024)
     assert e.value.code == 53
     assert e.value.text == "qq write error or disk full (#4.3.0)"
-    writer.abort()
-    assert queueEmpty(tinyHome) and _leftovers(tinyHome) == []
+    writer.abort()  # the files go on a thread
+    yield ensureDeferred(until(lambda: queueEmpty(tinyHome) and _leftovers(tinyHome) == [],
+                               "the aborted message's files removed"))
     q = yield injector.inject(b"a@b", [b"c@test.example"], b"Subject: s\n\nx\n", b"by uid 0")
     assert os.listdir(tinyHome.queue.sub("todo")) == [str(q.id)]
