@@ -243,14 +243,6 @@ class QMTPServer(TimeoutMixin, Protocol):
         makes the file on a thread (C{openMessage}): until it is there the package's bytes
         stay held and no more input is read (L{_pump}), so memory stays bounded.
         """
-        opener = getattr(self.injector, "openMessage", None)
-        if opener is None:
-            try:
-                self._started(p, self.injector.newMessage(b"from network"))
-            except QueueError as e:
-                p.abort()
-                p.queueError = e
-            return
         self._opening += 1
         opened: Deferred[None] = Deferred()
         p.opening = opened
@@ -272,7 +264,7 @@ class QMTPServer(TimeoutMixin, Protocol):
             opened.callback(None)
             self._pump()
 
-        d = opener(b"from network")
+        d = self.injector.openMessage(b"from network")
         d.addCallbacks(arrived, failed).addBoth(done)
 
     def _started(self, p: Package, writer: Any) -> None:

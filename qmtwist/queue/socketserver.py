@@ -66,13 +66,6 @@ class QueueSocketProtocol(protocol.Protocol):
             return
         self.uid = uid
         how = b"by uid %d" % uid
-        opener = getattr(self.injector, "openMessage", None)
-        if opener is None:
-            try:
-                self._writer = self.injector.newMessage(how, uid)
-            except QueueError as e:
-                self._answer(e.code)
-            return
         # the queue file is made on a thread (no file is opened on the reactor thread); the
         # client's bytes wait in the socket until it is there
         transport = self.transport
@@ -90,7 +83,7 @@ class QueueSocketProtocol(protocol.Protocol):
             if not self._lost:
                 self._answer(f.value.code if f.check(QueueError) else QQ_BUG)
 
-        opener(how, uid).addCallbacks(opened, failed)
+        self.injector.openMessage(how, uid).addCallbacks(opened, failed)
 
     def dataReceived(self, data: bytes) -> None:
         if self._finished:

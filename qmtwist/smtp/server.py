@@ -233,7 +233,7 @@ class SMTPServer(SessionHooks, TimeoutMixin, Protocol):
     def _resetTransaction(self) -> None:
         early, self._early = self._early, None
         if early is not None:  # made for a message that will not come: removed
-            early.addCallbacks(lambda writer: writer.abort(), lambda failure: None)
+            early.addCallbacks(lambda writer: writer.abort(), self._earlyFailed)
         self._dropMessage()  # a message arriving in BDAT chunks ends with its transaction
         self.utf8 = False
         self.sender = None
@@ -297,6 +297,12 @@ class SMTPServer(SessionHooks, TimeoutMixin, Protocol):
             return
         self._accept(verdict.address)
 
+    def _earlyFailed(self, f: Failure) -> None:
+        """A file started for a transaction that ended could not be made: nothing to remove
+        (a queue error was the transaction's own, and it had no DATA to report it to)."""
+        if not f.check(QueueError):
+            self.log.failure("starting a queue file", f)
+
     def _accept(self, address: bytes) -> None:
         """
         Take a recipient: C{250}. At the first one the queue file starts to be made on a
@@ -306,9 +312,7 @@ class SMTPServer(SessionHooks, TimeoutMixin, Protocol):
         self.recipients.append(address)
         self._reply(R.R_RCPTOK)
         if len(self.recipients) == 1 and self._early is None and self._writer is None:
-            opener = getattr(self.injector, "openMessage", None)
-            if opener is not None:
-                self._early = opener(b"from network")
+            self._early = self.injector.openMessage(b"from network")
 
     def smtp_RSET(self, arg: bytes) -> None:
         self._endTransaction()
@@ -362,21 +366,11 @@ class SMTPServer(SessionHooks, TimeoutMixin, Protocol):
         """
         Start the message of the transaction (DATA, or the first BDAT) with the Received line,
         then call C{then} with whether the queue could start one. The queue file is created
-        on a thread when the injector can (C{openMessage}): the session waits for it as for
-        any answer that comes later (L{_await}), its input held, so the reactor thread never
-        opens a file. An injector without it (a test's stand-in) answers at once.
+        on a thread (C{openMessage}), usually since the first recipient: the session waits for
+        it as for any answer that comes later (L{_await}), its input held, so the reactor
+        thread never opens a file.
         """
-        opener = getattr(self.injector, "openMessage", None)
         early, self._early = self._early, None
-        if opener is None:
-            try:
-                writer = self.injector.newMessage(b"from network")
-            except QueueError:
-                then(False)
-                return None
-            self._started(writer, section)
-            then(True)
-            return None
 
         def opened(writer: Any) -> None:
             if self.state is State.CLOSED:
@@ -392,7 +386,8 @@ class SMTPServer(SessionHooks, TimeoutMixin, Protocol):
                 then(False)
 
         # the file started at the first recipient, or one started now
-        d: Deferred[None] = early if early is not None else opener(b"from network")
+        d: Deferred[None] = (early if early is not None
+                             else self.injector.openMessage(b"from network"))
         return d.addCallbacks(opened, failed)
 
     def _started(self, writer: Any, section: type[DataSection]) -> None:

@@ -220,6 +220,9 @@ class _SlowInjector:
 
         return W()
 
+    def openMessage(self, how, uid=None):
+        return maybeDeferred(self.newMessage, how, uid)
+
 
 def test_answers_wait_for_commit_and_keep_order(home):
     clock = Clock()

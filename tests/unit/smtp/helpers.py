@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from attrs import frozen
-from twisted.internet.defer import Deferred, succeed
+from twisted.internet.defer import Deferred, maybeDeferred, succeed
 from twisted.internet.interfaces import ITLSTransport
 from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
@@ -73,6 +73,10 @@ class FakeInjector:
         w = FakeWriter(self, 100 + len(self.writers))
         self.writers.append(w)
         return w
+
+    def openMessage(self, how: bytes, uid: int | None = None) -> Deferred:
+        """L{newMessage}, answered at once (the daemon's comes from a thread)."""
+        return maybeDeferred(self.newMessage, how, uid)
 
     @property
     def committed(self) -> list[FakeWriter]:
