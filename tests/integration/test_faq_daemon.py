@@ -306,7 +306,8 @@ async def test_faq42_listBounceGoesToOwner(qm) -> None:
         assert mail(os.path.join(carol, "Maildir")) == []
         assert len(mail(os.path.join(me, "Maildir"))) == 1
         assert len(mail(os.path.join(alice, "Maildir"))) == 1
-        assert any(x.endswith(f"to local me-sos-owner@{ME}") for x in d.lines())
+        await d.until(lambda: any(x.endswith(f"to local me-sos-owner@{ME}") for x in d.lines()),
+                      "the bounce's delivery line")  # the log is written in batches
     finally:
         assert await stop(d) == 0
 

@@ -166,7 +166,8 @@ async def test_spf_results(home, mx):
     i = lines.index(b"Authentication-Results: test.example;")
     assert lines[i - 1].startswith(b"Received: (qmail ") and lines[i + 5].startswith(
         b"Received: from "), lines[:12]
-    assert any("inbound: qp " in x and "spf=pass dkim=none dmarc=none" in x for x in mx.lines())
+    await mx.until(lambda: any("inbound: qp " in x and "spf=pass dkim=none dmarc=none" in x
+                               for x in mx.lines()), "the inbound log line")
 
 
 @pytest_twisted.ensureDeferred
@@ -223,7 +224,8 @@ async def test_forged_authentication_results(home, mx):
     assert fields[1] == (b"Authentication-Results: other.example; spf=pass "
                          b"smtp.mailfrom=x@other.example")
     assert b"forged.example" not in got
-    assert any("removed 2 Authentication-Results claiming our name" in x for x in mx.lines())
+    await mx.until(lambda: any("removed 2 Authentication-Results claiming our name" in x
+                               for x in mx.lines()), "the removal's log line")
 
 
 def queueFiles(home) -> list[str]:
@@ -257,7 +259,8 @@ async def test_dmarcreject_refuses_reject_failures(home, mx):
     [got] = await delivered(mx, home, 1)
     assert b"Subject: ok" in got
     await until(lambda: not queueFiles(home), "an empty queue")
-    assert any("refused: DMARC policy reject for strict.example" in x for x in mx.lines())
+    await mx.until(lambda: any("refused: DMARC policy reject for strict.example" in x
+                               for x in mx.lines()), "the refusal's log line")
 
 
 @pytest_twisted.ensureDeferred
@@ -270,6 +273,8 @@ async def test_relay_client_is_not_verified(home, mx):
                                                       extra=forged)))[0] == 250
     [got] = await delivered(mx, home, 1)
     assert authResults(got) == [b"Authentication-Results: other.example; none"], got
+    # the log is written in batches: wait for the message's last line before looking
+    await mx.until(lambda: any(x.startswith("end msg ") for x in mx.lines()), "end msg")
     assert not any("inbound: qp" in x for x in mx.lines())
 
 
