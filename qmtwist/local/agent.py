@@ -114,7 +114,10 @@ class LocalAgent:
         self.running: set[Any] = set()
         self.inflight: set[Deferred[Report]] = set()
         self.stopping = False
-        self.dirSyncs = DirectorySyncs(ctx.runInThread)
+        self.dirSyncs = DirectorySyncs(ctx.runInThread, coverData=True)
+        #: unique keys of deliveries whose batch sync failed: their retry rewrites the copy
+        #: (docs/behaviour/local.md 4.8.1); an entry goes at that retry
+        self.unsyncedKeys: set[str] = set()
 
     # IDeliveryAgent
 
@@ -151,7 +154,7 @@ class LocalAgent:
                 pass
         waits.extend(self.inflight)
         d = DeferredList(waits, consumeErrors=True)
-        d.addCallback(lambda _: None)
+        d.addCallback(lambda _: self.dirSyncs.close())
         return d
 
     # internals
@@ -204,10 +207,14 @@ class LocalAgent:
         except MailError as e:
             return Report(Outcome.FAILURE if e.permanent else Outcome.DEFERRAL,
                           capReport(e.text.encode() + b"\n"))
+        rewrite = req.uniqueKey in self.unsyncedKeys
+        self.unsyncedKeys.discard(req.uniqueKey)
+        since = self.dirSyncs.token()
         job = Job(user.name, user.home, user.dash, user.ext, local, host, req.sender,
                   req.messPath, req.uniqueKey, req.mayBeRepeat, controls.defaultdelivery,
                   self.ctx.home.bin, self.reactor.seconds(), float(controls.timeoutlocal),
-                  syncLater=True)
+                  syncLater=True, lateDataOn=tuple(sorted(self.dirSyncs.watched)),
+                  rewrite=rewrite)
         if message is not None:
             try:
                 helper = self._helper(user)
@@ -220,10 +227,10 @@ class LocalAgent:
             result = await runJob(job, self.reactor, self.ctx.runInThread, self.baseEnv,
                                   self.running)
             uid = os.getuid()
-        return await self._finish(req, user, uid, result)
+        return await self._finish(req, user, uid, result, since)
 
     async def _finish(self, req: DeliveryRequest, user: User, uid: int,
-                      result: JobResult) -> Report:
+                      result: JobResult, since: int) -> Report:
         if result.outcome is not Outcome.SUCCESS:
             if result.failedLine:
                 log.info("delivery to {rcpt}: line {line} of {file} failed: {outcome}",
@@ -237,8 +244,11 @@ class LocalAgent:
             # the Maildir names are durable before anything counts on this delivery
             # (docs/behaviour/local.md 4.8.1)
             try:
-                await self.dirSyncs.sync(result.unsynced)
-            except OSError:
+                await self.dirSyncs.sync(result.unsynced, since)
+            except OSError as e:
+                log.info("delivery to {rcpt}: Maildir sync failed: {error}",
+                         rcpt=logSafe(req.recipient), error=e)
+                self.unsyncedKeys.add(req.uniqueKey)
                 return Report.deferral(text + maildir.TEMP.encode() + b"\n")
         qpLine = b""
         if result.forwards:

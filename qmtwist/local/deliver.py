@@ -39,6 +39,10 @@ class Job:
     @ivar key: the stable delivery key (L{qmtwist.delivery.DeliveryRequest.uniqueKey}).
     @ivar syncLater: leave the sync of each Maildir's directory to the caller, which batches
         them (L{JobResult.unsynced}, docs/behaviour/local.md 4.8.1).
+    @ivar lateDataOn: with C{syncLater}, the devices of the filesystems the caller syncs whole:
+        a Maildir file on one of them is not fsynced; the caller's C{syncfs(2)} makes its data
+        durable with its name (docs/behaviour/local.md 4.8.1).
+    @ivar rewrite: an earlier attempt's sync failed: an earlier copy in C{new/} is written again.
     """
 
     user: bytes
@@ -56,6 +60,8 @@ class Job:
     now: float
     timeout: float = 86400.0  # control/timeoutlocal: longest a program delivery may run
     syncLater: bool = False
+    lateDataOn: tuple[int, ...] = ()
+    rewrite: bool = False
 
     def toJSON(self) -> dict[str, Any]:
         return {k: (base64.b64encode(v).decode() if isinstance(v, bytes) else v)
@@ -68,6 +74,8 @@ class Job:
             if k in _BYTES_FIELDS:
                 v = base64.b64decode(v)
             kw[k] = v
+        if "lateDataOn" in kw:
+            kw["lateDataOn"] = tuple(int(dev) for dev in kw["lateDataOn"])
         return cls(**kw)
 
 
@@ -188,8 +196,9 @@ def _fileLine(job: Job, plan: _Plan, ins: dotqmail.Instruction, message: QueuedM
         mbox.deliver(path, (uf, rp, dt), message.chunks())
         return None
     ln = ins.lineno if plan.dq.path is not None else 1000 + ins.lineno
-    name = maildir.deliver(path, itertools.chain((rp, dt), message.chunks()), job.key, ln,
-                           job.mayBeRepeat, syncNew=not job.syncLater)
+    name = maildir.deliver(path, lambda: itertools.chain((rp, dt), message.chunks()), job.key,
+                           ln, job.mayBeRepeat, syncNew=not job.syncLater,
+                           lateDataOn=frozenset(job.lateDataOn), distrustEarlier=job.rewrite)
     if job.syncLater:
         return os.path.abspath(os.path.join(path, os.path.dirname(name)))
     return None

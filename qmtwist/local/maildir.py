@@ -23,8 +23,9 @@ import itertools
 import os
 import re
 import socket
+import stat
 import time
-from typing import Callable
+from typing import Callable, Iterable, Sequence
 
 from qmtwist.durable import syncDir, writeAll
 from qmtwist.errors import TemporaryFailure
@@ -89,6 +90,31 @@ def findEarlier(maildir: bytes, tag: bytes) -> bytes | None:
     return None
 
 
+def sameContent(path: bytes, data: Iterable[bytes]) -> bool:
+    """
+    Whether the file at C{path} holds exactly the bytes of C{data}, read piece by piece (never
+    whole). An earlier copy whose data a crash cut short (its name reached the disk before its
+    data did, docs/behaviour/local.md 4.8.1) does not count as that delivery.
+    """
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOCTTY | os.O_NONBLOCK)
+    except OSError:
+        return False
+    try:
+        for piece in data:
+            view = memoryview(piece)
+            while view:
+                got = os.read(fd, len(view))
+                if not got or got != view[:len(got)]:
+                    return False
+                view = view[len(got):]
+        return os.read(fd, 1) == b""
+    except OSError:
+        return False
+    finally:
+        os.close(fd)
+
+
 def dropLeftovers(maildir: bytes, tag: bytes) -> int:
     """
     Remove the files under C{tmp/} whose name carries C{tag}: what an attempt of this very
@@ -111,7 +137,7 @@ def dropLeftovers(maildir: bytes, tag: bytes) -> int:
 
 def deliver(
     maildir: bytes | str,
-    data: list[bytes],
+    data: Sequence[bytes] | Callable[[], Iterable[bytes]],
     key: str | None = None,
     line: int = 0,
     mayBeRepeat: bool = False,
@@ -119,12 +145,16 @@ def deliver(
     host: bytes | None = None,
     deadline: float = 86400.0,
     syncNew: bool = True,
+    lateDataOn: frozenset[int] = frozenset(),
+    distrustEarlier: bool = False,
 ) -> bytes:
     """
     Write one message into a Maildir.
 
     @param maildir: the directory (absolute, or relative to the current directory).
-    @param data: the byte strings that make the file (RPLINE, DTLINE, message).
+    @param data: the byte strings that make the file (RPLINE, DTLINE, message), or a function
+        that gives them afresh at each call (a possible repeat reads them twice: once to check
+        an earlier copy, once to write).
     @param key: the stable delivery key, or C{None}.
     @param mayBeRepeat: remove this delivery's leftovers in C{tmp/} and look for an earlier
         copy first (only with a key).
@@ -132,10 +162,18 @@ def deliver(
         but its name is not yet: the caller must sync the directory of the returned name
         before it reports the delivery done (L{qmtwist.local.dirsync}, docs/behaviour/local.md
         4.8.1). The same holds for an earlier copy that is returned.
+    @param lateDataOn: devices (C{st_dev}) whose filesystems the caller syncs whole: with
+        C{syncNew} C{False} and the Maildir on one of them, the file is not fsynced either and
+        neither its data nor its name is durable yet; the caller makes both durable with one
+        C{syncfs(2)} before it reports the delivery done (docs/behaviour/local.md 4.8.1).
+    @param distrustEarlier: a sync of an earlier attempt failed: an earlier copy in C{new/}
+        is removed and written again, whatever it holds (its pages may be cached but not on
+        the disk).
     @return: the name under C{new/} (or of the earlier copy, C{new/...} or C{cur/...}).
     @raise TemporaryFailure: with qmail's texts.
     """
     md = os.fsencode(maildir)
+    pieces: Callable[[], Iterable[bytes]] = data if callable(data) else (lambda: data)
     start = now()
     try:
         st = os.stat(md)
@@ -149,13 +187,25 @@ def deliver(
         raise TemporaryFailure(TEMP)
     del st
     tmpDir, newDir = os.path.join(md, b"tmp"), os.path.join(md, b"new")
-    if not (os.path.isdir(tmpDir) and os.path.isdir(newDir)):
+    try:
+        tmpStat = os.stat(tmpDir)
+    except OSError:
         raise TemporaryFailure(TEMP)
+    if not (stat.S_ISDIR(tmpStat.st_mode) and os.path.isdir(newDir)):
+        raise TemporaryFailure(TEMP)
+    syncData = syncNew or tmpStat.st_dev not in lateDataOn
     tag = keyTag(key, line) if key is not None else None
     if tag is not None and mayBeRepeat:
         try:
             dropLeftovers(md, tag)
             earlier = findEarlier(md, tag)
+            if earlier is not None and (distrustEarlier or not sameContent(
+                    os.path.join(md, earlier), pieces())):
+                # cut short by a crash before its sync: not a copy; one in new/ is ours to
+                # remove (nobody was told it was delivered), one in cur/ a reader has taken
+                if earlier.startswith(b"new/"):
+                    _unlink(os.path.join(md, earlier))
+                earlier = None
         except OSError:
             raise TemporaryFailure(TEMP)
         if earlier is not None:
@@ -175,8 +225,9 @@ def deliver(
         raise TemporaryFailure(TEMP)
     try:
         try:
-            writeAll(fd, data)
-            os.fsync(fd)
+            writeAll(fd, pieces())
+            if syncData:
+                os.fsync(fd)
         finally:
             os.close(fd)
         if now() - start > deadline:

@@ -29,12 +29,20 @@ def world():
 class _GatedSyncs:
     """Stands for the agent's DirectorySyncs: records each request and answers when told."""
 
+    watched: frozenset[int] = frozenset()
+
     def __init__(self, fail: bool = False):
         self.asked: list[tuple[bytes, ...]] = []
         self.gates: list[Deferred[None]] = []
         self.fail = fail
 
-    def sync(self, paths):
+    def token(self) -> int:
+        return 1
+
+    def close(self) -> None:
+        pass
+
+    def sync(self, paths, since=None):
         self.asked.append(tuple(paths))
         if self.fail:
             return fail(OSError(5, "Input/output error"))
@@ -82,8 +90,16 @@ async def test_reportWaitsForTheDirectorySyncThroughTheHelper(world):
     await _reportWaitsForTheSync(world, root=True, uid=uid, gid=gid)
 
 
+class _OkSyncs(_GatedSyncs):
+    def sync(self, paths, since=None):
+        self.asked.append(tuple(paths))
+        return succeed(None)
+
+
 @pytest_twisted.ensureDeferred
-async def test_failedSyncDefersAndTheRetryWritesNothing(world):
+async def test_failedSyncDefersAndTheRetryWritesTheCopyAgain(world):
+    """A copy whose sync failed may be cached but not on the disk: its retry removes it and
+    writes it again (one copy, a new name), instead of counting it."""
     h = world.userHome("bob")
     world.dotqmail(h, ".qmail", b"./Maildir/\n")
     agent = world.agent()
@@ -94,11 +110,19 @@ async def test_failedSyncDefersAndTheRetryWritesNothing(world):
         r = await d
         assert r == Report(Outcome.DEFERRAL,
                            b"Temporary error on maildir delivery. (#4.3.0)\n")
-        assert len(maildirFiles(os.path.join(h, "Maildir"))) == 1
-        agent.dirSyncs = type("Ok", (), {"sync": lambda self, p: succeed(None)})()
+        new = os.path.join(h, "Maildir", "new")
+        [first] = os.listdir(new)
+        firstData = maildirFiles(os.path.join(h, "Maildir"))
+        agent.dirSyncs = _OkSyncs()
         [d] = agent.deliver([world.request(b"bob@test.example", mess, repeat=True)])
         assert await d == Report(Outcome.SUCCESS, b"did 1+0+0\n")
-        assert len(maildirFiles(os.path.join(h, "Maildir"))) == 1  # the earlier copy counts
+        [again] = os.listdir(new)
+        assert again != first
+        assert maildirFiles(os.path.join(h, "Maildir")) == firstData
+        # and a later retry (the queue lost the result) counts the copy now on the disk
+        [d] = agent.deliver([world.request(b"bob@test.example", mess, repeat=True)])
+        assert await d == Report(Outcome.SUCCESS, b"did 1+0+0\n")
+        assert os.listdir(new) == [again]
     finally:
         await agent.stop()
 
@@ -122,3 +146,40 @@ async def test_twoMaildirLinesNameBothDirectories(world):
         assert await d == Report(Outcome.SUCCESS, b"did 2+0+0\n")
     finally:
         await agent.stop()
+
+
+@pytest_twisted.ensureDeferred
+async def test_onceItsFilesystemIsWatchedAMaildirFileIsLeftToTheBatchSyncfs(world, monkeypatch):
+    """The first delivery to a filesystem fsyncs its file (nothing watched it before the
+    write); after its batch the agent holds a descriptor of that filesystem, and the next
+    delivery's file is made durable by the batch's syncfs alone (docs/behaviour/local.md
+    4.8.1)."""
+    from qmtwist.durable import canSyncFilesystem
+    from qmtwist.local import maildir as maildirModule
+
+    if not canSyncFilesystem():
+        pytest.skip("no syncfs(2) here")
+    fsyncs: list[int] = []
+    real = os.fsync
+
+    def fsync(fd):
+        fsyncs.append(fd)
+        real(fd)
+
+    monkeypatch.setattr(maildirModule.os, "fsync", fsync)
+    h = world.userHome("dan")
+    agent = world.agent()
+    try:
+        assert agent.dirSyncs.coverData
+        [d] = agent.deliver([world.request(b"dan@test.example")])
+        assert await d == Report(Outcome.SUCCESS, b"did 1+0+0\n")
+        assert len(fsyncs) == 1
+        dev = os.stat(os.path.join(h, "Maildir", "new")).st_dev
+        assert agent.dirSyncs.watched == {dev}
+        [d] = agent.deliver([world.request(b"dan@test.example")])
+        assert await d == Report(Outcome.SUCCESS, b"did 1+0+0\n")
+        assert len(fsyncs) == 1
+        assert len(os.listdir(os.path.join(h, "Maildir", "new"))) == 2
+    finally:
+        await agent.stop()
+    assert agent.dirSyncs.watched == frozenset()

@@ -128,3 +128,76 @@ def test_aWaiterThatAsksAgainStartsOneBatch(tmp_path, counted):
     assert len(hops.pending) == 1
     hops.runOne()
     assert hops.pending == [] and sorted(fired) == ["a2", "b"] and syncs.batches == 2
+
+
+def test_coveringDataEveryBatchIsOneSyncfsThroughAHeldDescriptor(tmp_path, counted):
+    """With coverData even a lone directory gets a syncfs (it must cover the file's data), and
+    the descriptor opened for a filesystem the first time is kept for every later batch."""
+    hops = HeldRunner()
+    syncs = dirsync.DirectorySyncs(hops, coverData=True)
+    assert syncs.coverData and syncs.watched == frozenset()
+    a, b = _dirs(tmp_path, 2)
+    fired: list[str] = []
+    syncs.sync([a]).addCallback(lambda _: fired.append("a"))
+    hops.runOne()
+    assert fired == ["a"]
+    assert syncs.watched == {os.stat(a).st_dev}
+    syncs.sync([b]).addCallback(lambda _: fired.append("b"))
+    hops.runOne()
+    assert fired == ["a", "b"]
+    assert [kind for kind, _ in counted] == ["syncfs", "syncfs"]
+    assert counted[0][1] == counted[1][1]  # the same held descriptor
+    held = counted[0][1]
+    os.fstat(held)
+    syncs.close()
+    assert syncs.watched == frozenset()
+    with pytest.raises(OSError):
+        os.fstat(held)
+
+
+def test_coveringDataAWritebackErrorFailsEveryDeliveryWrittenSinceItsBatch(
+        tmp_path, monkeypatch):
+    """syncfs reports a writeback error once, to the batch running when it is checked, which
+    may not be the batch of the delivery whose data it was: every delivery handed out before
+    that check (its token) fails too, and one handed out after does not."""
+    calls: list[int] = []
+
+    def syncfs(fd):
+        calls.append(fd)
+        if len(calls) == 1:
+            raise OSError(5, "Input/output error")
+
+    monkeypatch.setattr(dirsync, "syncFilesystem", syncfs)
+    monkeypatch.setattr(dirsync, "canSyncFilesystem", lambda: True)
+    hops = HeldRunner()
+    syncs = dirsync.DirectorySyncs(hops, coverData=True)
+    a, b, c = _dirs(tmp_path, 3)
+    results: dict[str, object] = {}
+    syncs.sync([a]).addBoth(lambda r: results.setdefault("a", r))
+    early = syncs.token()  # handed out while batch 1 runs: its data may be in that error
+    assert early == 1
+    syncs.sync([b], since=early).addBoth(lambda r: results.setdefault("b", r))
+    hops.runOne()
+    assert results["a"].check(OSError)
+    late = syncs.token()  # batch 2 runs, after batch 1's check: not concerned
+    assert late == 2
+    syncs.sync([c], since=late).addBoth(lambda r: results.setdefault("c", r))
+    hops.runOne()  # batch 2 (b, started as batch 1 was answered): its syncfs succeeds
+    assert results["b"].value is dirsync.WRITEBACK
+    hops.runOne()  # batch 3: c
+    assert results["c"] is None
+
+
+def test_coveringDataAMissingDirectoryFailsOnlyItsOwnWaiter(tmp_path, counted):
+    hops = HeldRunner()
+    syncs = dirsync.DirectorySyncs(hops, coverData=True)
+    (good,) = _dirs(tmp_path, 1)
+    gone = os.fsencode(tmp_path / "gone")
+    results: dict[str, object] = {}
+    syncs.sync([gone]).addBoth(lambda r: results.setdefault("gone", r))
+    since = syncs.token()
+    syncs.sync([good], since=since).addBoth(lambda r: results.setdefault("good", r))
+    hops.runOne()
+    hops.runOne()
+    assert results["gone"].check(FileNotFoundError)
+    assert results["good"] is None

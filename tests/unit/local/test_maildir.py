@@ -100,3 +100,95 @@ def test_missingMaildir(tmp_path):
         maildir.deliver(str(tmp_path / "half"), [b"m"])
     assert e.value.text == "Temporary error on maildir delivery. (#4.3.0)"
     assert not os.path.exists(tmp_path / "half" / "tmp")
+
+
+@pytest.fixture
+def fsyncs(monkeypatch):
+    """The descriptors maildir.deliver fsyncs (each still synced for real)."""
+    calls: list[int] = []
+    real = os.fsync
+
+    def fsync(fd):
+        calls.append(fd)
+        real(fd)
+
+    monkeypatch.setattr(maildir.os, "fsync", fsync)
+    return calls
+
+
+def test_aFileOnAWatchedFilesystemIsNotSyncedByItsWriter(tmp_path, fsyncs):
+    """docs/behaviour/local.md 4.8.1: on a filesystem the caller syncs whole, neither the file
+    nor new/ is synced by the writer; elsewhere the file is."""
+    md = _md(tmp_path)
+    dev = os.stat(md / "tmp").st_dev
+    maildir.deliver(str(md), [b"m\n"], key="1.1Q1", line=1, syncNew=False,
+                    lateDataOn=frozenset({dev}))
+    assert fsyncs == []
+    maildir.deliver(str(md), [b"m\n"], key="1.1Q2", line=1, syncNew=False,
+                    lateDataOn=frozenset({dev + 1}))
+    assert len(fsyncs) == 1  # the file; new/ is still the caller's
+    # syncNew wins: a writer that syncs new/ itself syncs the file first
+    maildir.deliver(str(md), [b"m\n"], key="1.1Q3", line=1, lateDataOn=frozenset({dev}))
+    assert len(fsyncs) == 3
+    assert sorted(os.listdir(md / "new")) and len(os.listdir(md / "new")) == 3
+
+
+def test_anEarlierCopyCutShortIsWrittenAgain(tmp_path):
+    """A crash after the link and before the sync can leave the name with part of the data
+    (or none): the retry does not count it; it removes it and writes the whole message."""
+    md = _md(tmp_path)
+    body = [b"Return-Path: <a@b>\n", b"Delivered-To: x@y\n", b"hello\n"]
+    first = maildir.deliver(str(md), body, key="7.7Q0", line=1, now=lambda: 1000.0)
+    for t, cut in ((2000.0, b""), (3000.0, b"Return-Path: <a@b>\n")):
+        (md / os.fsdecode(first)).write_bytes(cut)
+        again = maildir.deliver(str(md), lambda: iter(body), key="7.7Q0", line=1,
+                                mayBeRepeat=True, now=lambda: t)
+        assert again != first
+        assert os.listdir(md / "new") == [os.path.basename(os.fsdecode(again))]
+        assert (md / os.fsdecode(again)).read_bytes() == b"".join(body)
+        first = again
+    # a whole copy counts, as before
+    assert maildir.deliver(str(md), body, key="7.7Q0", line=1, mayBeRepeat=True) == first
+
+
+def test_aLongerEarlierCopyDoesNotCount(tmp_path):
+    md = _md(tmp_path)
+    first = maildir.deliver(str(md), [b"m\n"], key="7.7Q1", line=1, now=lambda: 1000.0)
+    (md / os.fsdecode(first)).write_bytes(b"m\nmore\n")
+    again = maildir.deliver(str(md), [b"m\n"], key="7.7Q1", line=1, mayBeRepeat=True,
+                            now=lambda: 2000.0)
+    assert again != first and (md / os.fsdecode(again)).read_bytes() == b"m\n"
+
+
+def test_aDifferentCopyInCurIsLeftToItsReader(tmp_path):
+    """A copy a reader already moved to cur/ is not removed, even when it does not match; the
+    delivery writes a whole copy into new/."""
+    md = _md(tmp_path)
+    first = maildir.deliver(str(md), [b"m\n"], key="7.7Q2", line=1)
+    cur = md / "cur" / (os.path.basename(os.fsdecode(first)) + ":2,S")
+    os.rename(md / os.fsdecode(first), cur)
+    cur.write_bytes(b"")
+    again = maildir.deliver(str(md), [b"m\n"], key="7.7Q2", line=1, mayBeRepeat=True)
+    assert again.startswith(b"new/") and cur.exists()
+    assert (md / os.fsdecode(again)).read_bytes() == b"m\n"
+
+
+def test_distrustedEarlierCopyIsWrittenAgain(tmp_path):
+    """After a failed sync the earlier copy may be cached but not on the disk: even a whole one
+    in new/ is replaced."""
+    md = _md(tmp_path)
+    first = maildir.deliver(str(md), [b"m\n"], key="7.7Q3", line=1, now=lambda: 1000.0)
+    again = maildir.deliver(str(md), [b"m\n"], key="7.7Q3", line=1, mayBeRepeat=True,
+                            distrustEarlier=True, now=lambda: 2000.0)
+    assert again != first and os.listdir(md / "new") == [os.path.basename(os.fsdecode(again))]
+
+
+def test_sameContent(tmp_path):
+    p = tmp_path / "f"
+    p.write_bytes(b"abcdef")
+    path = os.fsencode(p)
+    assert maildir.sameContent(path, [b"abc", b"", b"def"])
+    assert not maildir.sameContent(path, [b"abc"])
+    assert not maildir.sameContent(path, [b"abcdefg"])
+    assert not maildir.sameContent(path, [b"abcdeX"])
+    assert not maildir.sameContent(os.fsencode(tmp_path / "none"), [b""])
