@@ -69,7 +69,9 @@ def test_socket_activation_with_named_descriptors(tmp_path):
             assert code == 250 and text.startswith(b"test.example")
             s.sendmail("joe@example.org", ["alice@test.example"], b"Subject: sa\r\n\r\nhi\r\n")
         assert received(notify)[0] == "READY=1"
-        d.waitLine(f"pop3: listening on 127.0.0.1:{pop3Port}")  # the log is buffered: 0.25 s
+        # the log is buffered (0.25 s): wait for each line looked at below
+        d.waitLine(f"smtp: listening on 127.0.0.1:{smtpPort}")
+        d.waitLine(f"pop3: listening on 127.0.0.1:{pop3Port}")
         lines = d.lines()
         assert f"smtp: listening on 127.0.0.1:{smtpPort}" in lines
         assert f"pop3: listening on 127.0.0.1:{pop3Port}" in lines

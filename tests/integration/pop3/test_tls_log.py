@@ -23,6 +23,13 @@ def tlsLines(d: Daemon) -> list[re.Match]:
     return [m for m in (TLSLINE.search(line) for line in d.lines()) if m]
 
 
+def waitEnds(d: Daemon, n: int) -> None:
+    """Wait for the end lines of C{n} sessions: the log is written in batches, and a
+    session's every line is written before its end line."""
+    d.waitFor(lambda: sum(line.startswith("tcpserver: end ") for line in d.lines()) == n,
+              f"{n} session end line(s)")
+
+
 def test_stls_and_pop3s_log_protocol_and_cipher(pop3home, tmp_path, monkeypatch):
     monkeypatch.setenv("PYTHONPATH", REPO)
     addUser(pop3home, "joe", b"secret")
@@ -44,16 +51,17 @@ def test_stls_and_pop3s_log_protocol_and_cipher(pop3home, tmp_path, monkeypatch)
         p.user("joe")
         p.pass_("secret")
         p.quit()
-        d.waitFor(lambda: len(tlsLines(d)) == 1, "the STLS tls line")
+        waitEnds(d, 1)  # so that a line before the handshake would be in the file by now
+        assert len(tlsLines(d)) == 1, d.tail()  # one line for the session, at the handshake
         m = tlsLines(d)[0]
         assert (m.group(1), m.group(2)) == (cipher[1], cipher[0])
 
         s = poplib.POP3_SSL("127.0.0.1", tls, timeout=30, context=noVerify())
         cipher = s.sock.cipher()
         s.quit()
-        d.waitFor(lambda: len(tlsLines(d)) == 2, "the POP3S tls line")
+        waitEnds(d, 2)
+        assert len(tlsLines(d)) == 2, d.tail()  # one line per session
         m = tlsLines(d)[1]
         assert (m.group(1), m.group(2)) == (cipher[1], cipher[0])
-        assert len(tlsLines(d)) == 2  # one line per session
     finally:
         d.stop()

@@ -64,6 +64,10 @@ async def test_a_silent_domain_leaves_the_other_slots_to_other_domains(world) ->
     await until(lambda: len(fast.messages) == 3, "three messages at the fast domain")
     assert sorted(m.recipients[0] for m in fast.messages) == [
         b"u0@fast.example", b"u1@fast.example", b"u2@fast.example"]
+    # the log is written in batches: a slot freed by a fast delivery is taken (and its start
+    # logged) before that message's "end msg"; wait for the three fast messages' ends
+    await d.until(lambda: sum(x.startswith("end msg ") for x in d.lines()) == 3,
+                  "the three fast messages' end lines")
     starts = [x for x in d.lines() if x.startswith("starting delivery ")]
     assert sum("slow.example" in x for x in starts) == 2, starts
     assert len(slow.holdConnections) == 1

@@ -74,7 +74,9 @@ def test_postfix_sends_smtputf8_and_we_deliver_byte_for_byte(daemonAndPostfix):
                            'Delivered-To: alice-tést@test.example\n'.encode())
     assert b" with UTF8SMTP; " in rest.split(b"\n")[1]  # our line: the session said SMTPUTF8
     assert got.endswith(BODY.replace(b"\r\n", b"\n"))  # Postfix's Received above, then ours
-    assert "status=sent (250 2.0.0 ok " in pf.log()
+    # Postfix logs the 250 through its own log daemon, not before the Maildir file exists
+    waitFor(lambda: "status=sent (250 2.0.0 ok " in pf.log(), "Postfix's status=sent line",
+            deadline=60, context=pf.log)
 
 
 def test_unknown_local_user_is_refused_at_rcpt(daemonAndPostfix):
@@ -84,4 +86,7 @@ def test_unknown_local_user_is_refused_at_rcpt(daemonAndPostfix):
                    b"Subject: x\r\n\r\nbody\r\n")
     waitFor(lambda: "said: 550 5.1.1 sorry, no mailbox here by that name (#5.1.1)" in pf.log(),
             "Postfix's bounce line for the 550", deadline=60, context=pf.log)
+    # the log is written in batches: a queued message's "new msg" would come before the end of
+    # Postfix's session (the daemon's only one), so wait for that line first
+    d.waitLine("tcpserver: end 1 status ")
     assert not any("new msg" in line for line in d.lines())
