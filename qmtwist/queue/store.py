@@ -112,6 +112,12 @@ class Syncer:
     def total(self) -> int:
         return self.fileSyncs + self.dirSyncs + self.fsSyncs
 
+    def close(self) -> None:
+        """Let go of the descriptors L{watch} keeps."""
+        fds, self._fds = list(self._fds.values()), {}
+        for fd in fds:
+            os.close(fd)
+
 
 
 
@@ -345,15 +351,20 @@ def injectStream(
 
     @raise QueueError: nothing was queued.
     """
+    own = syncer is None
     syncer = syncer or Syncer()
-    if syncer.canGroup:
-        try:
-            syncer.watch(layout.path)
-        except OSError as e:
-            raise QueueError(QQ_QUEUE_DIR, str(e))
-    p = writeMessage(layout, chunks, envelope, how, os.getuid() if uid is None else uid,
-                     os.getpid() if qp is None else qp, time.time())
-    failed = commitRound([p], syncer, controlDir)
+    try:
+        if syncer.canGroup:
+            try:
+                syncer.watch(layout.path)
+            except OSError as e:
+                raise QueueError(QQ_QUEUE_DIR, str(e))
+        p = writeMessage(layout, chunks, envelope, how, os.getuid() if uid is None else uid,
+                         os.getpid() if qp is None else qp, time.time())
+        failed = commitRound([p], syncer, controlDir)
+    finally:
+        if own:
+            syncer.close()  # the descriptor watch() kept (one per call would leak)
     if p.id in failed:
         raise failed[p.id]
     pokeTrigger(layout)

@@ -348,3 +348,22 @@ def test_unreadableQueueextraIs55AndLeavesNothing(layout, home):
     assert e.value.code == 55
     assert e.value.text == "qq unable to read configuration (#4.3.0)"
     assert queueFiles(layout) == []
+
+
+def test_injectLeavesNoDescriptorOpen(layout):
+    """inject() with no syncer of its own makes one, whose syncfs descriptor it closes: a
+    process that queues many messages (a bench, a tool looping) must not run out of files."""
+    inject(layout, b"a@b", [b"c@d"], b"warm-up\n", b"by uid 0")
+    before = len(os.listdir("/proc/self/fd"))
+    for i in range(50):
+        inject(layout, b"a@b", [b"c@d"], b"m %d\n" % i, b"by uid 0")
+    assert len(os.listdir("/proc/self/fd")) == before
+
+
+def test_syncerCloseLetsGoOfWatchedDescriptors(layout):
+    s = Syncer()
+    fd = s.watch(layout.path)
+    assert s.watch(layout.path) == fd
+    s.close()
+    with pytest.raises(OSError):
+        os.fstat(fd)
